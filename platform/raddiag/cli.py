@@ -1,0 +1,227 @@
+"""``raddiag <verb>``: the command line. Every verb reads the same typed config (``--config`` YAML
+files, later ones win, then ``--set key=value`` overrides). Errors print one line and exit non-zero
+(2 for misuse: bad config, bad arguments)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import click
+import typer
+from rich.console import Console
+
+from raddiag.config import ConfigError, RadDiagConfig, load_config
+
+app = typer.Typer(
+    name="raddiag",
+    help="RadDiag platform: ingest radiology data into a Zarr store, train and sweep on Ray, track and promote in MLflow.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[
+    Optional[list[Path]], typer.Option("--config", "-c", help="YAML config file(s) from jobs/; later files win.")
+]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a config key: --set train.lr=3e-4")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray/MLflow logs.")]
+
+
+class UserError(click.ClickException):
+    """An error caused by the user's input: click prints ``Error: <message>`` and exits ``code``."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = code
+
+
+def _config(config: list[Path] | None, overrides: list[str] | None) -> RadDiagConfig:
+    try:
+        return load_config(config, overrides)
+    except ConfigError as exc:
+        raise UserError(str(exc), code=2) from None
+
+
+def _progress() -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=False)
+
+
+def synth_store(cfg: RadDiagConfig) -> Any:
+    """Generate the synthetic dataset of ``cfg.synth`` into ``cfg.store`` with a progress bar."""
+    from raddiag.storage.store import Store
+    from raddiag.storage.synth import generate
+
+    store = Store(cfg.store.url, cfg.store.endpoint_url)
+    with _progress() as progress:
+        task = progress.add_task("synthesising cases", total=cfg.synth.n_cases)
+        manifest = generate(cfg.synth, store, progress=lambda done, total: progress.update(task, completed=done))
+    return manifest
+
+
+@app.command()
+def synth(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Write a synthetic RP3D-like long-tailed dataset (2D + 3D scans, ICD-10-CM labels) to the store."""
+    cfg = _config(config, set_)
+    manifest = synth_store(cfg)
+    _print_manifest(manifest, cfg.store.url)
+
+
+def _print_manifest(manifest: Any, url: str) -> None:
+    groups = manifest.labels[manifest.labels["level"] == "disorder"]["group"].value_counts().to_dict()
+    console.print(
+        f"store [bold]{url}[/] version [bold]{manifest.version}[/]: {manifest.info['n_cases']} cases, "
+        f"{manifest.info['n_scans']} scans, splits {manifest.info['splits']}, disorder labels by group {groups}"
+    )
+
+
+@app.command()
+def train(config: ConfigOpt = None, set_: SetOpt = None, verbose: VerboseOpt = False) -> None:
+    """Train one model with Ray Train (DDP) and track it in MLflow; re-running the same name resumes."""
+    from raddiag.train.trainer import run_train
+
+    cfg = _config(config, set_)
+    with console.status(f"training {cfg.train.name} ({cfg.train.num_workers} workers, {cfg.train.epochs} epochs)"):
+        result = run_train(cfg, verbose)
+    shown = {k: round(v, 4) for k, v in result.metrics.items() if k.startswith("val_auc") and isinstance(v, float)}
+    console.print(f"run {result.run_id}: {shown}\ncheckpoint: {result.checkpoint_path}")
+
+
+@app.command()
+def sweep(config: ConfigOpt = None, set_: SetOpt = None, verbose: VerboseOpt = False) -> None:
+    """Run a Ray Tune + Optuna (TPE) + ASHA sweep; each trial is a TorchTrainer and a child MLflow run."""
+    cfg = _config(config, set_)
+    result = run_sweep_with_progress(cfg, verbose)
+    _print_trials(result, cfg)
+
+
+def run_sweep_with_progress(cfg: RadDiagConfig, verbose: bool) -> Any:
+    from raddiag.tune.sweep import run_sweep
+
+    with console.status(f"sweep {cfg.sweep.name}: {cfg.sweep.num_samples} trials x {cfg.train.epochs} epochs"):
+        return run_sweep(cfg, verbose)
+
+
+def _print_trials(result: Any, cfg: RadDiagConfig) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"sweep {result.name} — {cfg.sweep.metric} (best over epochs)")
+    for column in ("trial", "status", "epochs", cfg.sweep.metric, "sampled parameters"):
+        table.add_column(column)
+    for trial in sorted(result.trials, key=lambda t: -(t["value"] if t["value"] == t["value"] else -1)):
+        params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(trial["params"].items()))
+        mark = " *" if trial["run_id"] == result.best_run_id else ""
+        table.add_row(trial["trial_id"] + mark, trial["status"], str(trial["epochs"]), f"{trial['value']:.4f}", params)
+    console.print(table)
+
+
+@app.command()
+def evaluate(
+    model: Annotated[str, typer.Option(help="Model URI, e.g. models:/raddiag@champion or runs:/<id>/model.")] = "",
+    split: Annotated[str, typer.Option(help="Split of the store to evaluate on.")] = "test",
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for 95% CIs (0 = none).")] = 0,
+    output: Annotated[Optional[Path], typer.Option(help="Write the report as JSON here.")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Evaluate a model on a split: AUC/AP/F1/MCC/R@FPR by head/medium/tail, as a table and JSON."""
+    from raddiag import tracking
+    from raddiag.evaluate import evaluate_model
+
+    cfg = _config(config, set_)
+    if split not in ("train", "val", "test"):
+        raise UserError(f"--split {split!r}: expected train, val or test", code=2)
+    tracking.setup(cfg.tracking)
+    uri = model or f"models:/{cfg.tracking.registered_model}@champion"
+    result = evaluate_model(uri, cfg, split, n_bootstrap=bootstrap)
+    console.print(result.report.table(f"{uri} on {split} ({result.n_cases} cases, dataset {result.dataset_version})"))
+    if output:
+        output.write_text(json.dumps({"model": uri, "split": split, "dataset_version": result.dataset_version, **result.report.to_json()}, indent=2))
+        console.print(f"report written to {output}")
+
+
+@app.command()
+def promote(
+    sweep_name: Annotated[str, typer.Option("--sweep", help="Name of the sweep whose best trial to promote.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Evaluate and decide, but register nothing.")] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Register a sweep's best model; move @champion only if it beats the current one on the test split."""
+    from raddiag.registry import PromotionError, promote as do_promote
+
+    cfg = _config(config, set_)
+    try:
+        result = do_promote(cfg, sweep_name, dry_run=dry_run)
+    except PromotionError as exc:
+        raise UserError(str(exc)) from None
+    _print_promotion(result)
+
+
+def _print_promotion(result: Any) -> None:
+    console.print(result.evaluation.report.table(f"test split — {result.evaluation.n_cases} cases"))
+    against = f"champion v{result.champion_version} {result.champion_value:.4f}" if result.champion_version else "no champion yet"
+    where = f"{result.model_name} v{result.version}" if result.version else f"{result.model_name} (dry run)"
+    console.print(f"{where}: test {result.metric} {result.candidate_value:.4f} vs {against} → [bold]@{result.decision}[/]")
+
+
+@app.command()
+def predict(
+    case: Annotated[Path, typer.Argument(help="A case folder (.npy / .nii / .nii.gz / .dcm / .png / .jpg scans).")],
+    model: Annotated[str, typer.Option(help="Model URI.")] = "",
+    top_k: Annotated[int, typer.Option(help="How many labels to show.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Predict the top-k labels of one case folder with a registered model (default @champion)."""
+    from raddiag import tracking
+    from raddiag.predict import predict_case
+
+    cfg = _config(config, set_)
+    if not case.is_dir():
+        raise UserError(f"{case}: not a directory (expected a case folder of scans)", code=2)
+    tracking.setup(cfg.tracking)
+    uri = model or f"models:/{cfg.tracking.registered_model}@champion"
+    ranked = predict_case(uri, case, top_k)
+    if as_json:
+        print(json.dumps({"model": uri, "case": str(case), "top_k": ranked}, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{case.name} — {uri}")
+    table.add_column("label")
+    table.add_column("probability", justify="right")
+    for row in ranked:
+        table.add_row(row["label"], f"{row['probability']:.3f}")
+    console.print(table)
+
+
+@app.command()
+def demo(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """The whole chain on embedded defaults: synth → Zarr store → Ray Data → Tune sweep → MLflow → @champion → test table."""
+    from raddiag.demo import run_demo
+
+    run_demo(_config(config, set_), verbose, console)
+
+
+def main() -> None:
+    """Console-script entry: known failures (missing store, refused promotion) print one line."""
+    from raddiag.registry import PromotionError
+    from raddiag.storage.store import StoreError
+
+    try:
+        app()
+    except (StoreError, PromotionError, ConfigError) as exc:
+        err.print(f"Error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(1)

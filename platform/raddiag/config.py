@@ -1,0 +1,389 @@
+"""One typed configuration for every verb.
+
+A config is built from embedded defaults, then zero or more YAML files (later files win), then
+``--set a.b=c`` overrides (values parsed as YAML scalars/lists). Every model forbids unknown keys, so
+a typo fails loudly. Errors are raised as :class:`ConfigError` with one line naming the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased as one line that names the key and the problem."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StoreConfig(_Strict):
+    """Where the dataset lives: a local path, ``file://`` or ``s3://bucket/prefix``."""
+
+    url: str = ".raddiag/store"
+    endpoint_url: str | None = Field(
+        default=None, description="S3 endpoint (MinIO, moto, ...); credentials come from the AWS chain."
+    )
+
+
+class SynthConfig(_Strict):
+    """Synthetic RP3D-like dataset (see ``raddiag synth``)."""
+
+    n_cases: int = Field(default=240, ge=8)
+    n_labels: int = Field(default=24, ge=4, description="disorder labels, 'Normal' included")
+    image_size: int = Field(default=32, ge=8)
+    max_depth: int = Field(default=8, ge=1, description="depth of 3D scans (2D scans have D=1)")
+    max_scans: int = Field(default=3, ge=1, le=8)
+    power_law: float = Field(default=1.0, gt=0, description="label frequency ~ rank^-power_law")
+    val_fraction: float = Field(default=0.15, ge=0, lt=0.5)
+    test_fraction: float = Field(default=0.25, ge=0, lt=0.5)
+    seed: int = 0
+
+
+class AugmentConfig(_Strict):
+    """MONAI augmentations, each applied with its own probability (0 disables it)."""
+
+    affine_p: float = Field(default=0.15, ge=0, le=1)
+    noise_p: float = Field(default=0.15, ge=0, le=1)
+    contrast_p: float = Field(default=0.15, ge=0, le=1)
+    elastic_p: float = Field(default=0.0, ge=0, le=1)
+
+
+class DataConfig(_Strict):
+    """How cases are assembled from the store into fixed-shape batches ``(B, N, D, H, W)``."""
+
+    n_image: int = Field(default=3, ge=1, le=8, description="max scans per case (N)")
+    depth: int = Field(default=8, ge=1, le=64, description="slices per scan after sampling (D)")
+    image_size: int = Field(default=32, ge=8, description="H = W fed to the model")
+    label_level: Literal["disorder", "icd"] = "disorder"
+    sampler: Literal["instance", "class_aware", "sqrt"] = "instance"
+    sampler_power: float = Field(default=0.5, ge=0, le=1, description="q for the power sampler")
+    augment: AugmentConfig = AugmentConfig()
+    read_parallelism: int = Field(default=2, ge=1, description="Ray Data read tasks per split")
+    data_cpus: float = Field(default=0.5, gt=0, description="logical CPUs for each Ray Data task")
+
+
+class KEConfig(_Strict):
+    """Knowledge enhancement: label-text embeddings act as the classifier."""
+
+    encoder: Literal["tfidf", "trained", "hf"] = Field(
+        default="tfidf", description="tfidf baseline | trained: ICD-contrastive encoder | hf: local HF encoder dir"
+    )
+    encoder_path: str = Field(default="", description="hf: model directory; trained: '' = train/cache in cache_dir")
+    text_train_steps: int = Field(default=1500, ge=1, description="trained encoder: contrastive steps")
+    template: str = Field(default="{name}. {description}", description="label text; {name} {code} {description}")
+    dim: int = Field(default=64, ge=8)
+    temperature_init: float = Field(default=0.07, gt=0, description="initial temperature; logit scale s = 1/T")
+    learn_temperature: bool = Field(default=True, description="learn the logit scale s (else fixed at 1/T)")
+    train_projection: bool = Field(default=True, description="train the text projection P (else frozen)")
+    prior_bias: bool = Field(default=False, description="add log(label prior) to the KE logits")
+    cache_dir: str = Field(default="", description="'' = $RADDIAG_CACHE or ~/.cache/raddiag (fitted encoders)")
+
+
+class ModelConfig(_Strict):
+    """RadDiag network: slice encoder -> slice transformer -> scan fusion -> head."""
+
+    encoder: Literal["resnet", "vit", "cnn3d"] = "resnet"
+    backbone_depth: Literal[10, 18, 34, 50] = 10
+    width: int = Field(default=8, ge=4, description="channels of the first backbone stage")
+    embed_dim: int = Field(default=64, ge=8)
+    slice_layers: int = Field(default=1, ge=1)
+    slice_heads: int = Field(default=4, ge=1)
+    max_depth: int = Field(default=32, ge=1, description="size of the slice position table")
+    fusion: Literal["transformer", "late"] = "transformer"
+    fusion_layers: int = Field(default=2, ge=1)
+    fusion_heads: int = Field(default=4, ge=1)
+    head: Literal["mlp", "ke"] = "mlp"
+    ke: KEConfig = KEConfig()
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    pretrained_weights: str | None = Field(default=None, description="local .pt state dict (model or backbone)")
+    norm: Literal["batch", "group"] = Field(default="batch", description="CNN backbone normalisation (group: batch-size independent)")
+    vit_patch_size: int = Field(default=8, ge=2, description="ViT encoder: square patch size in pixels")
+    vit_layers: int = Field(default=2, ge=1, description="ViT encoder: transformer layers per slice")
+    vit_heads: int = Field(default=4, ge=1, description="ViT encoder: attention heads (divides embed_dim)")
+    mlp_hidden: int = Field(default=0, ge=0, description="MLP head hidden width (0 = embed_dim)")
+    channels_last: bool = Field(default=False, description="run CNN backbones in channels_last memory format")
+    activation_checkpointing: bool = Field(default=False, description="recompute activations in backward")
+    compile: bool = Field(default=False, description="torch.compile the visual backbone")
+
+    @model_validator(mode="after")
+    def _heads_divide_dim(self) -> "ModelConfig":
+        for name in ("slice_heads", "fusion_heads", "vit_heads"):
+            if self.embed_dim % getattr(self, name):
+                raise ValueError(f"model.embed_dim ({self.embed_dim}) must be divisible by model.{name}")
+        return self
+
+
+class LossConfig(_Strict):
+    """Multi-label classification loss on logits plus the key-slice attention term.
+
+    ``type`` picks the loss (see :mod:`raddiag.losses`); each parameter below is read only by the
+    loss named in its prefix. ``cb``, ``la``, ``db`` and ``ldam`` need the training class counts.
+    """
+
+    type: Literal["bce", "focal", "asl", "cb", "la", "db", "ldam"] = Field(
+        default="bce",
+        description="bce | focal | asl (asymmetric) | cb (class-balanced) | la (logit-adjusted) | "
+        "db (distribution-balanced) | ldam (label-distribution-aware margins)",
+    )
+    pos_weight: float = Field(default=1.0, gt=0, description="bce: weight of the positive term (1 = plain BCE)")
+    focal_gamma: float = Field(default=2.0, ge=0, le=10, description="focal: focusing exponent γ (0 = no focusing)")
+    focal_alpha: float | None = Field(
+        default=0.25, ge=0, le=1, description="focal: weight α of positives, 1-α of negatives (null = unweighted)"
+    )
+    asl_gamma_neg: float = Field(default=4.0, ge=0, le=10, description="asl: focusing exponent γ- of negatives")
+    asl_gamma_pos: float = Field(default=0.0, ge=0, le=10, description="asl: focusing exponent γ+ of positives")
+    asl_clip: float = Field(
+        default=0.05, ge=0, lt=1, description="asl: probability margin m shifted off negatives (0 = none)"
+    )
+    cb_beta: float = Field(
+        default=0.999, ge=0, lt=1, description="cb: β of the effective number (1-β^n)/(1-β) (0 = unweighted)"
+    )
+    cb_base: Literal["bce", "focal"] = Field(
+        default="bce", description="cb: loss that the class-balanced weights multiply (focal uses focal_*)"
+    )
+    la_tau: float = Field(default=1.0, ge=0, le=5, description="la: logits + τ·log(prior) during training (0 = BCE)")
+    la_log_odds: bool = Field(
+        default=False, description="la: adjust by τ·log(prior/(1-prior)) instead of τ·log(prior)"
+    )
+    db_smooth_alpha: float = Field(
+        default=0.1, ge=0, le=1, description="db: floor α of the smoothed re-balancing weight α + σ(β(r-μ))"
+    )
+    db_smooth_beta: float = Field(default=10.0, ge=0, le=100, description="db: slope β of the smoothing sigmoid")
+    db_smooth_mu: float = Field(default=0.2, ge=0, le=1, description="db: centre μ of the smoothing sigmoid")
+    db_neg_scale: float = Field(
+        default=2.0, ge=1, le=20, description="db: negative-tolerant scale λ on negative logits (1 = off)"
+    )
+    db_bias_scale: float = Field(
+        default=0.05, ge=0, le=1, description="db: κ, logits shifted by κ·log(prior/(1-prior)) (0 = off)"
+    )
+    ldam_max_margin: float = Field(
+        default=0.5, ge=0, le=5, description="ldam: margin of the rarest class; others ∝ n^(-1/4) (0 = BCE)"
+    )
+    ldam_scale: float = Field(default=1.0, gt=0, le=64, description="ldam: logit scale s applied after the margin")
+    key_slice_weight: float = Field(default=0.001, ge=0, description="weight of the key-slice attention loss")
+
+
+class TrainConfig(_Strict):
+    """Ray Train TorchTrainer settings and the optimisation schedule."""
+
+    name: str = "raddiag-train"
+    epochs: int = Field(default=3, ge=1)
+    batch_size: int = Field(default=8, ge=1, description="cases per worker per step")
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    warmup_fraction: float = Field(default=0.05, ge=0, lt=1)
+    num_workers: int = Field(default=2, ge=1)
+    cpus_per_worker: float = Field(default=0.5, gt=0)
+    use_gpu: bool = False
+    amp: bool = True
+    max_failures: int = Field(default=0, ge=-1, description="worker restarts from the last checkpoint (-1 = forever)")
+    early_stop_patience: int = Field(default=0, ge=0, description="epochs without improvement before stopping (0 = off)")
+    metric: str = Field(default="val_auc_macro", description="validation metric for early stopping and the best model")
+    storage_path: str = ".raddiag/ray_results"
+    seed: int = 0
+
+
+class SweepConfig(_Strict):
+    """Ray Tune + Optuna sweep. ``search_space`` maps dotted config keys to distributions.
+
+    A distribution is one of ``{choice: [...]}``, ``{uniform: [lo, hi]}``, ``{loguniform: [lo, hi]}``,
+    ``{int: [lo, hi]}``; ``when: {key: value}`` makes it conditional on another sampled key.
+    """
+
+    name: str = "raddiag-sweep"
+    num_samples: int = Field(default=4, ge=1)
+    max_concurrent_trials: int = Field(default=0, ge=0, description="0 = derived from cluster CPUs")
+    metric: str = "val_auc_macro"
+    mode: Literal["max", "min"] = "max"
+    searcher: Literal["optuna", "random"] = "optuna"
+    scheduler: Literal["asha", "none"] = "asha"
+    grace_period: int = Field(default=1, ge=1)
+    reduction_factor: int = Field(default=2, ge=2)
+    seed: int = 0
+    trial_cpus: float = Field(default=0.25, gt=0, description="logical CPUs held by each trial driver")
+    search_space: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {
+            "loss.type": {"choice": ["bce", "focal", "asl"]},
+            "loss.focal_gamma": {"uniform": [0.5, 3.0], "when": {"loss.type": "focal"}},
+            "loss.asl_gamma_neg": {"uniform": [2.0, 6.0], "when": {"loss.type": "asl"}},
+            "model.head": {"choice": ["mlp", "ke"]},
+            "model.ke.temperature_init": {"loguniform": [0.03, 0.2], "when": {"model.head": "ke"}},
+            "train.lr": {"loguniform": [5e-4, 5e-3]},
+        }
+    )
+
+    @field_validator("search_space")
+    @classmethod
+    def _check_space(cls, space: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        kinds = {"choice", "uniform", "loguniform", "int"}
+        for key, spec in space.items():
+            found = kinds & set(spec)
+            if len(found) != 1 or set(spec) - kinds - {"when"}:
+                raise ValueError(f"search_space[{key!r}] needs exactly one of {sorted(kinds)} (+ optional 'when')")
+            kind = found.pop()
+            values = spec[kind]
+            if not isinstance(values, list) or not values:
+                raise ValueError(f"search_space[{key!r}].{kind} must be a non-empty list")
+            if kind != "choice" and (len(values) != 2 or not values[0] < values[1]):
+                raise ValueError(f"search_space[{key!r}].{kind} must be [low, high] with low < high")
+            if kind == "loguniform" and values[0] <= 0:
+                raise ValueError(f"search_space[{key!r}].loguniform bounds must be > 0")
+        return space
+
+
+class TrackingConfig(_Strict):
+    """MLflow tracking and registry. Default: a local sqlite file (no server to start)."""
+
+    tracking_uri: str = Field(default="", description="'' = $MLFLOW_TRACKING_URI or sqlite:///.raddiag/mlflow.db")
+    experiment: str = "raddiag"
+    registered_model: str = "raddiag"
+    artifact_location: str = Field(default="", description="'' = .raddiag/mlartifacts (sqlite) or server default")
+
+    def resolved_uri(self) -> str:
+        if self.tracking_uri:
+            return self.tracking_uri
+        return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('.raddiag/mlflow.db').resolve()}"
+
+
+class RayConfig(_Strict):
+    """Where Ray runs. ``address`` '' = $RAY_ADDRESS or a local instance started by the verb."""
+
+    address: str = ""
+    num_cpus: int = Field(default=0, ge=0, description="logical CPUs for a local Ray (0 = 2 x physical)")
+
+
+class PromoteConfig(_Strict):
+    metric: str = "auc_macro"
+    margin: float = Field(default=0.0, ge=0)
+
+
+class RadDiagConfig(_Strict):
+    """Everything a verb needs; see ``jobs/*.yaml`` for annotated examples."""
+
+    store: StoreConfig = StoreConfig()
+    synth: SynthConfig = SynthConfig()
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    train: TrainConfig = TrainConfig()
+    sweep: SweepConfig = SweepConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    ray: RayConfig = RayConfig()
+    promote: PromoteConfig = PromoteConfig()
+
+    def flat(self) -> dict[str, Any]:
+        """Flattened ``{"a.b": value}`` view, used as MLflow params."""
+        return flatten(self.model_dump(mode="json"))
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists and search-space dicts kept as leaves)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value and path != "sweep.search_space":
+            out.update(flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``tree["a"]["b"] = value`` for ``dotted == "a.b"``, creating dicts as needed."""
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.lr=3e-4"`` -> ``("train.lr", 0.0003)``; the value is parsed as a YAML scalar/list."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.lr=3e-4")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path}: not found") from None
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" (line {line + 1})" if line is not None else ""
+        raise ConfigError(f"config file {path}: invalid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "search_space":
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _describe(error: ValidationError, origin: str) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"{origin}: unknown config key '{key}'"
+    value = first.get("input")
+    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    msg = first["msg"].removeprefix("Value error, ")
+    return f"{origin}: config key '{key}': {msg}{shown}"
+
+
+def build_config(tree: dict[str, Any], origin: str = "config") -> RadDiagConfig:
+    """Validate a nested dict into a :class:`RadDiagConfig`, raising a one-line :class:`ConfigError`."""
+    try:
+        return RadDiagConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, origin)) from None
+
+
+def load_config(paths: list[Path] | None = None, overrides: list[str] | None = None) -> RadDiagConfig:
+    """Defaults <- YAML files (in order) <- ``KEY=VALUE`` overrides."""
+    tree: dict[str, Any] = {}
+    origin = "defaults"
+    for path in paths or []:
+        tree = _merge(tree, _read_yaml(Path(path)))
+        origin = str(path)
+    for text in overrides or []:
+        key, value = parse_override(text)
+        set_dotted(tree, key, value)
+        origin = "--set" if not paths else f"{origin} + --set"
+    return build_config(tree, origin)
+
+
+def with_overrides(cfg: RadDiagConfig, values: dict[str, Any]) -> RadDiagConfig:
+    """A copy of ``cfg`` with dotted ``values`` applied and re-validated (used per sweep trial)."""
+    tree = cfg.model_dump(mode="json")
+    for key, value in values.items():
+        set_dotted(tree, key, value)
+    return build_config(tree, "trial overrides")

@@ -1,0 +1,1 @@
+"""From the store to fixed-shape batches: case assembly, long-tail sampling, Ray Data streaming."""

@@ -1,0 +1,662 @@
+"""Per-class diagnostic metrics, macro-averaged over head / medium / tail classes (design §1).
+
+Inputs are ``y_true`` (n cases, C classes) in {0, 1} and ``y_score`` (n, C) sigmoid scores (any real
+scores work: only their order and the chosen thresholds matter). Per class:
+
+============ ===================================================================================
+column       definition
+============ ===================================================================================
+auc          area under the ROC curve (ties handled as in scikit-learn)
+ap           average precision, ``Σ (R_k - R_{k-1}) P_k`` (scikit-learn's definition)
+f1           max F1 over all thresholds; ties go to the lowest threshold (as the paper's code)
+mcc          Matthews correlation at that F1-max ``threshold`` (predict ``score >= threshold``)
+r01 r05 r10  TPR at the ROC point whose FPR is nearest 0.01 / 0.05 / 0.1, on scikit-learn's
+             ``roc_curve`` (``drop_intermediate=True``), first point on ties -- exactly the paper.
+             Beware: when the nearest FPR is a vertical run (e.g. FPR 0 with few negatives) the
+             first point is its bottom, so a perfect ranking can score 0; see ``r*_interp``
+r*_interp    TPR of the ROC curve linearly interpolated at FPR = x (top of a vertical segment)
+f1_val ...   honest variant: thresholds chosen on the validation split, applied to this split:
+             ``f1_val``/``mcc_val`` at the validation F1-max threshold, ``r*_val`` the TPR at the
+             lowest validation threshold whose validation FPR is <= x
+============ ===================================================================================
+
+A class is evaluated only if the split holds at least one positive and one negative case (the
+paper's rule); others are skipped and counted per group. Groups come from *training* counts:
+head >= 100, medium 30-99, tail < 30. Group values are macro means over evaluated classes.
+Bootstrap CIs resample cases with replacement (seeded), recompute every per-class metric and
+group mean, and report the 2.5 / 97.5 percentiles.
+
+Everything is vectorised over classes: each block of classes is sorted once (one ``argsort``),
+all curves come from cumulative sums, and bootstrap replicates reuse that order through case
+multiplicities (a case drawn k times weighs k), which gives exactly the metrics of the resample.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "FPR_POINTS",
+    "GROUPS",
+    "METRICS",
+    "PAPER_METRICS",
+    "VAL_METRICS",
+    "MetricReport",
+    "calibration_bins",
+    "evaluate_scores",
+    "group_of_counts",
+    "interpolated_roc",
+    "print_report",
+]
+
+GROUPS = ("head", "medium", "tail")
+#: FPR operating points for recall, and the column suffix used for each.
+FPR_POINTS: tuple[tuple[str, float], ...] = (("01", 0.01), ("05", 0.05), ("10", 0.1))
+#: Columns of the paper's table, in order.
+PAPER_METRICS = ("auc", "ap", "f1", "mcc", "r01", "r05", "r10")
+METRICS = PAPER_METRICS + ("r01_interp", "r05_interp", "r10_interp")
+#: Honest (validation-threshold) metrics, present when validation scores are given.
+VAL_METRICS = ("f1_val", "mcc_val", "r01_val", "r05_val", "r10_val")
+_HEADERS = {"auc": "AUC", "ap": "AP", "f1": "F1", "mcc": "MCC", "r01": "R@.01", "r05": "R@.05", "r10": "R@.1"}
+#: Elements (classes × cases) processed per block; bounds memory at a few hundred MB.
+_BLOCK_ELEMENTS = 1 << 21
+
+
+def group_of_counts(train_counts: np.ndarray, *, head_min: int = 100, medium_min: int = 30) -> np.ndarray:
+    """Group name per class from training counts (C,): ``head`` >= head_min, ``medium`` in
+    [medium_min, head_min), ``tail`` < medium_min. Returns an object array of strings (C,)."""
+    counts = np.asarray(train_counts)
+    if counts.ndim != 1:
+        raise ValueError(f"train_counts must be 1-D (C,), got shape {counts.shape}")
+    if not 0 < medium_min <= head_min:
+        raise ValueError(f"need 0 < medium_min <= head_min, got medium_min={medium_min}, head_min={head_min}")
+    groups = np.full(counts.shape, "tail", dtype=object)
+    groups[counts >= medium_min] = "medium"
+    groups[counts >= head_min] = "head"
+    return groups
+
+
+# ---------------------------------------------------------------------------------------------
+# Vectorised curve statistics
+# ---------------------------------------------------------------------------------------------
+
+
+def _sort_block(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows are classes: ``scores``/``labels`` (k, n) -> order, scores and bool labels sorted by
+    decreasing score per row."""
+    order = np.argsort(scores, axis=1)[:, ::-1]
+    return order, np.take_along_axis(scores, order, axis=1), np.take_along_axis(labels, order, axis=1)
+
+
+def _compact_points(s: np.ndarray, tps: np.ndarray, fps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keep one ROC point per distinct score (the end of each tie run), left-aligned per row and
+    padded with copies of the row's last point. All inputs/outputs (k, m)."""
+    k, m = s.shape
+    is_end = np.empty((k, m), dtype=bool)
+    np.not_equal(s[:, 1:], s[:, :-1], out=is_end[:, :-1])
+    is_end[:, -1] = True
+    rank = np.cumsum(is_end, axis=1, dtype=np.int32) - 1
+    rows, cols = np.nonzero(is_end)
+    gather = np.full((k, m), m - 1, dtype=np.intp)
+    gather[rows, rank[rows, cols]] = cols
+    return (
+        np.take_along_axis(tps, gather, axis=1),
+        np.take_along_axis(fps, gather, axis=1),
+        np.take_along_axis(s, gather, axis=1),
+    )
+
+
+def _curve_stats(
+    s: np.ndarray,
+    y: np.ndarray,
+    w: np.ndarray | None = None,
+    apply_thresholds: dict[str, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
+    """Per-row metrics for rows of scores ``s`` (k, m) sorted decreasingly, bool labels ``y`` in the
+    same order and optional positive case weights ``w`` (k, m). ``apply_thresholds`` maps a name
+    to per-row thresholds (k,) at which TP/FP counts are returned as ``tp_<name>``/``fp_<name>``.
+    Rows without both classes get NaN metrics."""
+    k, m = s.shape
+    if w is None:
+        tps = np.cumsum(y, axis=1, dtype=np.float64)
+        fps = np.arange(1, m + 1, dtype=np.float64) - tps
+    else:
+        tps = np.cumsum(np.where(y, w, 0.0), axis=1)
+        fps = np.cumsum(w, axis=1, dtype=np.float64) - tps
+    n_pos = tps[:, -1].copy()
+    n_neg = fps[:, -1].copy()
+    valid = (n_pos > 0) & (n_neg > 0)
+    out: dict[str, np.ndarray] = {"n_pos": n_pos, "n_neg": n_neg, "valid": valid}
+    rows = np.arange(k)
+
+    if apply_thresholds:
+        for name, thr in apply_thresholds.items():
+            count = np.count_nonzero(s >= thr[:, None], axis=1)
+            last = np.maximum(count - 1, 0)
+            known = ~np.isnan(thr)  # NaN: no threshold (the class was not evaluable on validation)
+            out[f"tp_{name}"] = np.where(known, np.where(count > 0, tps[rows, last], 0.0), np.nan)
+            out[f"fp_{name}"] = np.where(known, np.where(count > 0, fps[rows, last], 0.0), np.nan)
+
+    tp, fp, thr = _compact_points(s, tps, fps)
+    del tps, fps
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pos = n_pos[:, None]
+        neg = n_neg[:, None]
+        # ROC curve with the (0, 0) point in front: (k, m + 1).
+        tpz = np.concatenate([np.zeros((k, 1)), tp], axis=1)
+        fpz = np.concatenate([np.zeros((k, 1)), fp], axis=1)
+        d_fp = fp - fpz[:, :-1]  # step into each point, (k, m)
+        d_tp = tp - tpz[:, :-1]
+        out["auc"] = np.einsum("ij,ij->i", d_fp, tpz[:, 1:] + tpz[:, :-1]) / (2.0 * n_pos * n_neg)
+
+        precision = tp / (tp + fp)
+        out["ap"] = np.einsum("ij,ij->i", d_tp, precision) / n_pos
+
+        recall = tp / pos
+        f1 = 2 * (precision * recall) / (precision + recall)
+        f1[np.isnan(f1)] = 0.0
+        best = m - 1 - np.argmax(f1[:, ::-1], axis=1)  # lowest threshold among equal maxima
+        out["f1"] = f1[rows, best]
+        out["threshold"] = thr[rows, best]
+        out["mcc"] = _mcc(tp[rows, best], fp[rows, best], n_pos, n_neg)
+
+        # scikit-learn's drop_intermediate keeps a point only where the step in fps or tps changes
+        # (second difference != 0); the origin, first and last points are always kept.
+        keep = np.ones((k, m + 1), dtype=bool)
+        if m > 2:
+            keep[:, 2:m] = (d_fp[:, 2:] != d_fp[:, 1:-1]) | (d_tp[:, 2:] != d_tp[:, 1:-1])
+        # Only a prefix of each curve can matter for R@x: up to the first kept point beyond max(x)
+        # (every valid row's last point, FPR 1, is one). +2 covers rounding at the boundary.
+        x_max = max(x for _, x in FPR_POINTS)
+        cut = min(m + 1, int(np.argmax(keep & (fpz > x_max * neg), axis=1).max()) + 2)
+        fpr = fpz[:, :cut] / neg
+        tpr = tpz[:, :cut] / pos
+        dropped = ~keep[:, :cut]
+        for suffix, x in FPR_POINTS:
+            dist = np.abs(fpr - x)
+            dist[dropped] = np.inf
+            out[f"r{suffix}"] = tpr[rows, np.argmin(dist, axis=1)]
+            # Interpolated: last point with fpr <= x (top of a vertical run), then linear to the next.
+            lo = np.count_nonzero(fpr <= x, axis=1) - 1
+            hi = np.minimum(lo + 1, cut - 1)
+            f_lo, f_hi, t_lo, t_hi = fpr[rows, lo], fpr[rows, hi], tpr[rows, lo], tpr[rows, hi]
+            slope = np.where(f_hi > f_lo, (t_hi - t_lo) / (f_hi - f_lo), 0.0)
+            out[f"r{suffix}_interp"] = np.where(f_lo >= x, t_lo, t_lo + (x - f_lo) * slope)
+            # Operating threshold for the honest variant: score of that last point (inf = none).
+            out[f"threshold_r{suffix}"] = np.where(lo > 0, thr[rows, np.maximum(lo - 1, 0)], np.inf)
+    for key in ("auc", "ap", "f1", "mcc", "threshold") + tuple(
+        f"r{sfx}{kind}" for sfx, _ in FPR_POINTS for kind in ("", "_interp")
+    ) + tuple(f"threshold_r{sfx}" for sfx, _ in FPR_POINTS):
+        out[key] = np.where(valid, out[key], np.nan)
+    return out
+
+
+def _mcc(tp: np.ndarray, fp: np.ndarray, n_pos: np.ndarray, n_neg: np.ndarray) -> np.ndarray:
+    """Matthews correlation from TP/FP and class totals; 0 where undefined (scikit-learn)."""
+    fn = n_pos - tp
+    tn = n_neg - fp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        denom = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+        return np.where(denom > 0, (tp * tn - fp * fn) / denom, 0.0)
+
+
+def _honest(stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Metrics at validation thresholds from the ``tp_*``/``fp_*`` counts of :func:`_curve_stats`.
+    NaN where the class is not evaluable here or had no validation threshold (NaN counts)."""
+    pos, neg, valid = stats["n_pos"], stats["n_neg"], stats["valid"]
+    out: dict[str, np.ndarray] = {}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tp, fp = stats["tp_f1"], stats["fp_f1"]
+        usable = valid & ~np.isnan(tp)
+        out["f1_val"] = np.where(usable, 2 * tp / (tp + fp + pos), np.nan)
+        out["mcc_val"] = np.where(usable, _mcc(tp, fp, pos, neg), np.nan)
+        for suffix, _ in FPR_POINTS:
+            tp = stats[f"tp_r{suffix}"]
+            out[f"r{suffix}_val"] = np.where(valid & ~np.isnan(tp), tp / pos, np.nan)
+    return out
+
+
+def _macro(values: np.ndarray) -> float:
+    """Mean of the finite values (NaN if none)."""
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else math.nan
+
+
+def _accumulate(sums: np.ndarray, counts: np.ndarray, values: np.ndarray, group_index: np.ndarray) -> None:
+    """Add per-class ``values`` (k, M) to per-group running ``sums``/``counts`` (len(GROUPS) + 1, M);
+    the last row is all classes. NaN values (classes not evaluable in this resample) are left out."""
+    present = np.isfinite(values)
+    clean = np.where(present, values, 0.0)
+    for g in range(len(GROUPS)):
+        members = group_index == g
+        sums[g] += clean[members].sum(axis=0)
+        counts[g] += present[members].sum(axis=0)
+    sums[-1] += clean.sum(axis=0)
+    counts[-1] += present.sum(axis=0)
+
+
+def _blocks(n_classes: int, n_cases: int) -> list[slice]:
+    size = max(1, _BLOCK_ELEMENTS // max(n_cases, 1))
+    return [slice(i, min(i + size, n_classes)) for i in range(0, n_classes, size)]
+
+
+def _as_inputs(y_true: Any, y_score: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
+    truth = np.asarray(y_true)
+    score = np.asarray(y_score)
+    if truth.ndim != 2 or truth.shape != score.shape:
+        raise ValueError(
+            f"{name}: y_true and y_score must both be (n_cases, n_classes); got {truth.shape} and {score.shape}"
+        )
+    if truth.shape[0] == 0 or truth.shape[1] == 0:
+        raise ValueError(f"{name}: empty input of shape {truth.shape}")
+    if truth.dtype != bool and not np.isin(truth, (0, 1)).all():
+        raise ValueError(f"{name}: y_true must contain only 0/1 (or bool) labels")
+    if not np.issubdtype(score.dtype, np.floating):
+        score = score.astype(np.float64)
+    bad = ~np.isfinite(score)
+    if bad.any():
+        column = int(np.nonzero(bad.any(axis=0))[0][0])
+        raise ValueError(
+            f"{name}: y_score has NaN/inf values (first in class column {column}); check the model outputs"
+        )
+    return truth.astype(bool), score
+
+
+def _block_T(array: np.ndarray, cols: slice) -> np.ndarray:
+    return np.ascontiguousarray(array[:, cols].T)
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return [_json_safe(v) for v in value.tolist()]
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    return value
+
+
+@dataclass
+class MetricReport:
+    """Result of :func:`evaluate_scores`.
+
+    ``per_class``: one row per class (label, group, train_count, n_pos, n_neg, evaluated, metrics).
+    ``summary``: group (head/medium/tail/all) -> metric -> macro mean (NaN if no evaluated class).
+    ``counts``: group -> {n_classes, n_evaluated, n_skipped}.
+    ``ci``: group -> metric -> (lo, hi) 95% bootstrap interval; empty without bootstrap.
+    """
+
+    per_class: pd.DataFrame
+    summary: dict[str, dict[str, float]]
+    counts: dict[str, dict[str, int]]
+    ci: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
+    metrics: tuple[str, ...] = METRICS
+    n_cases: int = 0
+    n_bootstrap: int = 0
+    seed: int = 0
+    head_min: int = 100
+    medium_min: int = 30
+
+    @staticmethod
+    def _key(group: str) -> str:
+        return "macro" if group == "all" else group
+
+    def flat(self) -> dict[str, float]:
+        """``{f"{metric}_{group}": value}`` with the all-classes group spelled ``macro``
+        (``auc_head``, ``auc_macro``, ...), counts as ``n_skipped_tail`` etc., and CI bounds as
+        ``auc_head_lo`` / ``auc_head_hi`` when bootstrapped. Values are floats (NaN kept)."""
+        out: dict[str, float] = {}
+        for group, values in self.summary.items():
+            for metric, value in values.items():
+                out[f"{metric}_{self._key(group)}"] = float(value)
+        for group, values in self.counts.items():
+            for name, value in values.items():
+                out[f"{name}_{self._key(group)}"] = float(value)
+        for group, values in self.ci.items():
+            for metric, (lo, hi) in values.items():
+                out[f"{metric}_{self._key(group)}_lo"] = float(lo)
+                out[f"{metric}_{self._key(group)}_hi"] = float(hi)
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-serialisable dict (NaN/inf -> None) with settings, summary, counts, CIs and per-class rows."""
+        return _json_safe(
+            {
+                "n_cases": self.n_cases,
+                "n_classes": int(len(self.per_class)),
+                "groups": {"head_min": self.head_min, "medium_min": self.medium_min},
+                "fpr_points": [x for _, x in FPR_POINTS],
+                "n_bootstrap": self.n_bootstrap,
+                "seed": self.seed,
+                "metrics": list(self.metrics),
+                "summary": self.summary,
+                "counts": self.counts,
+                "ci": {g: {m: list(v) for m, v in values.items()} for g, values in self.ci.items()},
+                "per_class": self.per_class.to_dict(orient="records"),
+            }
+        )
+
+    def table(self, title: str = "RadDiag evaluation", variant: str = "paper") -> Any:
+        """A :class:`rich.table.Table` shaped like the paper's: rows head/medium/tail/all, columns
+        AUC AP F1 MCC R@.01 R@.05 R@.1 in percent (2 decimals), each with its 95% CI ``lo–hi`` on two
+        more lines when bootstrapped; ``Classes`` is evaluated/total classes of the group.
+
+        ``variant``: ``paper`` (nearest-point R@x, in-split F1 threshold), ``interp`` (interpolated
+        R@x) or ``honest`` (F1/MCC/R@x at validation thresholds; needs validation scores).
+        """
+        from rich import box
+        from rich.table import Table
+
+        columns = {
+            "paper": PAPER_METRICS,
+            "interp": ("auc", "ap", "f1", "mcc", "r01_interp", "r05_interp", "r10_interp"),
+            "honest": ("auc", "ap", "f1_val", "mcc_val", "r01_val", "r05_val", "r10_val"),
+        }.get(variant)
+        if columns is None:
+            raise ValueError(f"table variant must be paper, interp or honest; got {variant!r}")
+        if variant == "honest" and "f1_val" not in self.metrics:
+            raise ValueError("the honest table needs validation scores (evaluate_scores(val_true=..., val_score=...))")
+        table = Table(
+            title=title,
+            title_justify="left",
+            caption_justify="left",
+            box=box.SIMPLE_HEAD,
+            pad_edge=False,
+            collapse_padding=True,  # fits an 80-column terminal with CIs
+        )
+        table.add_column("Group", no_wrap=True)
+        table.add_column("Classes", justify="right", no_wrap=True)
+        for metric in columns:
+            header = _HEADERS[metric.split("_")[0]]
+            header += "\n(val thr)" if metric.endswith("_val") else ""
+            table.add_column(header, justify="right", overflow="fold", min_width=6)
+        for group in GROUPS + ("all",):
+            count = self.counts[group]
+            cells = [group, f"{count['n_evaluated']}/{count['n_classes']}"]
+            for metric in columns:
+                value = self.summary[group].get(metric, math.nan)
+                text = "-" if not math.isfinite(value) else f"{100 * value:.2f}"
+                if metric in self.ci.get(group, {}) and math.isfinite(value):
+                    lo, hi = self.ci[group][metric]
+                    if math.isfinite(lo) and math.isfinite(hi):
+                        text += f"\n{100 * lo:.2f}–\n{100 * hi:.2f}"
+                cells.append(text)
+            table.add_row(*cells)
+        skipped = sum(self.counts[g]["n_skipped"] for g in GROUPS)
+        table.caption = (
+            f"{self.n_cases} cases; {skipped} class(es) skipped (no positive or no negative case in the split); "
+            f"head >= {self.head_min}, medium {self.medium_min}-{self.head_min - 1}, tail < {self.medium_min} "
+            "training cases" + (f"; 95% CI from {self.n_bootstrap} bootstrap resamples" if self.ci else "")
+        )
+        return table
+
+
+def print_report(
+    report: MetricReport,
+    title: str = "RadDiag evaluation",
+    json_path: str | Path | None = None,
+    console: Any = None,
+) -> None:
+    """Print the paper-shaped table (and the honest one when available) and write
+    :meth:`MetricReport.to_json` to ``json_path`` -- what ``raddiag evaluate`` shows and saves."""
+    from rich.console import Console
+
+    console = console or Console()
+    console.print(report.table(title))
+    if "f1_val" in report.metrics:
+        console.print(report.table(f"{title} - thresholds chosen on validation", variant="honest"))
+    if json_path is not None:
+        path = Path(json_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report.to_json(), indent=2))
+        console.print(f"metrics written to {path}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------------
+
+
+def evaluate_scores(
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    train_counts: np.ndarray,
+    *,
+    val_true: np.ndarray | None = None,
+    val_score: np.ndarray | None = None,
+    n_bootstrap: int = 0,
+    seed: int = 0,
+    label_names: list[str] | None = None,
+    head_min: int = 100,
+    medium_min: int = 30,
+) -> MetricReport:
+    """Per-class metrics and head/medium/tail/all macro means for one split.
+
+    ``y_true`` (n, C) 0/1, ``y_score`` (n, C) scores, ``train_counts`` (C,) training cases per class.
+    ``val_true``/``val_score`` (n_val, C): validation split for the honest threshold variant.
+    ``n_bootstrap`` > 0 adds 95% percentile CIs of the group means; resample b draws case indices
+    ``rng.integers(0, n, n)`` from ``rng = np.random.default_rng(seed)`` (validation thresholds
+    stay fixed). ``head_min``/``medium_min`` set the group boundaries on ``train_counts``.
+    """
+    truth, score = _as_inputs(y_true, y_score, "evaluate_scores")
+    n_cases, n_classes = truth.shape
+    counts = np.asarray(train_counts)
+    if counts.shape != (n_classes,):
+        raise ValueError(f"train_counts must have shape ({n_classes},) to match y_true; got {counts.shape}")
+    if label_names is not None and len(label_names) != n_classes:
+        raise ValueError(f"label_names has {len(label_names)} names for {n_classes} classes")
+    if (val_true is None) != (val_score is None):
+        raise ValueError("give both val_true and val_score, or neither")
+    if n_bootstrap < 0:
+        raise ValueError(f"n_bootstrap must be >= 0, got {n_bootstrap}")
+    groups = group_of_counts(counts, head_min=head_min, medium_min=medium_min)
+    group_index = np.array([GROUPS.index(g) for g in groups], dtype=np.intp)
+
+    val = None
+    if val_true is not None:
+        val = _as_inputs(val_true, val_score, "validation")
+        if val[0].shape[1] != n_classes:
+            raise ValueError(f"validation has {val[0].shape[1]} classes, the evaluated split {n_classes}")
+    metrics = METRICS + (VAL_METRICS if val is not None else ())
+
+    columns: dict[str, np.ndarray] = {
+        name: np.full(n_classes, np.nan) for name in ("n_pos", "n_neg", "threshold") + metrics
+    }
+    valid = np.zeros(n_classes, dtype=bool)
+    rng = np.random.default_rng(seed)
+    boot_weights = [np.bincount(rng.integers(0, n_cases, n_cases), minlength=n_cases) for _ in range(n_bootstrap)]
+    # Bootstrap accumulators: replicate × (head, medium, tail, all) × metric.
+    boot_sum = np.zeros((n_bootstrap, len(GROUPS) + 1, len(metrics)))
+    boot_n = np.zeros_like(boot_sum)
+
+    for cols in _blocks(n_classes, max(n_cases, val[0].shape[0] if val else 0)):
+        thresholds = None
+        if val is not None:
+            _, vs, vy = _sort_block(_block_T(val[1], cols), _block_T(val[0], cols))
+            vstats = _curve_stats(vs, vy)
+            thresholds = {"f1": vstats["threshold"]} | {
+                f"r{sfx}": vstats[f"threshold_r{sfx}"] for sfx, _ in FPR_POINTS
+            }
+        order, s, y = _sort_block(_block_T(score, cols), _block_T(truth, cols))
+        stats = _curve_stats(s, y, None, thresholds)
+        if thresholds is not None:
+            stats |= _honest(stats)
+        valid[cols] = stats["valid"]
+        for name in columns:
+            columns[name][cols] = stats[name]
+
+        for b, weights in enumerate(boot_weights):
+            drawn = weights > 0
+            kept = drawn[order]
+            k, m = s.shape[0], int(drawn.sum())
+            bstats = _curve_stats(
+                s[kept].reshape(k, m),
+                y[kept].reshape(k, m),
+                weights[order[kept]].reshape(k, m).astype(np.float64),
+                thresholds,
+            )
+            if thresholds is not None:
+                bstats |= _honest(bstats)
+            values = np.stack([bstats[name] for name in metrics], axis=1)  # (k, n_metrics)
+            _accumulate(boot_sum[b], boot_n[b], values, group_index[cols])
+
+    frame = pd.DataFrame(
+        {
+            "label": list(label_names) if label_names is not None else [str(i) for i in range(n_classes)],
+            "group": groups.astype(str),
+            "train_count": counts,
+            "n_pos": columns["n_pos"].astype(np.int64),
+            "n_neg": columns["n_neg"].astype(np.int64),
+            "evaluated": valid,
+            "threshold": columns["threshold"],
+        }
+        | {name: columns[name] for name in metrics}
+    )
+
+    summary: dict[str, dict[str, float]] = {}
+    group_counts: dict[str, dict[str, int]] = {}
+    for group in GROUPS + ("all",):
+        members = np.ones(n_classes, bool) if group == "all" else groups == group
+        evaluated = members & valid
+        summary[group] = {name: _macro(columns[name][evaluated]) for name in metrics}
+        group_counts[group] = {
+            "n_classes": int(members.sum()),
+            "n_evaluated": int(evaluated.sum()),
+            "n_skipped": int(members.sum() - evaluated.sum()),
+        }
+
+    ci: dict[str, dict[str, tuple[float, float]]] = {}
+    if n_bootstrap:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            means = np.where(boot_n > 0, boot_sum / boot_n, np.nan)
+        for gi, group in enumerate(GROUPS + ("all",)):
+            ci[group] = {}
+            for mi, name in enumerate(metrics):
+                draws = means[:, gi, mi]
+                draws = draws[np.isfinite(draws)]
+                if draws.size:
+                    lo, hi = np.percentile(draws, [2.5, 97.5])
+                    ci[group][name] = (float(lo), float(hi))
+                else:
+                    ci[group][name] = (math.nan, math.nan)
+
+    return MetricReport(
+        per_class=frame,
+        summary=summary,
+        counts=group_counts,
+        ci=ci,
+        metrics=metrics,
+        n_cases=n_cases,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+        head_min=head_min,
+        medium_min=medium_min,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Curves for plots
+# ---------------------------------------------------------------------------------------------
+
+
+def interpolated_roc(
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    fpr_grid: np.ndarray,
+    case_weights: np.ndarray | None = None,
+) -> np.ndarray:
+    """TPR of every class's ROC curve at ``fpr_grid`` (G,), linearly interpolated (top of vertical
+    runs): returns (C, G); rows of classes without both labels are NaN. ``case_weights`` (n,)
+    non-negative integers (bootstrap multiplicities); zero-weight cases are left out."""
+    truth, score = _as_inputs(y_true, y_score, "interpolated_roc")
+    grid = np.asarray(fpr_grid, dtype=np.float64)
+    if case_weights is not None:
+        weights = np.asarray(case_weights)
+        drawn = weights > 0
+        truth, score, weights = truth[drawn], score[drawn], weights[drawn].astype(np.float64)
+    n_cases, n_classes = truth.shape
+    out = np.full((n_classes, grid.size), np.nan)
+    for cols in _blocks(n_classes, n_cases):
+        order, s, y = _sort_block(_block_T(score, cols), _block_T(truth, cols))
+        k, m = s.shape
+        w = None if case_weights is None else weights[order]
+        if w is None:
+            tps = np.cumsum(y, axis=1, dtype=np.float64)
+            fps = np.arange(1, m + 1, dtype=np.float64) - tps
+        else:
+            tps = np.cumsum(np.where(y, w, 0.0), axis=1)
+            fps = np.cumsum(w, axis=1) - tps
+        pos, neg = tps[:, -1:], fps[:, -1:]
+        tp, fp, _ = _compact_points(s, tps, fps)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            fpr = np.concatenate([np.zeros((k, 1)), fp / neg], axis=1)
+            tpr = np.concatenate([np.zeros((k, 1)), tp / pos], axis=1)
+        ok = ((pos > 0) & (neg > 0))[:, 0]
+        if not ok.any():
+            continue
+        # One np.interp over all rows: row r lives on [2r, 2r + 1] of the x axis.
+        offset = 2.0 * np.arange(int(ok.sum()))[:, None]
+        xs = (grid[None, :] + offset).ravel()
+        values = np.interp(xs, (fpr[ok] + offset).ravel(), tpr[ok].ravel())
+        block = out[cols]
+        block[ok] = values.reshape(-1, grid.size)
+        out[cols] = block
+    return out
+
+
+def calibration_bins(
+    y_true: np.ndarray, y_score: np.ndarray, n_bins: int = 10, strategy: str = "uniform"
+) -> pd.DataFrame:
+    """Reliability table pooled over all (case, class) pairs; scores must be probabilities in [0, 1].
+
+    Bins are ``uniform`` on [0, 1] or ``quantile`` of the scores; a score on an edge goes to the
+    lower bin (as :func:`sklearn.calibration.calibration_curve`). Returns the non-empty bins with
+    columns ``lower, upper, count, mean_score, frac_pos``; ``df.attrs["ece"]`` is the expected
+    calibration error ``Σ count/total · |frac_pos - mean_score|``.
+    """
+    truth, score = _as_inputs(y_true, y_score, "calibration_bins")
+    prob = score.ravel().astype(np.float64)
+    hit = truth.ravel().astype(np.float64)
+    if prob.min() < 0 or prob.max() > 1:
+        raise ValueError("calibration_bins needs probabilities in [0, 1]; apply a sigmoid to logits first")
+    if strategy == "uniform":
+        edges = np.linspace(0.0, 1.0, n_bins + 1)
+    elif strategy == "quantile":
+        edges = np.percentile(prob, np.linspace(0, 100, n_bins + 1))
+    else:
+        raise ValueError(f"strategy must be 'uniform' or 'quantile', got {strategy!r}")
+    ids = np.searchsorted(edges[1:-1], prob)
+    total = np.bincount(ids, minlength=n_bins)
+    sums = np.bincount(ids, weights=prob, minlength=n_bins)
+    hits = np.bincount(ids, weights=hit, minlength=n_bins)
+    nonempty = total > 0
+    frame = pd.DataFrame(
+        {
+            "lower": edges[:-1][nonempty],
+            "upper": edges[1:][nonempty],
+            "count": total[nonempty],
+            "mean_score": sums[nonempty] / total[nonempty],
+            "frac_pos": hits[nonempty] / total[nonempty],
+        }
+    )
+    frame.attrs["ece"] = float(np.sum(frame["count"] * np.abs(frame["frac_pos"] - frame["mean_score"])) / prob.size)
+    return frame

@@ -1,0 +1,53 @@
+"""The key-slice attention loss (RadDiag): the slice transformer's CLS attention should peak at the
+slice a radiologist marked."""
+
+from __future__ import annotations
+
+import torch
+
+
+def key_slice_target(key_slice: torch.Tensor, slice_mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Gaussian over slice indices centred on ``key_slice`` with sigma = (#real slices) / 16.
+
+    ``key_slice`` (B, N) int64, ``slice_mask`` (B, N, D) bool -> (B, N, D) float32, normalised over
+    the real slices of each scan (0 on padded slices; rows without real slices are 0).
+    """
+    depth = slice_mask.shape[-1]
+    real = slice_mask.float()
+    sigma = (real.sum(-1, keepdim=True) / 16.0).clamp(min=1e-3)  # guard sigma > 0
+    index = torch.arange(depth, device=slice_mask.device, dtype=torch.float32)
+    centre = key_slice.clamp(0, depth - 1).float()[..., None]
+    target = torch.exp(-0.5 * ((index - centre) / sigma) ** 2).clamp(min=eps) * real
+    return target / target.sum(-1, keepdim=True).clamp(min=eps)
+
+
+def key_slice_loss(
+    slice_attention: torch.Tensor,
+    key_slice: torch.Tensor,
+    slice_mask: torch.Tensor,
+    scan_mask: torch.Tensor,
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """Symmetric KL, ``KL(a||g) + KL(g||a)``, between slice attention ``a`` and the key-slice Gaussian ``g``.
+
+    Args:
+        slice_attention: (B, N, D) attention over slices (e.g. ``RadDiagNet(...)["slice_attention"]``).
+        key_slice: (B, N) int64 key-slice index within the D slices; a negative index means "none"
+            and excludes the scan.
+        slice_mask: (B, N, D) bool, True for a real slice.
+        scan_mask: (B, N) bool, True for a real scan.
+
+    Both distributions are floored at ``eps`` and renormalised over the real slices. The mean is taken
+    over real scans with more than one real slice; with no such scan the result is a zero that still
+    carries a gradient. Computed in float32 (AMP-safe). Returns a scalar >= 0.
+    """
+    slice_mask = slice_mask.bool() & scan_mask.bool()[..., None]
+    real = slice_mask.float()
+    qualifies = scan_mask.bool() & (real.sum(-1) > 1) & (key_slice >= 0)
+    attention = slice_attention.float().clamp(min=eps) * real
+    attention = attention / attention.sum(-1, keepdim=True).clamp(min=eps)
+    target = key_slice_target(key_slice, slice_mask, eps)
+    log_ratio = (attention.clamp(min=eps).log() - target.clamp(min=eps).log()) * real
+    per_scan = ((attention - target) * log_ratio).sum(-1)  # (B, N); >= 0 term by term
+    weight = qualifies.float()
+    return (per_scan * weight).sum() / weight.sum().clamp(min=1.0)

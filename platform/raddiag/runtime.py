@@ -1,0 +1,57 @@
+"""Starting Ray quietly with a CPU budget that fits small machines."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+from raddiag.config import RayConfig
+
+
+def quiet(verbose: bool) -> None:
+    """Silence Ray/MLflow/Tune chatter unless ``verbose``."""
+    if verbose:
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", "2")
+    os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
+    for name in ("ray", "ray.data", "ray.tune", "ray.train", "mlflow", "alembic", "optuna", "urllib3", "filelock"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+
+
+def logical_cpus(cfg: RayConfig) -> int:
+    """Logical CPUs for a local Ray: configured, else 4 x physical (trials, workers and data tasks
+    hold fractional slots but mostly wait on each other on a small machine)."""
+    return cfg.num_cpus or 4 * (os.cpu_count() or 1)
+
+
+def init_ray(cfg: RayConfig, verbose: bool = False, runtime_env: dict | None = None) -> None:
+    """Connect to ``cfg.address``/``$RAY_ADDRESS`` or start a local Ray sized by :func:`logical_cpus`."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    quiet(verbose)
+    address = cfg.address or os.environ.get("RAY_ADDRESS") or None
+    level = logging.INFO if verbose else logging.ERROR
+    env = dict(runtime_env or {})
+    env.setdefault("env_vars", {}).update(
+        {"PYTHONWARNINGS": "ignore", "RAY_TRAIN_V2_ENABLED": "1", "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "false"}
+    )
+    kwargs = dict(logging_level=level, log_to_driver=verbose, include_dashboard=False, runtime_env=env)
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=logical_cpus(cfg), **kwargs)
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = verbose
+    ctx.print_on_execution_start = verbose
+    ctx.verbose_progress = verbose

@@ -1,0 +1,1 @@
+"""Packaging trained models for MLflow serving."""

@@ -1,0 +1,1 @@
+"""Dataset storage: the Zarr/Parquet store, synthetic data and splits."""

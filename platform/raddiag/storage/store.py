@@ -1,0 +1,329 @@
+"""The dataset store: Zarr v3 scans + Parquet manifest + ``dataset.json``, at a local path or ``s3://``.
+
+Layout (documented in ``storage/README.md``)::
+
+    <url>/dataset.json                      current version + metadata (written last: the publish)
+    <url>/scans.zarr/<scan_id>              one uint8 array per scan, shape (D, H, W), chunk = 1 slice,
+                                            one shard per scan (a single object of ~D*H*W bytes)
+    <url>/versions/<version>/cases.parquet  case_id, split, anatomy, disorders, icd10, source
+    <url>/versions/<version>/scans.parquet  scan_id, case_id, modality, plane, ..., key_slice, checksum
+    <url>/versions/<version>/labels.parquet name, level, code, train_count, group
+
+Scan ids are content hashes, so writing the same scan twice is a no-op (idempotent ingest), and a
+version is the hash of its manifest. A reader resolves ``dataset.json`` once and reads only the
+version it names: it sees the old version or the new one, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import fsspec
+import numpy as np
+import pandas as pd
+
+from raddiag import __version__
+
+CASE_COLUMNS = ["case_id", "split", "anatomy", "disorders", "icd10", "source"]
+SCAN_COLUMNS = [
+    "scan_id", "case_id", "modality", "plane", "aux_modality", "depth", "height", "width",
+    "orig_shape", "spacing", "key_slice", "checksum",
+]
+LABEL_COLUMNS = ["name", "level", "code", "train_count", "group"]
+SPLITS = ("train", "val", "test")
+
+
+class StoreError(RuntimeError):
+    """A store that cannot be opened or is inconsistent; the message names the URL and the problem."""
+
+
+def storage_options(endpoint_url: str | None) -> dict[str, Any]:
+    """fsspec options for a store URL. Credentials are never passed here: s3fs reads the AWS chain."""
+    return {"client_kwargs": {"endpoint_url": endpoint_url}} if endpoint_url else {}
+
+
+def _is_remote(url: str) -> bool:
+    return "://" in url and not url.startswith("file://")
+
+
+def _local_path(url: str) -> str:
+    return os.path.abspath(url.removeprefix("file://"))
+
+
+def normalise_url(url: str) -> str:
+    """Local paths become absolute (so Ray workers in another cwd find them); remote URLs lose a '/'."""
+    return url.rstrip("/") if _is_remote(url) else _local_path(url)
+
+
+def scan_checksum(volume: np.ndarray) -> str:
+    """sha256 of a stored uint8 volume's bytes and shape (the scan's identity)."""
+    digest = hashlib.sha256(repr(volume.shape).encode())
+    digest.update(np.ascontiguousarray(volume).tobytes())
+    return digest.hexdigest()
+
+
+def to_uint8(volume: np.ndarray) -> np.ndarray:
+    """Per-scan min-max to [0, 255] uint8; a constant volume maps to zeros."""
+    vol = np.asarray(volume, dtype=np.float32)
+    lo, hi = float(vol.min()), float(vol.max())
+    if hi <= lo:
+        return np.zeros(vol.shape, dtype=np.uint8)
+    return np.round((vol - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+@dataclass
+class Manifest:
+    """The three manifest tables of one dataset version, plus ``dataset.json`` metadata."""
+
+    cases: pd.DataFrame
+    scans: pd.DataFrame
+    labels: pd.DataFrame
+    info: dict[str, Any]
+
+    @property
+    def version(self) -> str:
+        return str(self.info["version"])
+
+    def label_names(self, level: str = "disorder") -> list[str]:
+        return self.labels.loc[self.labels["level"] == level, "name"].tolist()
+
+    def train_counts(self, level: str = "disorder") -> np.ndarray:
+        return self.labels.loc[self.labels["level"] == level, "train_count"].to_numpy(dtype=np.int64)
+
+    def label_codes(self, level: str = "disorder") -> list[str | None]:
+        codes = self.labels.loc[self.labels["level"] == level, "code"].tolist()
+        return [c if isinstance(c, str) and c else None for c in codes]
+
+    def case_records(self, split: str) -> list[dict[str, Any]]:
+        """Plain-python case records for ``split`` with their scans, sorted by case_id.
+
+        Each record: case_id, anatomy, disorders, icd10, scans: [{scan_id, modality, plane, depth,
+        height, width, key_slice}]. Small enough to ship to Ray tasks.
+        """
+        cases = self.cases[self.cases["split"] == split].sort_values("case_id")
+        scans_by_case: dict[str, list[dict[str, Any]]] = {}
+        for row in self.scans.sort_values(["case_id", "scan_id"]).itertuples(index=False):
+            scans_by_case.setdefault(row.case_id, []).append(
+                {
+                    "scan_id": row.scan_id,
+                    "modality": row.modality,
+                    "plane": row.plane,
+                    "depth": int(row.depth),
+                    "height": int(row.height),
+                    "width": int(row.width),
+                    "key_slice": int(row.key_slice),
+                }
+            )
+        return [
+            {
+                "case_id": row.case_id,
+                "anatomy": row.anatomy,
+                "disorders": list(row.disorders),
+                "icd10": list(row.icd10),
+                "scans": scans_by_case.get(row.case_id, []),
+            }
+            for row in cases.itertuples(index=False)
+        ]
+
+
+class Store:
+    """A dataset store at ``url``. Cheap to construct; open one per process/task (not fork-safe)."""
+
+    def __init__(self, url: str, endpoint_url: str | None = None) -> None:
+        self.url = normalise_url(url)
+        self.endpoint_url = endpoint_url
+        self.options = storage_options(endpoint_url)
+        if _is_remote(self.url):
+            self.fs, self.root = fsspec.core.url_to_fs(self.url, **self.options)
+        else:
+            self.fs, self.root = fsspec.filesystem("file"), self.url
+        self._zarr_group: Any = None
+
+    # ---- paths -------------------------------------------------------------------------------
+    def _path(self, *parts: str) -> str:
+        return "/".join([self.root.rstrip("/"), *parts])
+
+    @property
+    def scans_url(self) -> str:
+        return f"{self.url}/scans.zarr"
+
+    # ---- zarr --------------------------------------------------------------------------------
+    def _zarr_store(self) -> Any:
+        from zarr.storage import FsspecStore, LocalStore
+
+        if _is_remote(self.url):
+            return FsspecStore.from_url(self.scans_url, storage_options=self.options)
+        return LocalStore(self.scans_url)
+
+    def group(self) -> Any:
+        """The scans group, created on first use (each Store has its own filesystem/event loop)."""
+        if self._zarr_group is None:
+            import zarr
+
+            self._zarr_group = zarr.open_group(self._zarr_store(), mode="a", zarr_format=3)
+        return self._zarr_group
+
+    def has_scan(self, scan_id: str) -> bool:
+        return scan_id in self.group()
+
+    def write_scan(self, volume: np.ndarray) -> tuple[str, str]:
+        """Store a uint8 (D, H, W) volume; returns (scan_id, checksum). Idempotent by content.
+
+        Object stores have no rename, so an array counts as present only once its ``checksum``
+        attribute (written after the data) is set: a write killed half-way is redone on re-run.
+        """
+        from zarr.codecs import BloscCodec
+
+        if volume.dtype != np.uint8 or volume.ndim != 3:
+            raise StoreError(f"write_scan: expected a uint8 (D, H, W) volume, got {volume.dtype} {volume.shape}")
+        checksum = scan_checksum(volume)
+        scan_id = checksum[:24]
+        if self.has_complete_scan(scan_id):
+            return scan_id, checksum
+        depth, height, width = volume.shape
+        array = self.group().create_array(
+            name=scan_id,
+            shape=volume.shape,
+            dtype="uint8",
+            chunks=(1, height, width),
+            shards=(depth, height, width),
+            compressors=BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"),
+            overwrite=True,
+        )
+        array[...] = volume
+        array.attrs["checksum"] = checksum
+        return scan_id, checksum
+
+    def has_complete_scan(self, scan_id: str) -> bool:
+        group = self.group()
+        if scan_id not in group:
+            return False
+        return "checksum" in group[scan_id].attrs
+
+    def read_slices(self, scan_id: str, indices: np.ndarray | list[int] | None = None) -> np.ndarray:
+        """Read slices ``indices`` (default: all) of a scan as uint8 (len(indices), H, W).
+
+        Only the chunks of those slices are fetched (one chunk = one slice inside the scan's shard).
+        """
+        array = self.group()[scan_id]
+        if indices is None:
+            return np.asarray(array[...])
+        idx = np.asarray(indices, dtype=np.int64)
+        if idx.size == 0:
+            return np.zeros((0, *array.shape[1:]), dtype=np.uint8)
+        lo, hi = int(idx.min()), int(idx.max()) + 1
+        if hi - lo == idx.size and np.all(np.diff(idx) == 1):
+            return np.asarray(array[lo:hi])
+        return np.asarray(array.get_orthogonal_selection((idx, slice(None), slice(None))))
+
+    # ---- manifest ----------------------------------------------------------------------------
+    def _write_bytes_atomic(self, path: str, payload: bytes) -> None:
+        if _is_remote(self.url):  # a single PUT is atomic on S3
+            with self.fs.open(path, "wb") as handle:
+                handle.write(payload)
+            return
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+
+    def publish(self, cases: pd.DataFrame, scans: pd.DataFrame, labels: pd.DataFrame, source: str) -> Manifest:
+        """Write a manifest version and then point ``dataset.json`` at it (the atomic step)."""
+        cases = cases[CASE_COLUMNS].sort_values("case_id").reset_index(drop=True)
+        scans = scans[SCAN_COLUMNS].sort_values(["case_id", "scan_id"]).reset_index(drop=True)
+        labels = labels[LABEL_COLUMNS].reset_index(drop=True)
+        version = manifest_version(cases, scans, labels)
+        for name, frame in (("cases", cases), ("scans", scans), ("labels", labels)):
+            buffer = io.BytesIO()
+            frame.to_parquet(buffer, index=False)
+            self._write_bytes_atomic(self._path("versions", version, f"{name}.parquet"), buffer.getvalue())
+        previous = self.info_or_none()
+        created = (
+            previous["created"]
+            if previous and previous.get("version") == version
+            else datetime.now(timezone.utc).isoformat(timespec="seconds")
+        )
+        info = {
+            "version": version,
+            "created": created,
+            "source": source,
+            "tool": f"raddiag {__version__}",
+            "n_cases": int(len(cases)),
+            "n_scans": int(len(scans)),
+            "splits": {s: int((cases["split"] == s).sum()) for s in SPLITS},
+            "storage": {"dtype": "uint8", "chunks": "1 slice", "shards": "1 scan", "codec": "blosc zstd-3 bitshuffle"},
+        }
+        self._write_bytes_atomic(self._path("dataset.json"), json.dumps(info, indent=2).encode())
+        return Manifest(cases, scans, labels, info)
+
+    def info_or_none(self) -> dict[str, Any] | None:
+        try:
+            with self.fs.open(self._path("dataset.json"), "rb") as handle:
+                return json.loads(handle.read())
+        except FileNotFoundError:
+            return None
+
+    def manifest(self) -> Manifest:
+        """The current version's manifest. Raises :class:`StoreError` naming the URL if absent."""
+        info = self.info_or_none()
+        if info is None:
+            raise StoreError(f"{self.url}: no dataset.json — not a raddiag store (run `raddiag synth` or `raddiag ingest`)")
+        frames = []
+        for name in ("cases", "scans", "labels"):
+            path = self._path("versions", info["version"], f"{name}.parquet")
+            try:
+                with self.fs.open(path, "rb") as handle:
+                    frames.append(pd.read_parquet(io.BytesIO(handle.read())))
+            except FileNotFoundError:
+                raise StoreError(f"{self.url}: dataset.json names version {info['version']} but {name}.parquet is missing") from None
+        return Manifest(frames[0], frames[1], frames[2], info)
+
+
+def manifest_version(cases: pd.DataFrame, scans: pd.DataFrame, labels: pd.DataFrame) -> str:
+    """Content hash of the manifest tables (16 hex chars): same content, same version."""
+    digest = hashlib.sha256()
+    for frame in (cases, scans, labels):
+        digest.update(frame.to_json(orient="records").encode())
+    return digest.hexdigest()[:16]
+
+
+def label_group(count: int, head: int = 100, tail: int = 30) -> str:
+    """head >= 100 training cases, medium 30-99, tail < 30 (the paper's grouping)."""
+    return "head" if count >= head else "medium" if count >= tail else "tail"
+
+
+def label_table(cases: pd.DataFrame, disorder_names: list[str], icd_codes: dict[str, str | None]) -> pd.DataFrame:
+    """Label vocabulary with train counts and groups, at disorder and ICD-10-CM levels.
+
+    ``icd_codes`` maps each disorder name to its ICD-10-CM 3-character code (or None).
+    """
+    train = cases[cases["split"] == "train"]
+    disorder_counts: dict[str, int] = {name: 0 for name in disorder_names}
+    icd_counts: dict[str, int] = {}
+    for code in sorted({c for c in icd_codes.values() if c}):
+        icd_counts[code] = 0
+    for row in train.itertuples(index=False):
+        for name in set(row.disorders):
+            if name in disorder_counts:
+                disorder_counts[name] += 1
+        for code in set(row.icd10):
+            icd_counts[code] = icd_counts.get(code, 0) + 1
+    rows = [
+        {"name": n, "level": "disorder", "code": icd_codes.get(n) or "", "train_count": c, "group": label_group(c)}
+        for n, c in disorder_counts.items()
+    ]
+    rows += [
+        {"name": code, "level": "icd", "code": code, "train_count": c, "group": label_group(c)}
+        for code, c in icd_counts.items()
+    ]
+    return pd.DataFrame(rows, columns=LABEL_COLUMNS)

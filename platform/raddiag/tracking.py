@@ -1,0 +1,87 @@
+"""MLflow helpers: one place that knows the tracking URI, run nesting and idempotent metric logging."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from raddiag.config import TrackingConfig
+
+_MAX_PARAM_LEN = 6000
+
+
+def setup(cfg: TrackingConfig) -> str:
+    """Point MLflow at the configured tracking/registry URI, create the experiment; return its id.
+
+    For the embedded sqlite default, artifacts go to ``.raddiag/mlartifacts`` next to the database.
+    """
+    import mlflow
+
+    uri = cfg.resolved_uri()
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    experiment = mlflow.get_experiment_by_name(cfg.experiment)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = cfg.artifact_location or None
+    if location is None and uri.startswith("sqlite:///"):
+        location = Path(uri.removeprefix("sqlite:///")).parent.joinpath("mlartifacts").resolve().as_uri()
+    try:
+        return mlflow.create_experiment(cfg.experiment, artifact_location=location)
+    except Exception:  # created concurrently by another process
+        return mlflow.get_experiment_by_name(cfg.experiment).experiment_id
+
+
+def client(uri: str) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def params_from(flat: dict[str, Any]) -> dict[str, str]:
+    """MLflow params from a flat config: stringified, long values truncated (MLflow's limit)."""
+    return {key: str(value)[:_MAX_PARAM_LEN] for key, value in flat.items()}
+
+
+def log_params(uri: str, run_id: str, params: dict[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, v) for k, v in params_from(params).items()]
+    mlflow_client = client(uri)
+    for start in range(0, len(items), 90):
+        mlflow_client.log_batch(run_id, params=items[start : start + 90])
+
+
+def log_epoch_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int, probe: str) -> bool:
+    """Log ``metrics`` at ``step`` unless ``probe`` already has that step (idempotent on restart).
+
+    Returns False when the step was already logged (a restarted worker re-reporting an epoch).
+    """
+    import math
+
+    from mlflow.entities import Metric
+
+    mlflow_client = client(uri)
+    if any(m.step == step for m in mlflow_client.get_metric_history(run_id, probe)):
+        return False
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)]
+    mlflow_client.log_batch(run_id, metrics=items)
+    return True
+
+
+def start_child_run(uri: str, experiment_id: str, parent_run_id: str, name: str, tags: dict[str, str] | None = None) -> str:
+    """A run nested under ``parent_run_id`` (the MLflow UI shows it under the parent)."""
+    all_tags = {"mlflow.parentRunId": parent_run_id, "mlflow.runName": name, **(tags or {})}
+    return client(uri).create_run(experiment_id, tags=all_tags, run_name=name).info.run_id
+
+
+def child_runs(uri: str, experiment_id: str, parent_run_id: str) -> list[Any]:
+    return client(uri).search_runs(
+        [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=10000
+    )

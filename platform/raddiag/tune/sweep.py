@@ -1,0 +1,215 @@
+"""``raddiag sweep``: Ray Tune + Optuna (TPE) + ASHA, one TorchTrainer per trial, MLflow nesting.
+
+The search space is the YAML mapping ``sweep.search_space`` of dotted config keys to distributions
+(see :class:`raddiag.config.SweepConfig`), turned into an Optuna define-by-run function so that
+conditional parameters (``when``) are only sampled when their condition holds. Each trial is a Tune
+function trainable that builds the trial's config, opens a child MLflow run under the sweep's
+parent run and runs a ``TorchTrainer`` whose ``TuneReportCallback`` feeds ASHA every epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from raddiag.config import RadDiagConfig, with_overrides
+
+
+class DefineByRun:
+    """An Optuna define-by-run function for ``space`` (keys sampled in YAML order); picklable so
+    Tune can checkpoint the searcher."""
+
+    def __init__(self, space: dict[str, dict[str, Any]]) -> None:
+        self.space = space
+
+    def __call__(self, trial: Any) -> None:
+        values: dict[str, Any] = {}
+        for key, spec in self.space.items():
+            condition = spec.get("when") or {}
+            if any(values.get(k, _MISSING) != v for k, v in condition.items()):
+                continue
+            if "choice" in spec:
+                values[key] = trial.suggest_categorical(key, spec["choice"])
+            elif "uniform" in spec:
+                values[key] = trial.suggest_float(key, *spec["uniform"])
+            elif "loguniform" in spec:
+                values[key] = trial.suggest_float(key, *spec["loguniform"], log=True)
+            else:
+                values[key] = trial.suggest_int(key, *spec["int"])
+        return None
+
+
+_MISSING = object()
+
+
+def trial_cpus(cfg: RadDiagConfig) -> float:
+    """Logical CPUs one trial holds at peak: its driver, its train workers and its read tasks."""
+    return cfg.sweep.trial_cpus + cfg.train.num_workers * (
+        cfg.train.cpus_per_worker + cfg.data.read_parallelism * cfg.data.data_cpus
+    )
+
+
+def max_concurrent(cfg: RadDiagConfig, cluster_cpus: float) -> int:
+    """``sweep.max_concurrent_trials`` or as many trials as fit in the cluster's CPUs (>= 1)."""
+    if cfg.sweep.max_concurrent_trials:
+        return cfg.sweep.max_concurrent_trials
+    return max(1, min(cfg.sweep.num_samples, int(cluster_cpus // trial_cpus(cfg))))
+
+
+def _trial(params: dict[str, Any], *, base: dict[str, Any], ctx: dict[str, Any]) -> None:
+    """Tune function trainable: one TorchTrainer run tracked as a child MLflow run."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from raddiag import tracking
+    from raddiag.storage.store import Store
+    from raddiag.train.trainer import build_trainer, label_embeddings
+
+    sampled = {k: v for k, v in params.items() if "." in k}
+    cfg = with_overrides(RadDiagConfig.model_validate(base), sampled)
+    trial_id = ray.tune.get_context().get_trial_id()
+    name = f"{cfg.sweep.name}-{trial_id}"
+    uri = ctx["mlflow_uri"]
+    client = tracking.client(uri)
+    existing = client.search_runs(
+        [ctx["experiment_id"]], filter_string=f"tags.`raddiag.trial_id` = '{trial_id}' and tags.mlflow.parentRunId = '{ctx['parent_run_id']}'"
+    )
+    if existing:
+        run_id = existing[0].info.run_id
+    else:
+        run_id = tracking.start_child_run(
+            uri, ctx["experiment_id"], ctx["parent_run_id"], name,
+            tags={"raddiag.trial_id": trial_id, "raddiag.sweep": cfg.sweep.name, "raddiag.train_name": name},
+        )
+        tracking.log_params(uri, run_id, {**cfg.flat(), **{f"sampled.{k}": v for k, v in sampled.items()}})
+    manifest = Store(cfg.store.url, cfg.store.endpoint_url).manifest()
+    level = cfg.data.label_level
+    embeddings = label_embeddings(cfg, manifest.label_names(level), manifest.label_codes(level))
+    trainer = build_trainer(
+        cfg, name=name, mlflow_uri=uri, mlflow_run_id=run_id, embeddings=embeddings, callbacks=[TuneReportCallback()]
+    )
+    result = trainer.fit()
+    if result.checkpoint is not None:
+        client.set_tag(run_id, "raddiag.checkpoint", result.checkpoint.path)
+    client.set_terminated(run_id, "FINISHED" if result.error is None else "FAILED")
+
+
+@dataclass
+class SweepResult:
+    name: str
+    parent_run_id: str
+    experiment_id: str
+    best_run_id: str
+    best_checkpoint: str
+    best_value: float
+    trials: list[dict[str, Any]] = field(default_factory=list)
+
+
+def run_sweep(cfg: RadDiagConfig, verbose: bool = False) -> SweepResult:
+    """Run the sweep; returns the best trial (by the best value of ``sweep.metric`` over epochs)."""
+    import optuna
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from raddiag import tracking
+    from raddiag.runtime import init_ray
+    from raddiag.storage.store import Store
+
+    init_ray(cfg.ray, verbose)
+    optuna.logging.set_verbosity(optuna.logging.DEBUG if verbose else optuna.logging.ERROR)
+    experiment_id = tracking.setup(cfg.tracking)
+    uri = cfg.tracking.resolved_uri()
+    client = tracking.client(uri)
+    manifest = Store(cfg.store.url, cfg.store.endpoint_url).manifest()
+    parent = client.create_run(
+        experiment_id,
+        run_name=cfg.sweep.name,
+        tags={"raddiag.sweep": cfg.sweep.name, "raddiag.role": "sweep", "raddiag.dataset_version": manifest.version},
+    )
+    parent_run_id = parent.info.run_id
+    tracking.log_params(uri, parent_run_id, cfg.flat())
+    sampler = (
+        optuna.samplers.TPESampler(seed=cfg.sweep.seed, n_startup_trials=max(2, cfg.sweep.num_samples // 3))
+        if cfg.sweep.searcher == "optuna"
+        else optuna.samplers.RandomSampler(seed=cfg.sweep.seed)
+    )
+    searcher = OptunaSearch(
+        space=DefineByRun(cfg.sweep.search_space), metric=cfg.sweep.metric, mode=cfg.sweep.mode,
+        sampler=sampler, seed=cfg.sweep.seed,
+    )
+    scheduler = (
+        ASHAScheduler(
+            time_attr="training_iteration", max_t=cfg.train.epochs, grace_period=cfg.sweep.grace_period,
+            reduction_factor=cfg.sweep.reduction_factor,
+        )
+        if cfg.sweep.scheduler == "asha"
+        else FIFOScheduler()
+    )
+    concurrency = max_concurrent(cfg, ray.cluster_resources().get("CPU", 1))
+    storage = cfg.train.storage_path if "://" in cfg.train.storage_path else os.path.abspath(cfg.train.storage_path)
+    ctx = {"mlflow_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent_run_id}
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, base=cfg.model_dump(mode="json"), ctx=ctx), {"CPU": cfg.sweep.trial_cpus}
+    )
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher, scheduler=scheduler, num_samples=cfg.sweep.num_samples,
+            max_concurrent_trials=concurrency, metric=cfg.sweep.metric, mode=cfg.sweep.mode,
+        ),
+        run_config=tune.RunConfig(name=cfg.sweep.name, storage_path=storage, verbose=1 if verbose else 0),
+    )
+    grid = tuner.fit()
+    return _summarise(cfg, grid, uri, experiment_id, parent_run_id)
+
+
+def _summarise(cfg: RadDiagConfig, grid: Any, uri: str, experiment_id: str, parent_run_id: str) -> SweepResult:
+    """Close the child runs (ASHA-stopped ones as KILLED), pick the best, tag the parent."""
+    from raddiag import tracking
+    from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY as CHECKPOINT_METRIC_KEY
+
+    client = tracking.client(uri)
+    runs = {r.data.tags.get("raddiag.trial_id"): r for r in tracking.child_runs(uri, experiment_id, parent_run_id)}
+    sign = 1.0 if cfg.sweep.mode == "max" else -1.0
+    trials, best = [], None
+    for result in grid:
+        trial_id = (result.metrics or {}).get("trial_id") or os.path.basename(str(result.path)).split("_")[1]
+        history = result.metrics_dataframe
+        values = history[cfg.sweep.metric].dropna().tolist() if history is not None and cfg.sweep.metric in history else []
+        value = (max if sign > 0 else min)(values) if values else math.nan
+        run = runs.get(trial_id)
+        checkpoint = (result.metrics or {}).get(CHECKPOINT_METRIC_KEY)
+        epochs = len(values)
+        status = "FINISHED" if epochs >= cfg.train.epochs else "KILLED"
+        if run is not None:
+            if run.info.status == "RUNNING":
+                client.set_terminated(run.info.run_id, status)
+            if checkpoint:
+                client.set_tag(run.info.run_id, "raddiag.checkpoint", checkpoint)
+        row = {
+            "trial_id": trial_id,
+            "run_id": run.info.run_id if run else "",
+            "value": value,
+            "epochs": epochs,
+            "status": status if result.error is None else "ERROR",
+            "checkpoint": checkpoint,
+            "params": {k: v for k, v in (result.config or {}).items() if "." in k},
+        }
+        trials.append(row)
+        if math.isfinite(value) and checkpoint and (best is None or sign * value > sign * best["value"]):
+            best = row
+    if best is None:
+        client.set_terminated(parent_run_id, "FAILED")
+        raise RuntimeError(f"sweep {cfg.sweep.name}: no trial reported {cfg.sweep.metric} with a checkpoint")
+    client.set_tag(parent_run_id, "raddiag.best_run_id", best["run_id"])
+    client.log_metric(parent_run_id, f"best_{cfg.sweep.metric}", best["value"])
+    client.log_metric(parent_run_id, "trial_epochs", sum(t["epochs"] for t in trials))
+    client.set_terminated(parent_run_id, "FINISHED")
+    return SweepResult(
+        name=cfg.sweep.name, parent_run_id=parent_run_id, experiment_id=experiment_id, best_run_id=best["run_id"],
+        best_checkpoint=best["checkpoint"], best_value=best["value"], trials=trials,
+    )
