@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 import warnings
@@ -82,6 +83,8 @@ def main() -> None:
                 "speedup": round(sklearn_s / vectorised_s, 1),
                 "n_evaluated": report.counts["all"]["n_evaluated"],
                 "auc_macro": round(report.summary["all"]["auc"], 4),
+                "cpus": os.cpu_count(),
+                "load_avg_1m_at_end": round(os.getloadavg()[0], 2),  # the machine is shared
                 "numpy": np.__version__,
                 "python": platform.python_version(),
             }

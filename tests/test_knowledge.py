@@ -21,7 +21,7 @@ BLOCKS = {
 
 @pytest.fixture(scope="session")
 def ke_cfg(tmp_path_factory) -> KEConfig:
-    return KEConfig(cache_dir=str(tmp_path_factory.mktemp("raddiag-cache")))
+    return KEConfig(cache_dir=str(tmp_path_factory.getbasetemp() / "raddiag-cache"))  # shared by the session
 
 
 def test_shape_dtype_normalised_and_deterministic(ke_cfg):

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
-import click
 import typer
 from rich.console import Console
 
@@ -32,8 +31,8 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Overri
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray/MLflow logs.")]
 
 
-class UserError(click.ClickException):
-    """An error caused by the user's input: click prints ``Error: <message>`` and exits ``code``."""
+class UserError(Exception):
+    """An error caused by the user's input: :func:`main` prints ``Error: <message>``, exits ``code``."""
 
     def __init__(self, message: str, code: int = 1) -> None:
         super().__init__(message)
@@ -217,11 +216,16 @@ def demo(
 
 def main() -> None:
     """Console-script entry: known failures (missing store, refused promotion) print one line."""
+    from mlflow.exceptions import MlflowException
+
     from raddiag.registry import PromotionError
     from raddiag.storage.store import StoreError
 
     try:
         app()
-    except (StoreError, PromotionError, ConfigError) as exc:
+    except UserError as exc:
+        err.print(f"Error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except (StoreError, PromotionError, ConfigError, MlflowException) as exc:
         err.print(f"Error: {exc}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(1)

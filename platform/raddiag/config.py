@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 class ConfigError(ValueError):
@@ -36,7 +40,7 @@ class StoreConfig(_Strict):
 class SynthConfig(_Strict):
     """Synthetic RP3D-like dataset (see ``raddiag synth``)."""
 
-    n_cases: int = Field(default=240, ge=8)
+    n_cases: int = Field(default=400, ge=8)
     n_labels: int = Field(default=24, ge=4, description="disorder labels, 'Normal' included")
     image_size: int = Field(default=32, ge=8)
     max_depth: int = Field(default=8, ge=1, description="depth of 3D scans (2D scans have D=1)")
@@ -77,7 +81,7 @@ class KEConfig(_Strict):
         default="tfidf", description="tfidf baseline | trained: ICD-contrastive encoder | hf: local HF encoder dir"
     )
     encoder_path: str = Field(default="", description="hf: model directory; trained: '' = train/cache in cache_dir")
-    text_train_steps: int = Field(default=1500, ge=1, description="trained encoder: contrastive steps")
+    text_train_steps: int = Field(default=1200, ge=1, description="trained encoder: contrastive steps")
     template: str = Field(default="{name}. {description}", description="label text; {name} {code} {description}")
     dim: int = Field(default=64, ge=8)
     temperature_init: float = Field(default=0.07, gt=0, description="initial temperature; logit scale s = 1/T")
@@ -175,7 +179,7 @@ class TrainConfig(_Strict):
     """Ray Train TorchTrainer settings and the optimisation schedule."""
 
     name: str = "raddiag-train"
-    epochs: int = Field(default=3, ge=1)
+    epochs: int = Field(default=6, ge=1)
     batch_size: int = Field(default=8, ge=1, description="cases per worker per step")
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=1e-4, ge=0)
@@ -319,6 +323,8 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        value = float(value)  # YAML 1.1 reads "3e-4" as a string
     return key, value
 
 

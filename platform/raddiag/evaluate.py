@@ -37,8 +37,8 @@ def score_split(
     from raddiag.data.pipeline import local_batches
     from raddiag.storage.store import Store
 
-    model, wrapper = load_pyfunc(model_uri)
     manifest = Store(cfg.store.url, cfg.store.endpoint_url).manifest()
+    model, wrapper = load_pyfunc(model_uri)
     model_cfg = RadDiagConfig.model_validate(wrapper.meta["config"])
     eval_cfg = model_cfg.model_copy(update={"store": cfg.store})
     names = wrapper.label_names

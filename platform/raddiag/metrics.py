@@ -88,29 +88,37 @@ def group_of_counts(train_counts: np.ndarray, *, head_min: int = 100, medium_min
 # ---------------------------------------------------------------------------------------------
 
 
+def _row_offsets(k: int, m: int) -> np.ndarray:
+    """Flat index of the first element of each row of a C-contiguous (k, m) array, as (k, 1)."""
+    return (np.arange(k, dtype=np.intp) * m)[:, None]
+
+
 def _sort_block(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rows are classes: ``scores``/``labels`` (k, n) -> order, scores and bool labels sorted by
-    decreasing score per row."""
+    """Rows are classes: C-contiguous ``scores``/``labels`` (k, n) -> order (column indices), scores
+    and bool labels, each row sorted by decreasing score."""
+    k, n = scores.shape
     order = np.argsort(scores, axis=1)[:, ::-1]
-    return order, np.take_along_axis(scores, order, axis=1), np.take_along_axis(labels, order, axis=1)
+    flat = order + _row_offsets(k, n)  # np.take on flat indices is ~3x faster than take_along_axis
+    return order, scores.ravel().take(flat), labels.ravel().take(flat)
 
 
 def _compact_points(s: np.ndarray, tps: np.ndarray, fps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Keep one ROC point per distinct score (the end of each tie run), left-aligned per row and
-    padded with copies of the row's last point. All inputs/outputs (k, m)."""
+    padded with copies of the row's last point. All inputs/outputs C-contiguous (k, m)."""
     k, m = s.shape
     is_end = np.empty((k, m), dtype=bool)
     np.not_equal(s[:, 1:], s[:, :-1], out=is_end[:, :-1])
     is_end[:, -1] = True
-    rank = np.cumsum(is_end, axis=1, dtype=np.int32) - 1
-    rows, cols = np.nonzero(is_end)
-    gather = np.full((k, m), m - 1, dtype=np.intp)
-    gather[rows, rank[rows, cols]] = cols
-    return (
-        np.take_along_axis(tps, gather, axis=1),
-        np.take_along_axis(fps, gather, axis=1),
-        np.take_along_axis(s, gather, axis=1),
-    )
+    if is_end.all():  # no ties anywhere in the block
+        return tps, fps, s
+    ends = np.flatnonzero(is_end)  # flat positions, row by row
+    per_row = np.count_nonzero(is_end, axis=1)
+    first = np.concatenate([[0], np.cumsum(per_row)[:-1]])
+    rank = np.arange(ends.size) - np.repeat(first, per_row)  # index of each end within its row
+    gather = np.repeat(_row_offsets(k, m)[:, 0] + (m - 1), m)  # default: the row's last point
+    gather[ends - ends % m + rank] = ends
+    gather = gather.reshape(k, m)
+    return tps.ravel().take(gather), fps.ravel().take(gather), s.ravel().take(gather)
 
 
 def _curve_stats(
@@ -191,10 +199,9 @@ def _curve_stats(
             out[f"r{suffix}_interp"] = np.where(f_lo >= x, t_lo, t_lo + (x - f_lo) * slope)
             # Operating threshold for the honest variant: score of that last point (inf = none).
             out[f"threshold_r{suffix}"] = np.where(lo > 0, thr[rows, np.maximum(lo - 1, 0)], np.inf)
-    for key in ("auc", "ap", "f1", "mcc", "threshold") + tuple(
-        f"r{sfx}{kind}" for sfx, _ in FPR_POINTS for kind in ("", "_interp")
-    ) + tuple(f"threshold_r{sfx}" for sfx, _ in FPR_POINTS):
-        out[key] = np.where(valid, out[key], np.nan)
+    for key, value in out.items():
+        if key not in ("n_pos", "n_neg", "valid") and not key.startswith(("tp_", "fp_")):
+            out[key] = np.where(valid, value, np.nan)
     return out
 
 

@@ -38,7 +38,7 @@ class TextTrainConfig:
     dim: int = 64
     hidden: int = 256
     vocab_size: int = 8000
-    steps: int = 1500
+    steps: int = 1200
     groups: int = 48  # sibling groups per batch
     group_size: int = 4  # siblings per group
     random_codes: int = 96  # extra codes per batch
@@ -66,7 +66,7 @@ class BagOfNgramsEncoder(nn.Module):
     def __init__(self, vocab_size: int, hidden: int, dim: int) -> None:
         super().__init__()
         self.vocab_size = vocab_size
-        self.bag = nn.EmbeddingBag(vocab_size + BIGRAM_BUCKETS, hidden, mode="mean")
+        self.bag = nn.EmbeddingBag(vocab_size + BIGRAM_BUCKETS, hidden, mode="mean", sparse=True)
         self.mlp = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
     def features(self, token_lists: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,8 +178,14 @@ def train_text_encoder(
     views = _Views(entries, lambda texts: [e.ids for e in tokenizer.encode_batch(texts)], held_out)
     model = BagOfNgramsEncoder(tokenizer.get_vocab_size(), cfg.hidden, cfg.dim)
     log_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.temperature_init)))
-    optimizer = torch.optim.AdamW([*model.parameters(), log_scale], lr=cfg.lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.lr, total_steps=cfg.steps, pct_start=0.05)
+    # the embedding table is large and gets sparse gradients: SparseAdam for it, AdamW for the rest
+    optimizers = [
+        torch.optim.SparseAdam(list(model.bag.parameters()), lr=cfg.lr),
+        torch.optim.AdamW([*model.mlp.parameters(), log_scale], lr=cfg.lr, weight_decay=1e-4),
+    ]
+    schedules = [
+        torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.steps, pct_start=0.05) for opt in optimizers
+    ]
     n_codes = len(views.codes)
     model.train()
     for step in range(cfg.steps):
@@ -205,13 +211,14 @@ def train_text_encoder(
         related = (parents[a_codes][:, None] == p_codes[None, :]) | (a_codes[:, None] == parents[p_codes][None, :])
         targets = same.float() + cfg.parent_weight * (related & ~same).float()
         targets = targets + torch.eye(len(batch)) * (targets.diagonal() == 0).float()  # anchor i's own positive
-        a = F.normalize(model(anchors), dim=-1)
-        p = F.normalize(model(positives), dim=-1)
+        a, p = F.normalize(model(anchors + positives), dim=-1).split(len(batch))
         loss = soft_info_nce(a, p, targets, log_scale.clamp(max=math.log(100.0)))
-        optimizer.zero_grad(set_to_none=True)
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
-        schedule.step()
+        for opt, schedule in zip(optimizers, schedules):
+            opt.step()
+            schedule.step()
         if step % 250 == 0 or step == cfg.steps - 1:
             log.info("text encoder step %d loss %.3f temperature %.4f", step, loss.item(), (-log_scale).exp().item())
     log.info("trained text encoder in %.0fs", time.perf_counter() - start)

@@ -90,6 +90,19 @@ def get_text_encoder(cfg: KEConfig, cache_dir: str | os.PathLike | None = None):
     cache_dir = cache_dir or cfg.cache_dir or None
     if cfg.encoder == "tfidf":
         return load_or_fit_tfidf(cfg.dim, cache_dir)
+    if cfg.encoder == "trained":
+        from raddiag.knowledge.encoder import load_or_train_text_encoder
+
+        return load_or_train_text_encoder(cfg.dim, cfg.text_train_steps, cache_dir, cfg.encoder_path or None)
+    if cfg.encoder == "hf":
+        from raddiag.knowledge.encoder import HFTextEncoder
+
+        if not cfg.encoder_path:
+            raise ValueError("ke.encoder='hf' needs ke.encoder_path, a local Hugging Face model directory")
+        encoder = HFTextEncoder(cfg.encoder_path)
+        if encoder.dim != cfg.dim:
+            raise ValueError(f"ke.dim={cfg.dim} but the HF encoder at {cfg.encoder_path} emits {encoder.dim}; set ke.dim={encoder.dim}")
+        return encoder
     raise ValueError(f"ke.encoder {cfg.encoder!r} is not supported")
 
 

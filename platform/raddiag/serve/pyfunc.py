@@ -50,7 +50,7 @@ def load_network(checkpoint_dir: str, weights: str = "best.pt") -> tuple[Any, di
 class RadDiagPyfunc(mlflow.pyfunc.PythonModel):
     """pyfunc wrapper; artifacts: ``checkpoint`` = a checkpoint directory (meta.json + best.pt)."""
 
-    def load_context(self, context: Any) -> None:
+    def load_context(self, context):
         import torch
 
         torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
@@ -59,7 +59,7 @@ class RadDiagPyfunc(mlflow.pyfunc.PythonModel):
         self.depth, self.size = int(cfg["depth"]), int(cfg["image_size"])
         self.label_names = list(self.meta["label_names"])
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    def predict(self, context, model_input, params=None):  # no type hints: MLflow would infer a schema from them
         import torch
         import torch.nn.functional as F
 

@@ -130,7 +130,7 @@ def render_scan(
         cx = label.position[1] + rng.normal(scale=0.04)
         radius = 0.12 + rng.normal(scale=0.015)
         mask = _shape_mask(label.shape, yy, xx, cy, cx, radius)
-        volume += label.polarity * 0.35 * profile[:, None, None] * mask[None]
+        volume += label.polarity * 0.6 * profile[:, None, None] * mask[None]
     return volume, key_slice
 
 

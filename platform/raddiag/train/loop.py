@@ -245,8 +245,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                         handle,
                     )
                 report_checkpoint = ray.train.Checkpoint.from_directory(directory)
+                if uri and run_id:  # before report: an ASHA stop may end the trial inside report
+                    tracking.log_epoch_metrics(uri, run_id, metrics, step=epoch, probe="epoch")
             ray.train.report(metrics, checkpoint=report_checkpoint)
-        if rank == 0 and uri and run_id:
-            tracking.log_epoch_metrics(uri, run_id, metrics, step=epoch, probe="val_auc_macro")
         if cfg.train.early_stop_patience and stale >= cfg.train.early_stop_patience:
             break

@@ -1,0 +1,113 @@
+"""``raddiag knowledge build``: label vocabulary -> versioned embedding table in the store (+ MLflow).
+
+Layout under the store: ``knowledge/<version>/{embeddings.npy, labels.json, meta.json}``. The version
+is a content hash of the label names, codes, encoder settings and ICD-10-CM data, so a rebuild with
+the same inputs is a cache hit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from raddiag.config import KEConfig
+from raddiag.knowledge.icd import icd_version
+from raddiag.knowledge.labels import LabelMapping, get_text_encoder, label_texts, map_labels
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class KnowledgeTable:
+    """A built label embedding table: ``embeddings`` (C, dim) float32 aligned with ``mappings``."""
+
+    version: str
+    uri: str
+    embeddings: np.ndarray
+    mappings: list[LabelMapping]
+    meta: dict
+
+
+def knowledge_version(names: list[str], codes: list[str | None] | None, cfg: KEConfig) -> str:
+    settings = cfg.model_dump(include={"encoder", "encoder_path", "template", "dim", "text_train_steps"})
+    payload = json.dumps({"names": names, "codes": codes, "ke": settings, "icd": icd_version()}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def build_knowledge(
+    names: list[str],
+    cfg: KEConfig,
+    codes: list[str | None] | None = None,
+    store_url: str = ".raddiag/store",
+    storage_options: dict | None = None,
+    tracking_uri: str | None = None,
+    experiment: str = "raddiag",
+) -> KnowledgeTable:
+    """Embed ``names`` (with optional ICD-10-CM ``codes``) with the configured KE encoder and store the
+    table at ``<store_url>/knowledge/<version>/``; reuse it when that version exists. With
+    ``tracking_uri`` the build is logged to MLflow (params, mapping counts, artifacts)."""
+    import fsspec
+
+    version = knowledge_version(list(names), codes, cfg)
+    fs, root = fsspec.core.url_to_fs(store_url.rstrip("/"), **(storage_options or {}))
+    folder = f"{root}/knowledge/{version}"
+    uri = f"{store_url.rstrip('/')}/knowledge/{version}"
+    if fs.exists(f"{folder}/meta.json"):
+        with fs.open(f"{folder}/embeddings.npy", "rb") as handle:
+            embeddings = np.load(io.BytesIO(handle.read()))
+        with fs.open(f"{folder}/labels.json") as handle:
+            mappings = [LabelMapping(**m) for m in json.load(handle)]
+        with fs.open(f"{folder}/meta.json") as handle:
+            meta = json.load(handle)
+        log.info("knowledge table %s found in the store (%s)", version, uri)
+        return KnowledgeTable(version, uri, embeddings, mappings, meta)
+
+    start = time.perf_counter()
+    mappings = map_labels(list(names), codes, cfg.cache_dir or None)
+    embeddings = np.asarray(get_text_encoder(cfg).encode(label_texts(mappings, cfg.template)), dtype=np.float32)
+    counts = {source: sum(m.source == source for m in mappings) for source in ("given", "matched", "normal")}
+    meta = {
+        "version": version,
+        "labels": len(names),
+        "dim": int(embeddings.shape[1]),
+        "icd_version": icd_version(),
+        "ke": cfg.model_dump(mode="json"),
+        "mapping_counts": counts,
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    fs.makedirs(folder, exist_ok=True)
+    buffer = io.BytesIO()
+    np.save(buffer, embeddings)
+    fs.pipe_file(f"{folder}/embeddings.npy", buffer.getvalue())
+    fs.pipe_file(f"{folder}/labels.json", json.dumps([asdict(m) for m in mappings], indent=1).encode())
+    fs.pipe_file(f"{folder}/meta.json", json.dumps(meta, indent=2).encode())  # written last: marks completion
+    log.info("knowledge table %s: %d labels, %s -> %s", version, len(names), counts, uri)
+    if tracking_uri:
+        _log_to_mlflow(tracking_uri, experiment, meta, embeddings, mappings)
+    return KnowledgeTable(version, uri, embeddings, mappings, meta)
+
+
+def _log_to_mlflow(tracking_uri: str, experiment: str, meta: dict, embeddings: np.ndarray,
+                   mappings: list[LabelMapping]) -> None:
+    import tempfile
+    from pathlib import Path
+
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name=f"knowledge-{meta['version']}"), tempfile.TemporaryDirectory() as tmp:
+        mlflow.set_tag("raddiag.stage", "knowledge")
+        mlflow.log_params({f"ke.{k}": v for k, v in meta["ke"].items()} | {"knowledge.version": meta["version"]})
+        mlflow.log_metrics({f"knowledge.{k}": v for k, v in meta["mapping_counts"].items()})
+        folder = Path(tmp)
+        np.save(folder / "embeddings.npy", embeddings)
+        (folder / "labels.json").write_text(json.dumps([asdict(m) for m in mappings], indent=1))
+        (folder / "meta.json").write_text(json.dumps(meta, indent=2))
+        mlflow.log_artifacts(str(folder), artifact_path="knowledge")

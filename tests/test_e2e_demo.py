@@ -1,0 +1,100 @@
+"""The demo chain at its smallest, for real: synth -> Zarr -> Ray Data -> Tune/Optuna/ASHA sweep of
+TorchTrainer (DDP, 2 gloo workers) trials -> MLflow parent + child runs -> @champion -> predict."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, run_cli, tiny_overrides
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory, ray_local):
+    from raddiag.config import load_config
+    from raddiag.demo import run_demo
+
+    tmp = tmp_path_factory.mktemp("demo")
+    cfg = load_config(None, tiny_overrides(tmp))
+    result = run_demo(cfg)
+    return cfg, result, tmp
+
+
+def test_parent_and_child_runs_with_every_epoch_logged(demo_run) -> None:
+    from raddiag import tracking
+
+    cfg, result, _ = demo_run
+    client = tracking.client(cfg.tracking.resolved_uri())
+    parent = client.get_run(result.sweep.parent_run_id)
+    assert parent.data.tags["raddiag.role"] == "sweep" and parent.info.status == "FINISHED"
+    assert parent.data.params["sweep.num_samples"] == "2"
+    children = tracking.child_runs(cfg.tracking.resolved_uri(), result.sweep.experiment_id, parent.info.run_id)
+    assert len(children) == cfg.sweep.num_samples == len(result.sweep.trials)
+    for child in children:
+        assert child.info.status in {"FINISHED", "KILLED"}
+        assert child.data.params["loss.type"] in {"bce", "focal", "asl"}
+        epochs = [m.step for m in client.get_metric_history(child.info.run_id, "val_auc_macro")]
+        trial = next(t for t in result.sweep.trials if t["run_id"] == child.info.run_id)
+        assert sorted(epochs) == list(range(trial["epochs"])), "one value per epoch, no gaps or duplicates"
+        for key in ("train_loss", "train_key_slice_loss", "val_auc_tail", "val_ap_macro", "lr"):
+            assert len(client.get_metric_history(child.info.run_id, key)) == trial["epochs"], key
+    finished = [t for t in result.sweep.trials if t["status"] == "FINISHED"]
+    assert finished and all(t["epochs"] == cfg.train.epochs for t in finished)
+
+
+def test_champion_loads_and_predicts_one_case(demo_run) -> None:
+    import mlflow.pyfunc
+
+    from raddiag.data.pipeline import local_batches
+    from raddiag.storage.store import Store
+
+    cfg, result, _ = demo_run
+    assert result.promotion.decision == "champion"
+    model = mlflow.pyfunc.load_model(f"models:/{cfg.tracking.registered_model}@champion")
+    manifest = Store(cfg.store.url).manifest()
+    names = manifest.label_names()
+    batch = next(iter(local_batches(manifest.case_records("test")[:1], cfg, names, 1)))
+    frame = model.predict({k: batch[k] for k in ("images", "scan_mask", "slice_mask", "modality_ids")})
+    assert frame.shape == (1, len(names))
+    assert list(frame.columns) == names
+    assert ((frame.to_numpy() > 0) & (frame.to_numpy() < 1)).all()
+    version = result.promotion.version
+    from raddiag import tracking
+
+    tags = tracking.client(cfg.tracking.resolved_uri()).get_model_version(cfg.tracking.registered_model, version).tags
+    assert tags["raddiag.dataset_version"] == manifest.version
+    assert "test_auc_macro" in tags and tags["raddiag.decision"] == "champion"
+
+
+def test_evaluate_and_predict_cli_against_the_champion(demo_run) -> None:
+    cfg, _, tmp = demo_run
+    args = []
+    for override in tiny_overrides(tmp):
+        args += ["--set", override]
+    report = tmp / "report.json"
+    result = run_cli("evaluate", "--output", str(report), *args, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(report.read_text())
+    assert data["split"] == "test" and "summary" in data
+    case = tmp / "case"
+    case.mkdir()
+    np.save(case / "xray.npy", np.random.default_rng(0).random((16, 16, 1), dtype=np.float32))
+    np.save(case / "ct.npy", np.random.default_rng(1).random((16, 16, 9), dtype=np.float32))
+    result = run_cli("predict", str(case), "--json", "--top-k", "3", *args, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    ranked = json.loads(result.stdout)["top_k"]
+    assert len(ranked) == 3 and ranked[0]["probability"] >= ranked[-1]["probability"]
+
+
+def test_second_promotion_without_improvement_sets_challenger(demo_run) -> None:
+    from raddiag.registry import promote
+
+    cfg, result, _ = demo_run
+    strict = cfg.model_copy(update={"promote": cfg.promote.model_copy(update={"margin": 1.0})})
+    again = promote(strict, result.sweep.name)
+    assert again.decision == "challenger" and again.champion_version == result.promotion.version
