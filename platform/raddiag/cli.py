@@ -216,16 +216,20 @@ def demo(
 
 def main() -> None:
     """Console-script entry: known failures (missing store, refused promotion) print one line."""
+    from raddiag.runtime import quiet
+
+    quiet(verbose=bool({"-v", "--verbose"} & set(sys.argv[1:])))  # before mlflow configures logging
     from mlflow.exceptions import MlflowException
 
     from raddiag.registry import PromotionError
     from raddiag.storage.store import StoreError
+    from raddiag.tune.sweep import SweepError
 
     try:
         app()
     except UserError as exc:
         err.print(f"Error: {exc}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(exc.exit_code)
-    except (StoreError, PromotionError, ConfigError, MlflowException) as exc:
+    except (StoreError, PromotionError, ConfigError, MlflowException, SweepError) as exc:
         err.print(f"Error: {exc}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(1)

@@ -384,7 +384,28 @@ def load_config(paths: list[Path] | None = None, overrides: list[str] | None = N
         key, value = parse_override(text)
         set_dotted(tree, key, value)
         origin = "--set" if not paths else f"{origin} + --set"
-    return build_config(tree, origin)
+    return absolute_paths(build_config(tree, origin))
+
+
+def _absolute(path_or_url: str) -> str:
+    if "://" in path_or_url and not path_or_url.startswith("file://"):
+        return path_or_url
+    return str(Path(path_or_url.removeprefix("file://")).expanduser().resolve())
+
+
+def absolute_paths(cfg: RadDiagConfig) -> RadDiagConfig:
+    """Local paths resolved against the current directory, once, where the user ran the verb: Ray
+    Tune and Train run code in other working directories."""
+    uri = cfg.tracking.resolved_uri()
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = f"sqlite:///{_absolute(uri.removeprefix('sqlite:///'))}"
+    return cfg.model_copy(
+        update={
+            "store": cfg.store.model_copy(update={"url": _absolute(cfg.store.url)}),
+            "train": cfg.train.model_copy(update={"storage_path": _absolute(cfg.train.storage_path)}),
+            "tracking": cfg.tracking.model_copy(update={"tracking_uri": uri}),
+        }
+    )
 
 
 def with_overrides(cfg: RadDiagConfig, values: dict[str, Any]) -> RadDiagConfig:

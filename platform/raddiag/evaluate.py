@@ -21,9 +21,13 @@ class Evaluation:
 
 def load_pyfunc(model_uri: str) -> tuple[Any, Any]:
     """(pyfunc model, its RadDiagPyfunc) for a ``models:/...`` or ``runs:/...`` URI."""
+    import warnings
+
     import mlflow.pyfunc
 
-    model = mlflow.pyfunc.load_model(model_uri)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = mlflow.pyfunc.load_model(model_uri)
     return model, model.unwrap_python_model()
 
 

@@ -141,6 +141,10 @@ def promote(cfg: RadDiagConfig, sweep_name: str, dry_run: bool = False) -> Promo
 
 
 def _log_model(cfg: RadDiagConfig, checkpoint_dir: str, registered_model: str | None) -> Any:
+    import warnings
+
     from raddiag.serve.pyfunc import log_pyfunc
 
-    return log_pyfunc(checkpoint_dir, _example(cfg, checkpoint_dir), registered_model)
+    with warnings.catch_warnings():  # MLflow nags about type hints we deliberately leave out
+        warnings.simplefilter("ignore")
+        return log_pyfunc(checkpoint_dir, _example(cfg, checkpoint_dir), registered_model)

@@ -20,6 +20,10 @@ def quiet(verbose: bool) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # Ray Data/Tune/Train start many short-lived workers with fractional CPUs; let the raylet start
+    # them a few at a time instead of warning about it.
+    os.environ.setdefault("RAY_worker_maximum_startup_concurrency", "8")
     for name in ("ray", "ray.data", "ray.tune", "ray.train", "mlflow", "alembic", "optuna", "urllib3", "filelock"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")

@@ -96,6 +96,10 @@ def _trial(params: dict[str, Any], *, base: dict[str, Any], ctx: dict[str, Any])
     client.set_terminated(run_id, "FINISHED" if result.error is None else "FAILED")
 
 
+class SweepError(RuntimeError):
+    """The sweep produced no usable trial; the message carries the first trial's error."""
+
+
 @dataclass
 class SweepResult:
     name: str
@@ -204,7 +208,9 @@ def _summarise(cfg: RadDiagConfig, grid: Any, uri: str, experiment_id: str, pare
             best = row
     if best is None:
         client.set_terminated(parent_run_id, "FAILED")
-        raise RuntimeError(f"sweep {cfg.sweep.name}: no trial reported {cfg.sweep.metric} with a checkpoint")
+        errors = [str(r.error).strip().splitlines()[-1] for r in grid if r.error is not None]
+        cause = f"; first trial error: {errors[0]}" if errors else ""
+        raise SweepError(f"sweep {cfg.sweep.name}: no trial reported {cfg.sweep.metric} with a checkpoint{cause}")
     client.set_tag(parent_run_id, "raddiag.best_run_id", best["run_id"])
     client.log_metric(parent_run_id, f"best_{cfg.sweep.metric}", best["value"])
     client.log_metric(parent_run_id, "trial_epochs", sum(t["epochs"] for t in trials))
