@@ -139,7 +139,10 @@ def evaluate(
     tracking.setup(cfg.tracking)
     uri = model or f"models:/{cfg.tracking.registered_model}@champion"
     result = evaluate_model(uri, cfg, split, n_bootstrap=bootstrap)
-    console.print(result.report.table(f"{uri} on {split} ({result.n_cases} cases, dataset {result.dataset_version})"))
+    title = f"{uri} on {split} ({result.n_cases} cases, dataset {result.dataset_version})"
+    console.print(result.report.table(title))
+    if "f1_val" in result.report.metrics:
+        console.print(result.report.table("honest variant: F1 / MCC / R@FPR at thresholds chosen on validation", variant="honest"))
     if output:
         output.write_text(json.dumps({"model": uri, "split": split, "dataset_version": result.dataset_version, **result.report.to_json()}, indent=2))
         console.print(f"report written to {output}")

@@ -31,27 +31,14 @@ def load_pyfunc(model_uri: str) -> tuple[Any, Any]:
     return model, model.unwrap_python_model()
 
 
-def score_split(
-    model_uri: str, cfg: RadDiagConfig, split: str, batch_size: int = 8
-) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray, Any]:
-    """(labels (n, C), scores (n, C), label_names, train_counts (C,), manifest) for ``split``.
-
-    Cases are assembled with the model's own data settings (scans, depth, size, label level).
-    """
+def score_split(model: Any, wrapper: Any, manifest: Any, cfg: RadDiagConfig, split: str, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """(labels (n, C), scores (n, C)) for every case of ``split``, assembled with the model's own
+    data settings (scans, depth, size, label level) from the store of ``cfg``."""
     from raddiag.data.pipeline import local_batches
-    from raddiag.storage.store import Store
 
-    manifest = Store(cfg.store.url, cfg.store.endpoint_url).manifest()
-    model, wrapper = load_pyfunc(model_uri)
     model_cfg = RadDiagConfig.model_validate(wrapper.meta["config"])
     eval_cfg = model_cfg.model_copy(update={"store": cfg.store})
     names = wrapper.label_names
-    store_names = manifest.label_names(model_cfg.data.label_level)
-    if names != store_names:
-        raise ValueError(
-            f"model {model_uri}: its {len(names)} labels differ from the store's {len(store_names)} "
-            f"({cfg.store.url}); fine-tune it on this store first"
-        )
     records = manifest.case_records(split)
     if not records:
         raise ValueError(f"store {cfg.store.url}: split {split!r} has no cases")
@@ -60,14 +47,30 @@ def score_split(
         frame = model.predict({k: batch[k] for k in ("images", "scan_mask", "slice_mask", "modality_ids")})
         scores.append(frame[names].to_numpy())
         labels.append(batch["labels"])
-    counts = manifest.train_counts(model_cfg.data.label_level)
-    return np.concatenate(labels), np.concatenate(scores), names, counts, manifest
+    return np.concatenate(labels), np.concatenate(scores)
 
 
 def evaluate_model(model_uri: str, cfg: RadDiagConfig, split: str = "test", n_bootstrap: int = 0) -> Evaluation:
-    """Metrics by head / medium / tail for ``model_uri`` on ``split`` (groups from train counts)."""
+    """Metrics by head / medium / tail for ``model_uri`` on ``split`` (groups from train counts),
+    with the honest variant (thresholds chosen on the validation split) when one exists."""
     from raddiag.metrics import evaluate_scores
+    from raddiag.storage.store import Store
 
-    labels, scores, names, counts, manifest = score_split(model_uri, cfg, split)
-    report = evaluate_scores(labels, scores, counts, label_names=names, n_bootstrap=n_bootstrap, seed=cfg.train.seed)
+    manifest = Store(cfg.store.url, cfg.store.endpoint_url).manifest()
+    model, wrapper = load_pyfunc(model_uri)
+    level = RadDiagConfig.model_validate(wrapper.meta["config"]).data.label_level
+    names = wrapper.label_names
+    if names != manifest.label_names(level):
+        raise ValueError(
+            f"model {model_uri}: its {len(names)} labels differ from the store's "
+            f"{len(manifest.label_names(level))} ({cfg.store.url}); fine-tune it on this store first"
+        )
+    labels, scores = score_split(model, wrapper, manifest, cfg, split)
+    val_true = val_score = None
+    if split != "val" and manifest.case_records("val"):
+        val_true, val_score = score_split(model, wrapper, manifest, cfg, "val")
+    report = evaluate_scores(
+        labels, scores, manifest.train_counts(level), label_names=names, val_true=val_true, val_score=val_score,
+        n_bootstrap=n_bootstrap, seed=cfg.train.seed,
+    )
     return Evaluation(model_uri=model_uri, split=split, dataset_version=manifest.version, report=report, n_cases=len(labels))
