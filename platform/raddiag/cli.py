@@ -80,6 +80,110 @@ def _print_manifest(manifest: Any, url: str) -> None:
     )
 
 
+IngestSources = Annotated[
+    list[Path], typer.Argument(help="RP3D-DiagDS .json file(s) and/or case-table .csv file(s) (case_id,path,modality,plane,labels,split).")
+]
+
+
+@app.command()
+def ingest(
+    sources: IngestSources,
+    data_root: Annotated[Optional[Path], typer.Option("--data-root", help="Resolve scan paths against this folder (default: ingest.data_root, else each source's folder).")] = None,
+    labels: Annotated[Optional[Path], typer.Option("--labels", help="Label vocabulary (JSON name->index or one name per line); unknown labels are quarantined.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="auto (by suffix) | rp3d | table.")] = "auto",
+    store_url: Annotated[Optional[str], typer.Option("--store", help="Store URL (default: store.url).")] = None,
+    workers: Annotated[int, typer.Option(help="Cases processed concurrently.")] = 2,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Ingest RP3D json or a case table (npy, NIfTI, DICOM, PNG/JPEG) into the store, de-identified.
+
+    Bad input is quarantined with a reason (the `rejected` table) and the rest is ingested. Re-running
+    on the same input publishes the same version. Exit code 1 only when nothing could be ingested,
+    2 on misuse (missing source, bad option, DICOM without a de-identification key).
+    """
+    from raddiag.storage.deid import DeidKeyMissing
+    from raddiag.storage.ingest import IngestError, load_vocabulary, run_ingest
+    from raddiag.storage.preprocess import Plan
+    from raddiag.storage.readers import Limits
+    from raddiag.storage.store import Store
+
+    cfg = _config(config, set_)
+    if fmt not in ("auto", "rp3d", "table"):
+        raise UserError(f"--format {fmt!r}: expected auto, rp3d or table", code=2)
+    if workers < 1:
+        raise UserError("--workers must be >= 1", code=2)
+    ing = cfg.ingest
+    root = data_root or (Path(ing.data_root) if ing.data_root else None)
+    if root is not None and not root.is_dir():
+        raise UserError(f"--data-root {root}: not a directory", code=2)
+    vocab_path = labels or (Path(ing.labels) if ing.labels else None)
+    url = store_url or cfg.store.url
+    store = Store(url, cfg.store.endpoint_url)
+    plan = Plan(ing.image_size, ing.max_depth, ing.dtype, tuple(ing.ct_window) if ing.ct_window else None)
+    limits = Limits(max_side=ing.max_side, max_depth=max(ing.max_side, 4096), max_voxels=ing.max_voxels)
+    try:
+        vocabulary = load_vocabulary(vocab_path) if vocab_path else None
+        with _progress() as progress:
+            task = progress.add_task("ingesting cases", total=None)
+            result = run_ingest(
+                list(sources), store, data_root=root, vocabulary=vocabulary, plan=plan, limits=limits,
+                val_fraction=ing.val_fraction, test_fraction=ing.test_fraction, seed=ing.seed,
+                keep_flagged=ing.keep_flagged, key_env=ing.deid_key_env, fmt=fmt, workers=workers,
+                progress=lambda done, total: progress.update(task, completed=done, total=total),
+            )
+    except (IngestError, DeidKeyMissing) as exc:
+        raise UserError(str(exc), code=2) from None
+    _print_rejected(result.rejected)
+    if result.manifest is None:
+        raise UserError(f"nothing could be ingested from {', '.join(map(str, sources))} ({len(result.rejected)} rejected)")
+    console.print(
+        f"ingested {result.n_cases} cases, {result.n_scans} scans in {result.seconds:.1f} s "
+        f"({result.scans_per_second:.1f} scans/s); rejected {len(result.rejected)}"
+    )
+    _print_manifest(result.manifest, url)
+
+
+def _print_rejected(rejected: Any, limit: int = 50) -> None:
+    if rejected.empty:
+        return
+    from rich.table import Table
+
+    table = Table(title=f"rejected ({len(rejected)}; stored as versions/<version>/rejected.parquet)")
+    for column in ("source", "case_id", "item", "reason"):
+        table.add_column(column, overflow="fold")
+    for row in rejected.head(limit).itertuples(index=False):
+        table.add_row(row.source, row.case_id, row.item, row.reason)
+    console.print(table)
+    if len(rejected) > limit:
+        console.print(f"... and {len(rejected) - limit} more")
+
+
+@app.command()
+def verify(
+    url: Annotated[Optional[str], typer.Argument(help="Store URL (local path, file:// or s3://bucket/prefix); default store.url.")] = None,
+    endpoint_url: Annotated[Optional[str], typer.Option("--endpoint-url", help="S3 endpoint (default store.endpoint_url).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Verify a store: recompute every scan checksum and check manifest/array consistency; exit 1 on any problem."""
+    from raddiag.storage.store import Store
+    from raddiag.storage.verify import verify_store
+
+    cfg = _config(config, set_)
+    target = url or cfg.store.url
+    with console.status(f"verifying {target}"):
+        report = verify_store(Store(target, endpoint_url or cfg.store.endpoint_url))
+    for note in report.notes:
+        console.print(f"note: {note}")
+    for problem in report.problems:
+        console.print(f"[red]problem[/]: {problem}", highlight=False)
+    summary = f"{target} version {report.version or '?'}: {report.n_cases} cases, {report.n_scans} scans checked"
+    if report.problems:
+        raise UserError(f"{summary}; {len(report.problems)} problem(s)")
+    console.print(f"{summary}; no problems")
+
+
 @app.command()
 def train(config: ConfigOpt = None, set_: SetOpt = None, verbose: VerboseOpt = False) -> None:
     """Train one model with Ray Train (DDP) and track it in MLflow; re-running the same name resumes."""

@@ -51,6 +51,31 @@ class SynthConfig(_Strict):
     seed: int = 0
 
 
+class IngestConfig(_Strict):
+    """``raddiag ingest``: preprocessing plan, guards and splits for real data (see storage/README.md)."""
+
+    data_root: str = Field(default="", description="directory scan paths are resolved against ('' = each source's folder)")
+    labels: str = Field(default="", description="label vocabulary file (JSON name->index or one name per line); '' = accept any")
+    image_size: int = Field(default=256, ge=8, le=2048, description="stored H = W")
+    max_depth: int = Field(default=64, ge=1, le=1024, description="stored slices per scan (uniform sampling, key slice kept)")
+    dtype: Literal["uint8", "uint16"] = "uint8"
+    ct_window: list[float] | None = Field(default=None, description="[centre, width] HU window for CT before min-max")
+    max_side: int = Field(default=8192, ge=16, description="refuse images with a side larger than this (bomb guard)")
+    max_voxels: int = Field(default=2**28, ge=1024, description="refuse scans with more voxels than this (bomb guard)")
+    val_fraction: float = Field(default=0.15, ge=0, lt=0.5, description="for cases without a given split")
+    test_fraction: float = Field(default=0.25, ge=0, lt=0.5, description="for cases without a given split")
+    seed: int = 0
+    keep_flagged: bool = Field(default=False, description="keep DICOM flagged burned-in/secondary capture (else quarantine)")
+    deid_key_env: str = Field(default="RADDIAG_DEID_KEY", description="env var holding the DICOM keyed-hash secret")
+
+    @field_validator("ct_window")
+    @classmethod
+    def _window(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and (len(value) != 2 or value[1] <= 0):
+            raise ValueError("ct_window must be [centre, width] with width > 0")
+        return value
+
+
 class AugmentConfig(_Strict):
     """MONAI augmentations, each applied with its own probability (0 disables it)."""
 
@@ -187,7 +212,8 @@ class TrainConfig(_Strict):
     num_workers: int = Field(default=2, ge=1)
     cpus_per_worker: float = Field(default=0.5, gt=0)
     use_gpu: bool = False
-    amp: bool = True
+    grad_accum_steps: int = Field(default=1, ge=1, description="micro-batches per optimiser step")
+    amp: bool = Field(default=True, description="bf16 autocast on GPU (ignored on CPU)")
     max_failures: int = Field(default=0, ge=-1, description="worker restarts from the last checkpoint (-1 = forever)")
     early_stop_patience: int = Field(default=0, ge=0, description="epochs without improvement before stopping (0 = off)")
     metric: str = Field(default="val_auc_macro", description="validation metric for early stopping and the best model")
@@ -249,6 +275,7 @@ class TrackingConfig(_Strict):
     tracking_uri: str = Field(default="", description="'' = $MLFLOW_TRACKING_URI or sqlite:///.raddiag/mlflow.db")
     experiment: str = "raddiag"
     registered_model: str = "raddiag"
+    system_metrics: bool = Field(default=True, description="log CPU/memory/GPU of rank 0 as MLflow system metrics")
     artifact_location: str = Field(default="", description="'' = .raddiag/mlartifacts (sqlite) or server default")
 
     def resolved_uri(self) -> str:
@@ -274,6 +301,7 @@ class RadDiagConfig(_Strict):
 
     store: StoreConfig = StoreConfig()
     synth: SynthConfig = SynthConfig()
+    ingest: IngestConfig = IngestConfig()
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     loss: LossConfig = LossConfig()

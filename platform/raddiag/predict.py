@@ -14,86 +14,26 @@ from typing import Any
 
 import numpy as np
 
-SCAN_SUFFIXES = (".npy", ".nii", ".nii.gz", ".dcm", ".png", ".jpg", ".jpeg")
-
-
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
-
-
-def _as_dhw(array: np.ndarray, source: Path) -> np.ndarray:
-    """H×W[×D] (channels-last, RP3D/NIfTI order) -> (D, H, W); equal-channel RGB -> one grey slice."""
-    if array.ndim == 2:
-        return array[None]
-    if array.ndim == 3 and array.shape[-1] == 3 and np.allclose(array[..., 0], array[..., 1]) and np.allclose(array[..., 0], array[..., 2]):
-        return array[..., 0][None]
-    if array.ndim == 3:
-        return np.moveaxis(array, -1, 0)
-    if array.ndim == 4 and array.shape[-1] == 1:
-        return np.moveaxis(array[..., 0], -1, 0)
-    raise ValueError(f"{source}: expected a 2D image or a 3D volume, got shape {array.shape}")
-
-
-def read_volume(path: Path) -> np.ndarray:
-    """One scan file -> float32 (D, H, W)."""
-    suffix = _suffix(path)
-    if suffix == ".npy":
-        array = np.load(path, allow_pickle=False)
-    elif suffix in (".nii", ".nii.gz"):
-        import nibabel
-
-        array = np.asarray(nibabel.load(str(path)).dataobj, dtype=np.float32)
-        if array.ndim == 3:
-            return np.moveaxis(array, -1, 0).astype(np.float32)
-    elif suffix in (".png", ".jpg", ".jpeg"):
-        from PIL import Image
-
-        array = np.asarray(Image.open(path).convert("L"), dtype=np.float32)
-    else:
-        raise ValueError(f"{path}: unsupported scan file (expected one of {', '.join(SCAN_SUFFIXES)})")
-    if array.dtype.kind not in "fiub":
-        raise ValueError(f"{path}: unsupported dtype {array.dtype}")
-    volume = _as_dhw(np.asarray(array, dtype=np.float32), path)
-    if not np.isfinite(volume).all():
-        raise ValueError(f"{path}: contains NaN or Inf values")
-    return volume
-
-
-def read_dicom_series(paths: list[Path]) -> tuple[np.ndarray, str]:
-    """DICOM files of one series -> (float32 (D, H, W) in rescaled units, modality)."""
-    import pydicom
-
-    datasets = [pydicom.dcmread(str(p)) for p in paths]
-
-    def position(ds: Any) -> float:
-        if hasattr(ds, "ImagePositionPatient"):
-            return float(ds.ImagePositionPatient[2])
-        return float(getattr(ds, "InstanceNumber", 0) or 0)
-
-    datasets.sort(key=position)
-    slices = []
-    for ds in datasets:
-        pixels = ds.pixel_array.astype(np.float32)
-        pixels = pixels * float(getattr(ds, "RescaleSlope", 1) or 1) + float(getattr(ds, "RescaleIntercept", 0) or 0)
-        slices.append(pixels if pixels.ndim == 3 else pixels[None])
-    return np.concatenate(slices).astype(np.float32), str(getattr(datasets[0], "Modality", "CT"))
+from raddiag.schema import canonical_modality
+from raddiag.storage.readers import SCAN_SUFFIXES, BadInput, read_dicom_series, read_volume, suffix_of
 
 
 def load_case_folder(folder: Path) -> list[dict[str, Any]]:
     """Scans of a case folder: [{name, volume (D, H, W) float32, modality, plane}]."""
     sidecar = folder / "case.json"
     described = json.loads(sidecar.read_text()).get("scans", {}) if sidecar.exists() else {}
-    files = sorted(p for p in folder.iterdir() if p.is_file() and _suffix(p) in SCAN_SUFFIXES)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and suffix_of(p) in SCAN_SUFFIXES)
     scans = []
-    dicoms = [p for p in files if _suffix(p) == ".dcm"]
-    if dicoms:
-        volume, modality = read_dicom_series(dicoms)
-        scans.append({"name": "dicom-series", "volume": volume, "modality": modality, "plane": "axial"})
-    for path in files:
-        if _suffix(path) == ".dcm":
-            continue
-        volume = read_volume(path)
+    dicoms = [p for p in files if suffix_of(p) == ".dcm"]
+    try:
+        if dicoms:
+            volume, headers = read_dicom_series(dicoms)
+            modality = canonical_modality(str(getattr(headers[0], "Modality", "CT") or "CT"))
+            scans.append({"name": "dicom-series", "volume": volume, "modality": modality, "plane": "axial"})
+        volumes = [(path, read_volume(path).data) for path in files if suffix_of(path) != ".dcm"]
+    except BadInput as exc:
+        raise ValueError(f"{folder}: {exc}") from None
+    for path, volume in volumes:
         info = described.get(path.name, {})
         default_modality = "CT" if volume.shape[0] > 1 else "X-ray"
         scans.append(

@@ -2,12 +2,14 @@
 
 Layout (documented in ``storage/README.md``)::
 
-    <url>/dataset.json                      current version + metadata (written last: the publish)
-    <url>/scans.zarr/<scan_id>              one uint8 array per scan, shape (D, H, W), chunk = 1 slice,
-                                            one shard per scan (a single object of ~D*H*W bytes)
-    <url>/versions/<version>/cases.parquet  case_id, split, anatomy, disorders, icd10, source
-    <url>/versions/<version>/scans.parquet  scan_id, case_id, modality, plane, ..., key_slice, checksum
-    <url>/versions/<version>/labels.parquet name, level, code, train_count, group
+    <url>/dataset.json                         current version + metadata (written last: the publish)
+    <url>/scans.zarr/<scan_id>                 one uint8 (or uint16) array per scan, shape (D, H, W),
+                                               chunk = 1 slice, shards of <= 8 MiB raw (one per scan
+                                               at training resolution)
+    <url>/versions/<version>/cases.parquet     case_id, split, anatomy, disorders, icd10, source
+    <url>/versions/<version>/scans.parquet     scan_id, case_id, modality, plane, ..., key_slice, checksum
+    <url>/versions/<version>/labels.parquet    name, level, code, train_count, group
+    <url>/versions/<version>/rejected.parquet  (ingest only) source, case_id, item, reason
 
 Scan ids are content hashes, so writing the same scan twice is a no-op (idempotent ingest), and a
 version is the hash of its manifest. A reader resolves ``dataset.json`` once and reads only the
@@ -16,6 +18,7 @@ version it names: it sees the old version or the new one, never a half-written o
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -37,7 +40,44 @@ SCAN_COLUMNS = [
     "orig_shape", "spacing", "key_slice", "checksum",
 ]
 LABEL_COLUMNS = ["name", "level", "code", "train_count", "group"]
+#: Scan columns added after format 1.0 (ingest fills them; other writers get these defaults).
+OPTIONAL_SCAN_COLUMNS: dict[str, Any] = {
+    "dtype": "uint8", "flags": [], "patient_key": "", "study_key": "", "series_key": "",
+}
+REJECTED_COLUMNS = ["source", "case_id", "item", "reason"]
 SPLITS = ("train", "val", "test")
+STORE_FORMAT = "raddiag-store/1.1"
+STORED_DTYPES = ("uint8", "uint16")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How scan arrays are written (readers take everything from each array's own Zarr metadata).
+
+    ``chunk_depth`` slices per chunk (the unit a reader fetches); shards group chunks into objects of
+    at most ``shard_bytes`` uncompressed; ``codec``/``clevel``/``shuffle`` configure Blosc. The
+    default was chosen by ``bench/store_speed.py`` (see ``storage/README.md``).
+    """
+
+    chunk_depth: int = 1
+    shard_bytes: int = 8 * 2**20
+    codec: str = "zstd"
+    clevel: int = 3
+    shuffle: str = "bitshuffle"
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "chunks": f"{self.chunk_depth} slice(s)",
+            "shards": f"<= {self.shard_bytes // 2**20} MiB raw",
+            "codec": f"blosc {self.codec}-{self.clevel} {self.shuffle}",
+        }
+
+    def shard_depth(self, depth: int, height: int, width: int, itemsize: int) -> int:
+        """Slices per shard: as many chunks as fit in ``shard_bytes``, at most the whole scan."""
+        per_chunk = self.chunk_depth * height * width * itemsize
+        chunks = max(1, self.shard_bytes // max(per_chunk, 1))
+        wanted = min(depth, chunks * self.chunk_depth)
+        return -(-wanted // self.chunk_depth) * self.chunk_depth
 
 
 class StoreError(RuntimeError):
@@ -63,8 +103,10 @@ def normalise_url(url: str) -> str:
 
 
 def scan_checksum(volume: np.ndarray) -> str:
-    """sha256 of a stored uint8 volume's bytes and shape (the scan's identity)."""
+    """sha256 of a stored volume's bytes and shape (+ dtype unless uint8): the scan's identity."""
     digest = hashlib.sha256(repr(volume.shape).encode())
+    if volume.dtype != np.uint8:
+        digest.update(str(volume.dtype).encode())
     digest.update(np.ascontiguousarray(volume).tobytes())
     return digest.hexdigest()
 
@@ -136,9 +178,10 @@ class Manifest:
 class Store:
     """A dataset store at ``url``. Cheap to construct; open one per process/task (not fork-safe)."""
 
-    def __init__(self, url: str, endpoint_url: str | None = None) -> None:
+    def __init__(self, url: str, endpoint_url: str | None = None, layout: Layout | None = None) -> None:
         self.url = normalise_url(url)
         self.endpoint_url = endpoint_url
+        self.layout = layout or Layout()
         self.options = storage_options(endpoint_url)
         if _is_remote(self.url):
             self.fs, self.root = fsspec.core.url_to_fs(self.url, **self.options)
@@ -174,27 +217,30 @@ class Store:
         return scan_id in self.group()
 
     def write_scan(self, volume: np.ndarray) -> tuple[str, str]:
-        """Store a uint8 (D, H, W) volume; returns (scan_id, checksum). Idempotent by content.
+        """Store a uint8 or uint16 (D, H, W) volume; returns (scan_id, checksum). Idempotent by content.
 
         Object stores have no rename, so an array counts as present only once its ``checksum``
         attribute (written after the data) is set: a write killed half-way is redone on re-run.
         """
         from zarr.codecs import BloscCodec
 
-        if volume.dtype != np.uint8 or volume.ndim != 3:
-            raise StoreError(f"write_scan: expected a uint8 (D, H, W) volume, got {volume.dtype} {volume.shape}")
+        if volume.dtype.name not in STORED_DTYPES or volume.ndim != 3:
+            raise StoreError(f"write_scan: expected a uint8 or uint16 (D, H, W) volume, got {volume.dtype} {volume.shape}")
         checksum = scan_checksum(volume)
         scan_id = checksum[:24]
         if self.has_complete_scan(scan_id):
             return scan_id, checksum
         depth, height, width = volume.shape
+        layout = self.layout
+        chunk_depth = min(layout.chunk_depth, depth)
+        shard_depth = Layout(chunk_depth, layout.shard_bytes).shard_depth(depth, height, width, volume.dtype.itemsize)
         array = self.group().create_array(
             name=scan_id,
             shape=volume.shape,
-            dtype="uint8",
-            chunks=(1, height, width),
-            shards=(depth, height, width),
-            compressors=BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"),
+            dtype=volume.dtype.name,
+            chunks=(chunk_depth, height, width),
+            shards=(shard_depth, height, width),
+            compressors=BloscCodec(cname=layout.codec, clevel=layout.clevel, shuffle=layout.shuffle),
             overwrite=True,
         )
         array[...] = volume
@@ -207,21 +253,35 @@ class Store:
             return False
         return "checksum" in group[scan_id].attrs
 
-    def read_slices(self, scan_id: str, indices: np.ndarray | list[int] | None = None) -> np.ndarray:
+    def array_names(self) -> list[str]:
+        """Every scan array in the group (complete or not), sorted."""
+        return sorted(self.group().array_keys())
+
+    def read_slices(
+        self, scan_id: str, indices: np.ndarray | list[int] | None = None, native: bool = False
+    ) -> np.ndarray:
         """Read slices ``indices`` (default: all) of a scan as uint8 (len(indices), H, W).
 
         Only the chunks of those slices are fetched (one chunk = one slice inside the scan's shard).
+        A uint16 scan is returned as uint8 (its top byte) unless ``native``, so training code sees
+        one dtype; ``native=True`` returns the stored dtype.
         """
         array = self.group()[scan_id]
         if indices is None:
-            return np.asarray(array[...])
-        idx = np.asarray(indices, dtype=np.int64)
-        if idx.size == 0:
-            return np.zeros((0, *array.shape[1:]), dtype=np.uint8)
-        lo, hi = int(idx.min()), int(idx.max()) + 1
-        if hi - lo == idx.size and np.all(np.diff(idx) == 1):
-            return np.asarray(array[lo:hi])
-        return np.asarray(array.get_orthogonal_selection((idx, slice(None), slice(None))))
+            out = np.asarray(array[...])
+        else:
+            idx = np.asarray(indices, dtype=np.int64)
+            if idx.size == 0:
+                out = np.zeros((0, *array.shape[1:]), dtype=array.dtype)
+            else:
+                lo, hi = int(idx.min()), int(idx.max()) + 1
+                if hi - lo == idx.size and np.all(np.diff(idx) == 1):
+                    out = np.asarray(array[lo:hi])
+                else:
+                    out = np.asarray(array.get_orthogonal_selection((idx, slice(None), slice(None))))
+        if out.dtype == np.uint16 and not native:
+            return (out >> 8).astype(np.uint8)
+        return out
 
     # ---- manifest ----------------------------------------------------------------------------
     def _write_bytes_atomic(self, path: str, payload: bytes) -> None:
@@ -237,13 +297,32 @@ class Store:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
 
-    def publish(self, cases: pd.DataFrame, scans: pd.DataFrame, labels: pd.DataFrame, source: str) -> Manifest:
-        """Write a manifest version and then point ``dataset.json`` at it (the atomic step)."""
+    def publish(
+        self,
+        cases: pd.DataFrame,
+        scans: pd.DataFrame,
+        labels: pd.DataFrame,
+        source: str,
+        rejected: pd.DataFrame | None = None,
+        extra_info: dict[str, Any] | None = None,
+    ) -> Manifest:
+        """Write a manifest version and then point ``dataset.json`` at it (the atomic step).
+
+        ``rejected`` (ingest's quarantine table) is stored beside the version; ``extra_info`` (e.g.
+        the preprocessing plan) is added to ``dataset.json``. Neither changes the version hash.
+        """
+        scans = scans.copy()
+        for column, default in OPTIONAL_SCAN_COLUMNS.items():
+            if column not in scans.columns:
+                scans[column] = [copy.copy(default) for _ in range(len(scans))]
         cases = cases[CASE_COLUMNS].sort_values("case_id").reset_index(drop=True)
-        scans = scans[SCAN_COLUMNS].sort_values(["case_id", "scan_id"]).reset_index(drop=True)
+        scans = scans[SCAN_COLUMNS + list(OPTIONAL_SCAN_COLUMNS)].sort_values(["case_id", "scan_id"]).reset_index(drop=True)
         labels = labels[LABEL_COLUMNS].reset_index(drop=True)
         version = manifest_version(cases, scans, labels)
-        for name, frame in (("cases", cases), ("scans", scans), ("labels", labels)):
+        tables = [("cases", cases), ("scans", scans), ("labels", labels)]
+        if rejected is not None:
+            tables.append(("rejected", rejected.reindex(columns=REJECTED_COLUMNS).astype(str).reset_index(drop=True)))
+        for name, frame in tables:
             buffer = io.BytesIO()
             frame.to_parquet(buffer, index=False)
             self._write_bytes_atomic(self._path("versions", version, f"{name}.parquet"), buffer.getvalue())
@@ -255,16 +334,27 @@ class Store:
         )
         info = {
             "version": version,
+            "format": STORE_FORMAT,
             "created": created,
             "source": source,
             "tool": f"raddiag {__version__}",
             "n_cases": int(len(cases)),
             "n_scans": int(len(scans)),
             "splits": {s: int((cases["split"] == s).sum()) for s in SPLITS},
-            "storage": {"dtype": "uint8", "chunks": "1 slice", "shards": "1 scan", "codec": "blosc zstd-3 bitshuffle"},
+            "storage": {"dtype": sorted(set(scans["dtype"])) or ["uint8"], **self.layout.describe()},
+            **(extra_info or {}),
         }
         self._write_bytes_atomic(self._path("dataset.json"), json.dumps(info, indent=2).encode())
         return Manifest(cases, scans, labels, info)
+
+    def rejected(self, version: str | None = None) -> pd.DataFrame:
+        """The quarantine table of ``version`` (default: current); empty when none was written."""
+        version = version or self.manifest().version
+        try:
+            with self.fs.open(self._path("versions", version, "rejected.parquet"), "rb") as handle:
+                return pd.read_parquet(io.BytesIO(handle.read()))
+        except FileNotFoundError:
+            return pd.DataFrame(columns=REJECTED_COLUMNS)
 
     def info_or_none(self) -> dict[str, Any] | None:
         try:

@@ -8,14 +8,19 @@ Design (each property makes a part of the method measurable on CPU):
   *position* is shared by its 3-character category — so the hierarchy (and label text) helps rare
   labels;
 - some labels are visible in one modality only — so fusing a case's scans helps;
-- 3D lesions peak at one slice, recorded as the scan's key slice.
+- 3D lesions peak at one slice — largest and strongest there — recorded as the scan's key slice.
+
+:func:`generate` writes the cases straight into a store; :func:`write_rp3d_source` writes the same
+cases in RP3D-DiagDS format (json + float32 H×W×D ``.npy``) for ``raddiag ingest`` tests/benchmarks.
 """
 
 from __future__ import annotations
 
+import json
 import zlib
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -129,8 +134,9 @@ def render_scan(
         cy = label.position[0] + rng.normal(scale=0.04)
         cx = label.position[1] + rng.normal(scale=0.04)
         radius = 0.12 + rng.normal(scale=0.015)
-        mask = _shape_mask(label.shape, yy, xx, cy, cx, radius)
-        volume += label.polarity * 0.6 * profile[:, None, None] * mask[None]
+        for index in range(depth):  # the lesion grows towards the key slice
+            mask = _shape_mask(label.shape, yy, xx, cy, cx, radius * (0.6 + 0.4 * float(profile[index])))
+            volume[index] += label.polarity * 0.6 * profile[index] * mask
     return volume, key_slice
 
 
@@ -139,16 +145,17 @@ def _label_probabilities(n_disorders: int, power: float) -> np.ndarray:
     return np.minimum(0.9, 0.85 * ranks**-power + 0.012)
 
 
-def generate(
-    cfg: SynthConfig, store: Store, progress: Callable[[int, int], None] | None = None
-) -> Manifest:
-    """Generate ``cfg.n_cases`` cases into ``store`` and publish the manifest. Deterministic by seed."""
+def iter_cases(cfg: SynthConfig) -> Iterator[dict[str, Any]]:
+    """The synthetic cases of ``cfg`` in order, each with its rendered float32 scans. Deterministic.
+
+    Yields {case_id, split, anatomy, disorders, icd10, scans: [{volume (D, H, W), key_slice,
+    modality, plane}]}; the label objects are available from :func:`synth_labels`.
+    """
     rng = np.random.default_rng(cfg.seed)
     labels = synth_labels(cfg.n_labels - 1, cfg.seed)
     probs = _label_probabilities(len(labels), cfg.power_law)
-    case_rows, scan_rows, case_label_names = [], [], []
-    plans = []
-    for index in range(cfg.n_cases):
+    case_label_names, plans = [], []
+    for _ in range(cfg.n_cases):
         if rng.random() < 0.12:
             positive: list[SynthLabel] = []
         else:
@@ -156,14 +163,13 @@ def generate(
             if hits.size == 0:
                 hits = np.array([rng.choice(len(labels), p=probs / probs.sum())])
             positive = [labels[i] for i in hits[:4]]
-        names = [l.name for l in positive] or ["Normal"]
-        case_label_names.append(names)
+        case_label_names.append([l.name for l in positive] or ["Normal"])
         plans.append(positive)
     splits = stratified_split(case_label_names, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     for index, positive in enumerate(plans):
-        case_id = f"synth-{cfg.seed}-{index:05d}"
         anatomy_index = int(rng.integers(len(ANATOMIES)))
         n_scans = int(rng.integers(1, cfg.max_scans + 1))
+        scans = []
         for scan_index in range(n_scans):
             modality = MODALITIES[int(rng.integers(len(MODALITIES)))]
             if modality == "X-ray":
@@ -172,25 +178,37 @@ def generate(
                 depth = int(rng.integers(max(2, cfg.max_depth // 2), 2 * cfg.max_depth + 1))
                 plane = PLANES_3D[scan_index % 3]
             volume, key_slice = render_scan(rng, positive, modality, depth, cfg.image_size, anatomy_index)
+            scans.append({"volume": volume, "key_slice": key_slice, "modality": modality, "plane": plane})
+        yield {
+            "case_id": f"synth-{cfg.seed}-{index:05d}",
+            "split": splits[index],
+            "anatomy": ANATOMIES[anatomy_index],
+            "disorders": case_label_names[index],
+            "icd10": sorted({l.category for l in positive}),
+            "scans": scans,
+        }
+
+
+def generate(
+    cfg: SynthConfig, store: Store, progress: Callable[[int, int], None] | None = None
+) -> Manifest:
+    """Generate ``cfg.n_cases`` cases into ``store`` and publish the manifest. Deterministic by seed."""
+    labels = synth_labels(cfg.n_labels - 1, cfg.seed)
+    case_rows, scan_rows = [], []
+    for index, case in enumerate(iter_cases(cfg)):
+        for scan in case["scans"]:
+            volume = scan["volume"]
+            depth = volume.shape[0]
             scan_id, checksum = store.write_scan(to_uint8(volume))
             scan_rows.append(
                 {
-                    "scan_id": scan_id, "case_id": case_id, "modality": modality, "plane": plane,
+                    "scan_id": scan_id, "case_id": case["case_id"], "modality": scan["modality"], "plane": scan["plane"],
                     "aux_modality": "", "depth": depth, "height": cfg.image_size, "width": cfg.image_size,
                     "orig_shape": [depth, cfg.image_size, cfg.image_size], "spacing": [1.0, 1.0, 1.0],
-                    "key_slice": key_slice, "checksum": checksum,
+                    "key_slice": scan["key_slice"], "checksum": checksum,
                 }
             )
-        case_rows.append(
-            {
-                "case_id": case_id,
-                "split": splits[index],
-                "anatomy": ANATOMIES[anatomy_index],
-                "disorders": case_label_names[index],
-                "icd10": sorted({l.category for l in positive}),
-                "source": "synth",
-            }
-        )
+        case_rows.append({k: case[k] for k in ("case_id", "split", "anatomy", "disorders", "icd10")} | {"source": "synth"})
         if progress:
             progress(index + 1, cfg.n_cases)
     cases = pd.DataFrame(case_rows)
@@ -199,3 +217,59 @@ def generate(
     codes: dict[str, str | None] = {"Normal": None, **{l.name: l.category for l in labels}}
     table = label_table(cases, names, codes)
     return store.publish(cases, scans, table, source=f"raddiag synth seed={cfg.seed} n_cases={cfg.n_cases}")
+
+
+def write_rp3d_source(cfg: SynthConfig, out_dir: Path, foreign_root: str = "/home/authors/RP3D") -> list[Path]:
+    """Write the cases of ``cfg`` in RP3D-DiagDS format under ``out_dir``; returns the json paths.
+
+    ``{train,val,test}.json`` (cases keyed by URL, one Sample per scan), ``data/<n>.npy`` float32
+    H×W×D (X-ray as equal-channel RGB H×W×3, like the real dataset), ``key/<n>.npy`` and
+    ``disorder_label_dict.json``. Paths in the json point under ``foreign_root`` (like the real
+    json points at the authors' machine): ingest with ``--data-root out_dir``.
+    """
+    out_dir = Path(out_dir)
+    (out_dir / "data").mkdir(parents=True, exist_ok=True)
+    (out_dir / "key").mkdir(exist_ok=True)
+    labels = synth_labels(cfg.n_labels - 1, cfg.seed)
+    by_split: dict[str, dict[str, Any]] = {}
+    number = 0
+    for case in iter_cases(cfg):
+        samples, keys = [], []
+        for scan in case["scans"]:
+            number += 1
+            volume = np.moveaxis(scan["volume"], 0, -1).astype(np.float32) * 1000.0 - 200.0
+            if scan["modality"] == "X-ray":
+                volume = np.repeat(volume, 3, axis=-1)
+            np.save(out_dir / "data" / f"{number}.npy", volume)
+            np.save(out_dir / "key" / f"{number}.npy", np.array([scan["key_slice"]], dtype=np.int64))
+            samples.append(
+                {
+                    "image_data_path": [f"{foreign_root}/data/{number}.npy"],
+                    "image_key_path": [f"{foreign_root}/key/{number}.npy"],
+                    "image_modality": [scan["modality"]],
+                    "plane_projection": [scan["plane"].capitalize()],
+                    "aux_modality": [None],
+                    "articles": [] if case["disorders"] == ["Normal"] else case["disorders"],
+                    "icd10s": case["icd10"],
+                    "anatomy": case["anatomy"],
+                }
+            )
+            keys.append({"image_0": scan["key_slice"]})
+        if case["disorders"] == ["Normal"]:
+            for sample in samples:
+                sample["articles"] = ["Normal"]
+        by_split.setdefault(case["split"], {})[f"https://synth.raddiag/cases/{case['case_id']}"] = {
+            "Modalities": [s["image_modality"][0] for s in samples],
+            "Anatomy": case["anatomy"],
+            "key_slice": keys,
+            "Samples": samples,
+        }
+    vocabulary = {"Normal": 0, **{label.name: index + 1 for index, label in enumerate(labels)}}
+    (out_dir / "disorder_label_dict.json").write_text(json.dumps(vocabulary, indent=1))
+    paths = []
+    for split in ("train", "val", "test"):
+        if split in by_split:
+            path = out_dir / f"{split}.json"
+            path.write_text(json.dumps(by_split[split], indent=1))
+            paths.append(path)
+    return paths

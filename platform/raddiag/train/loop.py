@@ -12,6 +12,7 @@ import math
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
@@ -58,19 +59,24 @@ def train_step(
     scheduler: Any,
     key_slice_weight: float,
     amp_dtype: torch.dtype | None = None,
+    *,
+    accumulate: int = 1,
+    step: bool = True,
 ) -> dict[str, float]:
-    """One optimisation step; returns the loss terms as floats."""
+    """One micro-batch: forward, loss / ``accumulate``, backward; when ``step``, clip, optimiser and
+    scheduler step and zero the gradients. Returns the (unscaled) loss terms as floats."""
     model.train()
     device_type = batch["images"].device.type
     with torch.autocast(device_type=device_type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
         out = forward(model, batch)
         losses = compute_losses(out, batch, loss_fn, key_slice_weight)
-    optimizer.zero_grad(set_to_none=True)
-    losses["loss"].backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=5.0)
-    optimizer.step()
-    if scheduler is not None:
-        scheduler.step()
+    (losses["loss"] / accumulate).backward()
+    if step:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=5.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if scheduler is not None:
+            scheduler.step()
     return {key: float(value.detach()) for key, value in losses.items()}
 
 
@@ -108,9 +114,125 @@ def _gather(obj: Any) -> list[Any]:
     return out
 
 
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
 def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    module = model.module if hasattr(model, "module") else model
-    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+    return {k: v.detach().cpu().clone() for k, v in _unwrap(model).state_dict().items()}
+
+
+@dataclass
+class Progress:
+    """What a checkpoint restores besides the network/optimiser: the next epoch and early-stopping state."""
+
+    start_epoch: int = 0
+    best_value: float = math.nan
+    best_state: dict[str, torch.Tensor] | None = None
+    stale: int = 0
+
+
+def restore(checkpoint: Any, model: torch.nn.Module, optimizer: Any, scheduler: Any) -> Progress:
+    """Load ``state.pt`` (model, optimiser, scheduler, RNG, epoch) and ``best.pt`` (weights_only)."""
+    if checkpoint is None:
+        return Progress()
+    with checkpoint.as_directory() as directory:
+        saved = torch.load(os.path.join(directory, "state.pt"), map_location="cpu", weights_only=True)
+        best_state = torch.load(os.path.join(directory, "best.pt"), map_location="cpu", weights_only=True)
+    _unwrap(model).load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    torch.set_rng_state(saved["torch_rng"])
+    return Progress(int(saved["epoch"]) + 1, float(saved["best_value"]), best_state, int(saved["stale"]))
+
+
+def save_checkpoint(directory: str, model: torch.nn.Module, optimizer: Any, scheduler: Any, epoch: int, progress: Progress, meta: dict[str, Any]) -> None:
+    """Write ``state.pt`` (resume), ``best.pt`` (best weights so far) and ``meta.json`` (rebuild)."""
+    state = {
+        "model": _state(model),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "epoch": epoch,
+        "best_value": progress.best_value,
+        "stale": progress.stale,
+    }
+    torch.save(state, os.path.join(directory, "state.pt"))
+    torch.save(progress.best_state, os.path.join(directory, "best.pt"))
+    with open(os.path.join(directory, "meta.json"), "w") as handle:
+        json.dump({**meta, "epoch": epoch, "best_value": progress.best_value}, handle)
+
+
+def train_epoch(model, batches, loss_fn, optimizer, scheduler, cfg: RadDiagConfig, amp_dtype) -> dict[str, float]:
+    """One epoch over ``batches``; returns mean loss terms, cases/s and data-wait seconds."""
+    sums: dict[str, float] = {}
+    n_steps = n_cases = 0
+    data_wait = 0.0
+    started = fetch = time.perf_counter()
+    accumulate = cfg.train.grad_accum_steps
+    pending = 0
+    for batch in batches:
+        data_wait += time.perf_counter() - fetch
+        pending += 1
+        terms = train_step(
+            model, batch, loss_fn, optimizer, scheduler, cfg.loss.key_slice_weight, amp_dtype,
+            accumulate=accumulate, step=pending == accumulate,
+        )
+        pending %= accumulate
+        for key, value in terms.items():
+            sums[key] = sums.get(key, 0.0) + value
+        n_steps += 1
+        n_cases += int(batch["labels"].shape[0])
+        fetch = time.perf_counter()
+    if pending:  # a last partial accumulation still updates the weights
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=5.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+    elapsed = time.perf_counter() - started
+    out = {f"train_{key}": value / max(n_steps, 1) for key, value in sums.items()}
+    out.update({"train_cases_per_s": n_cases / max(elapsed, 1e-9), "train_data_wait_s": data_wait})
+    return out
+
+
+def validate(model, dataset_batches, device) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, scores) of the whole validation split, gathered from every worker in case order."""
+    order, scores, labels = predict(model, dataset_batches, device)
+    gathered = _gather((order, scores, labels))
+    order = np.concatenate([g[0] for g in gathered])
+    sort = np.argsort(order, kind="stable")
+    return np.concatenate([g[2] for g in gathered])[sort], np.concatenate([g[1] for g in gathered])[sort]
+
+
+def log_final_artifacts(uri: str, run_id: str, labels: np.ndarray, scores: np.ndarray, counts: np.ndarray, names: list[str], report: Any) -> None:
+    """Long-tail plots (ROC by group, AUC vs frequency, calibration) and the label vocabulary."""
+    import pandas as pd
+
+    from raddiag import plots, tracking
+
+    client = tracking.client(uri)
+    with tempfile.TemporaryDirectory() as directory:
+        plots.roc_by_group(labels, scores, counts, os.path.join(directory, "roc_by_group.png"))
+        plots.auc_vs_frequency(report, os.path.join(directory, "auc_vs_frequency.png"))
+        plots.calibration(labels, scores, os.path.join(directory, "calibration.png"))
+        client.log_artifacts(run_id, directory, artifact_path="plots")
+    with tempfile.TemporaryDirectory() as directory:
+        from raddiag.metrics import group_of_counts
+
+        vocab = pd.DataFrame({"label": names, "train_count": counts, "group": group_of_counts(counts)})
+        vocab.to_csv(os.path.join(directory, "label_vocabulary.csv"), index=False)
+        report.per_class.to_csv(os.path.join(directory, "val_per_class.csv"), index=False)
+        client.log_artifacts(run_id, directory, artifact_path="labels")
+
+
+def _system_monitor(cfg: RadDiagConfig, uri: str | None, run_id: str | None) -> Any:
+    if not (cfg.tracking.system_metrics and uri and run_id):
+        return None
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=5, samples_before_logging=1, resume_logging=True, tracking_uri=uri)
+    monitor.start()
+    return monitor
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -119,12 +241,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    from raddiag import tracking
+    from raddiag.data.pipeline import iter_batches, worker_dataset
     from raddiag.losses import build_loss
     from raddiag.metrics import evaluate_scores
     from raddiag.model import build_model
     from raddiag.storage.store import Store
-    from raddiag.data.pipeline import iter_batches, worker_dataset
-    from raddiag import tracking
 
     cfg = RadDiagConfig.model_validate(loop_config["config"])
     context = ray.train.get_context()
@@ -135,10 +257,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     manifest = Store(cfg.store.url, cfg.store.endpoint_url).manifest()
     level = cfg.data.label_level
-    names = manifest.label_names(level)
-    counts = manifest.train_counts(level)
-    train_records = manifest.case_records("train")
-    val_records = manifest.case_records("val")
+    names, counts = manifest.label_names(level), manifest.train_counts(level)
+    train_records, val_records = manifest.case_records("train"), manifest.case_records("val")
     n_train = len(train_records)
 
     embeddings = loop_config.get("label_embeddings")
@@ -147,106 +267,55 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     model = build_model(cfg.model, len(names), label_embeddings=table, label_prior=prior)
     model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    per_rank = n_train // world
-    steps_per_epoch = max(1, math.ceil(per_rank / cfg.train.batch_size))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(steps_per_epoch * cfg.train.epochs, cfg.train.warmup_fraction)
-    )
+    per_rank = n_train // world  # equal shards: every rank runs the same number of DDP steps
+    micro_batches = max(1, math.ceil(per_rank / cfg.train.batch_size))
+    steps_per_epoch = math.ceil(micro_batches / cfg.train.grad_accum_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(steps_per_epoch * cfg.train.epochs, cfg.train.warmup_fraction))
     loss_fn = build_loss(cfg.loss, counts, n_train).to(device)
     amp_dtype = torch.bfloat16 if (cfg.train.amp and device.type == "cuda") else None
-
-    start_epoch, best_value, best_state, stale = 0, math.nan, None, 0
+    progress = restore(ray.train.get_checkpoint(), model, optimizer, scheduler)
     sign = -1.0 if "loss" in cfg.train.metric else 1.0  # losses are minimised, scores maximised
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            saved = torch.load(os.path.join(directory, "state.pt"), map_location="cpu", weights_only=True)
-            best_state = torch.load(os.path.join(directory, "best.pt"), map_location="cpu", weights_only=True)
-        (model.module if hasattr(model, "module") else model).load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        torch.set_rng_state(saved["torch_rng"])
-        start_epoch = int(saved["epoch"]) + 1
-        best_value, stale = float(saved["best_value"]), int(saved["stale"])
 
     uri, run_id = loop_config.get("mlflow_uri"), loop_config.get("mlflow_run_id")
-    for epoch in range(start_epoch, cfg.train.epochs):
-        started = time.perf_counter()
-        sums: dict[str, float] = {}
-        n_steps, data_wait, n_cases = 0, 0.0, 0
-        dataset = worker_dataset(train_records[: per_rank * world], cfg, names, train=True, epoch=epoch, rank=rank, world=world)
-        fetch = time.perf_counter()
-        for batch in iter_batches(dataset, cfg.train.batch_size, device):
-            data_wait += time.perf_counter() - fetch
-            terms = train_step(model, batch, loss_fn, optimizer, scheduler, cfg.loss.key_slice_weight, amp_dtype)
-            for key, value in terms.items():
-                sums[key] = sums.get(key, 0.0) + value
-            n_steps += 1
-            n_cases += int(batch["labels"].shape[0])
-            fetch = time.perf_counter()
-        train_time = time.perf_counter() - started
+    monitor = _system_monitor(cfg, uri, run_id) if rank == 0 else None
+    meta = {
+        "config": cfg.model_dump(mode="json"), "label_names": names, "train_counts": counts.tolist(),
+        "label_embeddings": embeddings, "dataset_version": manifest.version, "metric": cfg.train.metric,
+    }
+    try:
+        for epoch in range(progress.start_epoch, cfg.train.epochs):
+            started = time.perf_counter()
+            shard = worker_dataset(train_records[: per_rank * world], cfg, names, train=True, epoch=epoch, rank=rank, world=world)
+            metrics = train_epoch(model, iter_batches(shard, cfg.train.batch_size, device), loss_fn, optimizer, scheduler, cfg, amp_dtype)
+            val_shard = worker_dataset(val_records, cfg, names, train=False, epoch=epoch, rank=rank, world=world)
+            labels, scores = validate(model, iter_batches(val_shard, cfg.train.batch_size, device), device)
+            report = evaluate_scores(labels, scores, counts, label_names=names)
+            metrics.update({f"val_{key}": value for key, value in report.flat().items()})
+            metrics.update({"epoch": epoch, "lr": scheduler.get_last_lr()[0], "epoch_time_s": time.perf_counter() - started})
 
-        val_dataset = worker_dataset(val_records, cfg, names, train=False, epoch=epoch, rank=rank, world=world)
-        order, scores, labels = predict(model, iter_batches(val_dataset, cfg.train.batch_size, device))
-        gathered = _gather((order, scores, labels))
-        order = np.concatenate([g[0] for g in gathered])
-        sort = np.argsort(order)
-        scores = np.concatenate([g[1] for g in gathered])[sort]
-        labels = np.concatenate([g[2] for g in gathered])[sort]
-        report = evaluate_scores(labels, scores, counts, label_names=names)
+            value = float(metrics.get(cfg.train.metric, math.nan))
+            improved = math.isfinite(value) and (not math.isfinite(progress.best_value) or sign * value > sign * progress.best_value)
+            if improved or progress.best_state is None:
+                progress.best_value = value if improved else progress.best_value
+                progress.best_state = _state(model)
+                progress.stale = 0
+            else:
+                progress.stale += 1
+            metrics["best_" + cfg.train.metric] = progress.best_value
+            last = epoch == cfg.train.epochs - 1 or bool(cfg.train.early_stop_patience and progress.stale >= cfg.train.early_stop_patience)
 
-        metrics = {f"train_{key}": value / max(n_steps, 1) for key, value in sums.items()}
-        metrics.update({f"val_{key}": value for key, value in report.flat().items()})
-        metrics.update(
-            {
-                "epoch": epoch,
-                "lr": scheduler.get_last_lr()[0],
-                "train_cases_per_s": n_cases / max(train_time, 1e-9),
-                "train_data_wait_s": data_wait,
-                "epoch_time_s": time.perf_counter() - started,
-            }
-        )
-        value = float(metrics.get(cfg.train.metric, float("nan")))
-        improved = math.isfinite(value) and (not math.isfinite(best_value) or sign * value > sign * best_value)
-        if improved or best_state is None:
-            best_value = value if improved else best_value
-            best_state = _state(model)
-            stale = 0
-        else:
-            stale += 1
-        metrics["best_" + cfg.train.metric] = best_value
-
-        with tempfile.TemporaryDirectory() as directory:
-            report_checkpoint = None
-            if rank == 0:
-                state = {
-                    "model": _state(model),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "torch_rng": torch.get_rng_state(),
-                    "epoch": epoch,
-                    "best_value": best_value,
-                    "stale": stale,
-                }
-                torch.save(state, os.path.join(directory, "state.pt"))
-                torch.save(best_state, os.path.join(directory, "best.pt"))
-                with open(os.path.join(directory, "meta.json"), "w") as handle:
-                    json.dump(
-                        {
-                            "config": cfg.model_dump(mode="json"),
-                            "label_names": names,
-                            "train_counts": counts.tolist(),
-                            "label_embeddings": embeddings,
-                            "dataset_version": manifest.version,
-                            "epoch": epoch,
-                            "best_value": best_value,
-                            "metric": cfg.train.metric,
-                        },
-                        handle,
-                    )
-                report_checkpoint = ray.train.Checkpoint.from_directory(directory)
-                if uri and run_id:  # before report: an ASHA stop may end the trial inside report
-                    tracking.log_epoch_metrics(uri, run_id, metrics, step=epoch, probe="epoch")
-            ray.train.report(metrics, checkpoint=report_checkpoint)
-        if cfg.train.early_stop_patience and stale >= cfg.train.early_stop_patience:
-            break
+            with tempfile.TemporaryDirectory() as directory:
+                report_checkpoint = None
+                if rank == 0:
+                    save_checkpoint(directory, model, optimizer, scheduler, epoch, progress, meta)
+                    report_checkpoint = ray.train.Checkpoint.from_directory(directory)
+                    if uri and run_id:  # before report: an ASHA stop may end the trial inside report
+                        tracking.log_epoch_metrics(uri, run_id, metrics, step=epoch, probe="epoch")
+                        if last:
+                            log_final_artifacts(uri, run_id, labels, scores, counts, names, report)
+                ray.train.report(metrics, checkpoint=report_checkpoint)
+            if last:
+                break
+    finally:
+        if monitor is not None:
+            monitor.finish()

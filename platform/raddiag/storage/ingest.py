@@ -1,0 +1,538 @@
+"""``raddiag ingest``: RP3D-DiagDS JSON and case-table CSV sources -> the Zarr/Parquet store.
+
+Sources
+- **RP3D-DiagDS JSON** (``train.json``/``test.json``/``demoData.json``): cases keyed by URL with
+  ``Anatomy``, ``key_slice`` and ``Samples[]`` (``image_data_path``, ``image_key_path``,
+  ``image_modality``/``image_modalitys``, ``plane_projection``, ``aux_modality``, ``articles``,
+  ``icd10s``). Paths point at the authors' machine, so each is resolved against the data root: as
+  given when it lies inside the root, else by its trailing components (``data/123742.npy``).
+  A file name containing ``train``/``val``/``test`` gives the split.
+- **Case table CSV**: ``case_id, path, modality, plane, labels, split`` (+ optional ``anatomy``,
+  ``icd10``, ``aux_modality``, ``key_slice``); one row per scan file (``.npy``, NIfTI, PNG/JPEG,
+  one ``.dcm``) or DICOM folder (every series in it becomes one scan). Labels are ``;``-separated.
+  A DICOM row with an empty ``case_id`` gets ``dcm-<keyed hash of the study>``.
+
+Every problem is quarantined with a reason in the ``rejected`` table and the rest is ingested.
+Scan ids are content hashes and the version is the manifest's hash, so a re-run (also after a
+SIGKILL) rewrites nothing already complete and publishes the same version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlparse
+
+import numpy as np
+import pandas as pd
+
+from raddiag.schema import canonical_modality
+from raddiag.storage import deid
+from raddiag.storage.preprocess import Plan, prepare
+from raddiag.storage.readers import (
+    BadInput,
+    Limits,
+    check_values,
+    group_series,
+    read_dicom_headers,
+    read_dicom_series,
+    read_volume,
+    suffix_of,
+)
+from raddiag.storage.splits import stratified_split
+from raddiag.storage.store import REJECTED_COLUMNS, SPLITS, Manifest, Store, label_table
+
+TABLE_COLUMNS = ("case_id", "path", "modality", "plane", "labels", "split")
+
+
+class IngestError(ValueError):
+    """A source that cannot be parsed at all or a misuse (exit code 2); names the input and the fix."""
+
+
+@dataclass
+class ScanSpec:
+    """One scan named by a source (not read yet). ``item`` is how reports name it (no PHI)."""
+
+    item: str
+    path: Path | None
+    modality: str = ""
+    plane: str = ""
+    aux_modality: str = ""
+    key_slice: int | None = None
+    key_path: Path | None = None
+    problem: str = ""
+
+
+@dataclass
+class CaseSpec:
+    case_id: str
+    source: str
+    split: str | None = None
+    anatomy: str = ""
+    disorders: list[str] = field(default_factory=list)
+    icd10: list[str] = field(default_factory=list)
+    scans: list[ScanSpec] = field(default_factory=list)
+
+
+@dataclass
+class IngestResult:
+    manifest: Manifest | None
+    rejected: pd.DataFrame
+    n_cases: int
+    n_scans: int
+    seconds: float
+    scans_per_second: float
+
+
+def _reject(source: str, case_id: str, item: str, reason: str) -> dict[str, str]:
+    return {"source": source, "case_id": case_id, "item": item, "reason": reason}
+
+
+# ---- paths ------------------------------------------------------------------------------------------
+def resolve_in_root(raw: str, root: Path) -> tuple[Path | None, str]:
+    """Resolve a source path against the data root; returns (path, problem).
+
+    Relative paths are joined to the root; an absolute path inside the root is used as is, else its
+    trailing components are looked up under the root (the RP3D json names the authors' machine).
+    Anything whose real path (symlinks followed) leaves the root is refused.
+    """
+    root_real = os.path.realpath(root)
+    given = Path(raw)
+
+    def inside(path: Path) -> bool:
+        real = os.path.realpath(path)
+        return real == root_real or real.startswith(root_real + os.sep)
+
+    if not given.is_absolute():
+        candidate = root / given
+        if not inside(candidate):
+            return None, "path escapes the data root"
+        return (candidate, "") if candidate.exists() else (None, "missing file")
+    if inside(given):
+        return (given, "") if given.exists() else (None, "missing file")
+    parts = [p for p in given.parts[1:] if p not in ("", ".")]
+    if ".." in parts:
+        return None, "path escapes the data root"
+    for keep in range(min(len(parts), 4), 0, -1):
+        candidate = root.joinpath(*parts[-keep:])
+        if candidate.exists():
+            return (candidate, "") if inside(candidate) else (None, "path escapes the data root")
+    return None, "missing file"
+
+
+def _short(raw: str) -> str:
+    """How a report names a source path: its last two components."""
+    return "/".join(Path(raw).parts[-2:])
+
+
+# ---- RP3D-DiagDS JSON --------------------------------------------------------------------------------
+def _pairs_no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    duplicates = []
+    for key, value in pairs:
+        if key in out:
+            duplicates.append(key)
+        out[key] = value
+    if duplicates:
+        out["__duplicate_keys__"] = duplicates
+    return out
+
+
+def rp3d_case_id(key: str) -> str:
+    """``https://radiopaedia.org//cases/segond-fracture-5?lang=us`` -> ``rp3d-segond-fracture-5``."""
+    parsed = urlparse(key)
+    if "/cases/" in parsed.path:
+        slug = parsed.path.rstrip("/").rsplit("/", 1)[-1]
+        if slug:
+            return f"rp3d-{slug}"
+    return key
+
+
+def split_from_name(path: Path) -> str | None:
+    name = path.name.lower()
+    for split in SPLITS:
+        if re.search(rf"(^|[^a-z]){split}", name):
+            return split
+    return None
+
+
+def _at(values: Any, index: int, default: Any = "") -> Any:
+    if isinstance(values, list):
+        return values[index] if index < len(values) and values[index] is not None else default
+    return values if values is not None else default
+
+
+def parse_rp3d(json_path: Path, root: Path, split: str | None = None) -> tuple[list[CaseSpec], list[dict[str, str]]]:
+    """Cases of an RP3D-DiagDS json (see module doc); malformed cases are rejected, not fatal."""
+    source = json_path.name
+    try:
+        data = json.loads(json_path.read_text(), object_pairs_hook=_pairs_no_duplicates)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IngestError(f"{json_path}: not a readable RP3D json ({type(exc).__name__}: {exc})") from None
+    if not isinstance(data, dict):
+        raise IngestError(f"{json_path}: expected an object of cases keyed by URL, got {type(data).__name__}")
+    rejected = [_reject(source, rp3d_case_id(k), "", "duplicate case id in the json") for k in data.pop("__duplicate_keys__", [])]
+    split = split or split_from_name(json_path)
+    cases = []
+    for key, case in data.items():
+        case_id = rp3d_case_id(key)
+        if not isinstance(case, dict) or not isinstance(case.get("Samples"), list):
+            rejected.append(_reject(source, case_id, "", "malformed case: no Samples list"))
+            continue
+        spec = CaseSpec(case_id=case_id, source=source, split=split, anatomy=str(case.get("Anatomy") or ""))
+        key_slices = case.get("key_slice") or []
+        for sample_index, sample in enumerate(case["Samples"]):
+            if not isinstance(sample, dict):
+                continue
+            for name in sample.get("articles") or []:
+                if name not in spec.disorders:
+                    spec.disorders.append(str(name))
+            for code in sample.get("icd10s") or []:
+                if code not in spec.icd10:
+                    spec.icd10.append(str(code))
+            modalities = sample.get("image_modality") or sample.get("image_modalitys") or []
+            for image_index, raw in enumerate(sample.get("image_data_path") or []):
+                path, problem = resolve_in_root(str(raw), root)
+                key_raw = _at(sample.get("image_key_path"), image_index, "")
+                key_path = resolve_in_root(str(key_raw), root)[0] if key_raw else None
+                json_key = _at(key_slices, sample_index, {})
+                json_key = json_key.get(f"image_{image_index}") if isinstance(json_key, dict) else None
+                spec.scans.append(
+                    ScanSpec(
+                        item=_short(str(raw)),
+                        path=path,
+                        modality=str(_at(modalities, image_index, "") or ""),
+                        plane=str(_at(sample.get("plane_projection"), image_index, "") or "").lower(),
+                        aux_modality=str(_at(sample.get("aux_modality"), image_index, "") or ""),
+                        key_slice=int(json_key) if isinstance(json_key, (int, float)) else None,
+                        key_path=key_path,
+                        problem=problem,
+                    )
+                )
+        cases.append(spec)
+    return cases, rejected
+
+
+# ---- case table CSV ------------------------------------------------------------------------------------
+def _split_labels(text: str) -> list[str]:
+    return [part.strip() for part in re.split(r"[;|]", text or "") if part.strip()]
+
+
+def parse_table(csv_path: Path, root: Path, key: Callable[[], bytes]) -> tuple[list[CaseSpec], list[dict[str, str]]]:
+    """Cases of a case-table CSV (one row per scan; rows of one case must agree on split/labels)."""
+    source = csv_path.name
+    try:
+        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise IngestError(f"{csv_path}: not a readable CSV ({type(exc).__name__})") from None
+    missing = [c for c in TABLE_COLUMNS if c not in table.columns]
+    if missing:
+        raise IngestError(f"{csv_path}: missing column(s) {missing}; expected {', '.join(TABLE_COLUMNS)}")
+    rejected: list[dict[str, str]] = []
+    cases: dict[str, CaseSpec] = {}
+    signature: dict[str, tuple] = {}
+    conflicted: set[str] = set()
+    for row in table.to_dict("records"):
+        raw = row["path"].strip()
+        path, problem = resolve_in_root(raw, root) if raw else (None, "empty path")
+        case_id = row["case_id"].strip()
+        if not case_id and path is not None and _is_dicom(path):
+            try:
+                case_id = _dicom_case_id(path, key)
+            except BadInput as exc:
+                rejected.append(_reject(source, "", raw, str(exc)))
+                continue
+        if not case_id:
+            rejected.append(_reject(source, "", raw, "empty case_id"))
+            continue
+        split = row["split"].strip().lower() or None
+        disorders = _split_labels(row["labels"])
+        icd10 = _split_labels(row.get("icd10", ""))
+        anatomy = row.get("anatomy", "").strip()
+        sig = (split, tuple(disorders), tuple(icd10), anatomy)
+        if case_id in signature and signature[case_id] != sig:
+            conflicted.add(case_id)
+        signature.setdefault(case_id, sig)
+        spec = cases.setdefault(case_id, CaseSpec(case_id, source, split, anatomy, disorders, icd10))
+        key_text = row.get("key_slice", "").strip()
+        spec.scans.append(
+            ScanSpec(
+                item=raw,
+                path=path,
+                modality=row["modality"].strip(),
+                plane=row["plane"].strip().lower(),
+                aux_modality=row.get("aux_modality", "").strip(),
+                key_slice=int(key_text) if key_text.lstrip("-").isdigit() else None,
+                problem=problem,
+            )
+        )
+    for case_id in sorted(conflicted):
+        del cases[case_id]
+        rejected.append(_reject(source, case_id, "", "duplicate case id: rows disagree on split/labels/anatomy"))
+    return list(cases.values()), rejected
+
+
+def _is_dicom(path: Path) -> bool:
+    return path.is_dir() or suffix_of(path) == ".dcm"
+
+
+def _dicom_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    return [path]
+
+
+def _dicom_case_id(path: Path, key: Callable[[], bytes]) -> str:
+    headers = read_dicom_headers(_dicom_files(path)[:1])
+    study = str(getattr(headers[0][1], "StudyInstanceUID", "") or "")
+    if not study:
+        raise BadInput("DICOM without StudyInstanceUID and no case_id given")
+    return f"dcm-{deid.keyed_hash(study, key(), 'study')}"
+
+
+# ---- vocabulary ------------------------------------------------------------------------------------------
+def load_vocabulary(path: Path) -> list[str]:
+    """A JSON object name->index (RP3D ``disorder_label_dict.json``), a JSON list, or one name per line."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise IngestError(f"label vocabulary {path}: {exc.strerror}") from None
+    if path.suffix.lower() == ".json":
+        data = json.loads(text)
+        if isinstance(data, dict):
+            return [name for name, _ in sorted(data.items(), key=lambda item: (item[1], item[0]))]
+        if isinstance(data, list):
+            return [str(name) for name in data]
+        raise IngestError(f"label vocabulary {path}: expected a JSON object or list")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+#: ICD-10-CM category (``S73``) or sub-category (``S73.0``, ``S72.001A``); the full table (simple-icd-10-cm)
+#: takes ~10 s to load, too slow for every ingest, so codes are checked by form.
+ICD10_PATTERN = re.compile(r"[A-TV-Z][0-9][0-9A-Z](\.[0-9A-TV-Z]{1,4})?")
+
+
+def _unknown_icd(codes: list[str]) -> list[str]:
+    return [code for code in codes if not ICD10_PATTERN.fullmatch(code)]
+
+
+# ---- scans -------------------------------------------------------------------------------------------------
+@dataclass
+class _Context:
+    store: Store
+    plan: Plan
+    limits: Limits
+    keep_flagged: bool
+    key: Callable[[], bytes]
+
+
+def _read_key_slice(spec: ScanSpec) -> int | None:
+    if spec.key_path is not None:
+        try:
+            value = np.load(spec.key_path, allow_pickle=False)
+            if value.dtype.kind in "iu" and value.size == 1:
+                return int(value.reshape(-1)[0])
+        except (OSError, ValueError):
+            pass
+    return spec.key_slice
+
+
+def _scan_row(case_id: str, stored: np.ndarray, key: int, scan_id: str, checksum: str, original: tuple, spacing: list[float], **meta: Any) -> dict[str, Any]:
+    depth, height, width = stored.shape
+    return {
+        "scan_id": scan_id, "case_id": case_id, "modality": canonical_modality(meta.get("modality")),
+        "plane": meta.get("plane", ""), "aux_modality": meta.get("aux_modality", ""),
+        "depth": depth, "height": height, "width": width, "orig_shape": [int(s) for s in original],
+        "spacing": [float(s) for s in spacing], "key_slice": int(key), "checksum": checksum,
+        "dtype": stored.dtype.name, "flags": list(meta.get("flags", [])),
+        "patient_key": meta.get("patient_key", ""), "study_key": meta.get("study_key", ""),
+        "series_key": meta.get("series_key", ""),
+    }
+
+
+def _store_volume(ctx: _Context, case_id: str, data: np.ndarray, key_slice: int | None, spacing: list[float], meta: dict[str, Any]) -> dict[str, Any]:
+    key = data.shape[0] // 2 if key_slice is None else key_slice
+    if not 0 <= key < data.shape[0]:
+        key = int(np.clip(key, 0, data.shape[0] - 1))
+    stored, stored_key = prepare(data, key, ctx.plan, is_ct=meta.get("modality") == "CT")
+    scan_id, checksum = ctx.store.write_scan(stored)
+    return _scan_row(case_id, stored, stored_key, scan_id, checksum, data.shape, spacing, **meta)
+
+
+def _ingest_scan(ctx: _Context, case: CaseSpec, spec: ScanSpec) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """Rows of the scans stored for ``spec`` and rejections (one DICOM folder may hold many series)."""
+    if spec.problem or spec.path is None:
+        return [], [_reject(case.source, case.case_id, spec.item, spec.problem or "missing file")]
+    base = {"modality": spec.modality, "plane": spec.plane, "aux_modality": spec.aux_modality}
+    try:
+        if not _is_dicom(spec.path):
+            volume = read_volume(spec.path, ctx.limits)
+            return [_store_volume(ctx, case.case_id, volume.data, _read_key_slice(spec), volume.spacing, base)], []
+        rows, rejected = [], []
+        series = group_series(read_dicom_headers(_dicom_files(spec.path)))
+        for number, paths in enumerate(series.values()):
+            item = spec.item if len(series) == 1 else f"{spec.item} (series {number + 1} of {len(series)})"
+            try:
+                data, headers = read_dicom_series(paths, ctx.limits)
+                meta = deid.deidentify(headers, ctx.key(), data.shape[0]).stored()
+                if meta["flags"] and not ctx.keep_flagged:
+                    raise BadInput(f"flagged {'+'.join(meta['flags'])}: pixels may carry PHI (ingest.keep_flagged=true keeps it)")
+                check_values(data)
+                meta.update({k: v for k, v in base.items() if v})
+                rows.append(_store_volume(ctx, case.case_id, data, spec.key_slice, meta.pop("spacing"), meta))
+            except BadInput as exc:
+                rejected.append(_reject(case.source, case.case_id, item, str(exc)))
+        return rows, rejected
+    except BadInput as exc:
+        return [], [_reject(case.source, case.case_id, spec.item, str(exc))]
+
+
+def _ingest_case(ctx: _Context, case: CaseSpec) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    rows, rejected = [], []
+    for spec in case.scans:
+        scan_rows, scan_rejected = _ingest_scan(ctx, case, spec)
+        rows.extend(scan_rows)
+        rejected.extend(scan_rejected)
+    unique = {(r["scan_id"]): r for r in rows}
+    if len(unique) < len(rows):
+        rejected.append(_reject(case.source, case.case_id, "", f"{len(rows) - len(unique)} duplicate scan(s) in the case dropped"))
+    return list(unique.values()), rejected
+
+
+# ---- the run -------------------------------------------------------------------------------------------------
+def collect_sources(
+    sources: list[Path], root: Path | None, key: Callable[[], bytes], fmt: str = "auto"
+) -> tuple[list[CaseSpec], list[dict[str, str]]]:
+    """Parse every source (``rp3d`` json or ``table`` csv, by suffix when ``fmt`` is auto)."""
+    cases: list[CaseSpec] = []
+    rejected: list[dict[str, str]] = []
+    for source in sources:
+        if not source.is_file():
+            raise IngestError(f"{source}: no such source file (expected an RP3D .json or a case-table .csv)")
+        kind = fmt if fmt != "auto" else {".json": "rp3d", ".csv": "table"}.get(source.suffix.lower(), "")
+        base = root or source.parent
+        if kind == "rp3d":
+            parsed, problems = parse_rp3d(source, base)
+        elif kind == "table":
+            parsed, problems = parse_table(source, base, key)
+        else:
+            raise IngestError(f"{source}: unknown source format (use a .json RP3D file, a .csv case table, or --format)")
+        cases.extend(parsed)
+        rejected.extend(problems)
+    return cases, rejected
+
+
+def _screen_cases(cases: list[CaseSpec], vocabulary: list[str] | None) -> tuple[list[CaseSpec], list[dict[str, str]]]:
+    """Duplicate case ids, unknown labels/ICD codes, bad splits, label-less cases: rejected whole."""
+    known = set(vocabulary) if vocabulary is not None else None
+    seen: dict[str, str] = {}
+    kept, rejected = [], []
+    for case in cases:
+        reason = ""
+        if case.case_id in seen:
+            reason = f"duplicate case id (first defined in {seen[case.case_id]})"
+        elif not case.disorders:
+            reason = "no disorder labels (label a normal case 'Normal')"
+        elif known is not None and (unknown := [n for n in case.disorders if n not in known]):
+            reason = f"unknown label name(s) {unknown} (not in the label vocabulary)"
+        elif bad := _unknown_icd(case.icd10):
+            reason = f"unknown ICD-10-CM code(s) {bad}"
+        elif case.split is not None and case.split not in SPLITS:
+            reason = f"unknown split {case.split!r} (expected train, val, test or empty)"
+        elif not case.scans:
+            reason = "no scans listed"
+        seen.setdefault(case.case_id, case.source)
+        if reason:
+            rejected.append(_reject(case.source, case.case_id, "", reason))
+        else:
+            kept.append(case)
+    return kept, rejected
+
+
+def _labels(cases: pd.DataFrame, vocabulary: list[str] | None) -> pd.DataFrame:
+    counts: dict[str, int] = {}
+    pairs: dict[tuple[str, str], int] = {}
+    for row in cases.itertuples(index=False):
+        for name in row.disorders:
+            counts[name] = counts.get(name, 0) + 1
+            for code in row.icd10:
+                pairs[(name, code)] = pairs.get((name, code), 0) + 1
+    if vocabulary is not None:
+        rank = {name: index for index, name in enumerate(vocabulary)}
+        names = sorted(counts, key=lambda n: (rank[n], n))
+    else:
+        names = sorted(counts, key=lambda n: (n != "Normal", -counts[n], n))
+    codes: dict[str, str | None] = {}
+    for name in names:
+        best = sorted(((-c, code) for (n, code), c in pairs.items() if n == name))
+        codes[name] = best[0][1] if best and name != "Normal" else None
+    return label_table(cases, names, codes)
+
+
+def run_ingest(
+    sources: list[Path],
+    store: Store,
+    *,
+    data_root: Path | None = None,
+    vocabulary: list[str] | None = None,
+    plan: Plan = Plan(),
+    limits: Limits = Limits(),
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.25,
+    seed: int = 0,
+    keep_flagged: bool = False,
+    key_env: str = deid.DEFAULT_KEY_ENV,
+    fmt: str = "auto",
+    workers: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+) -> IngestResult:
+    """Ingest ``sources`` into ``store`` and publish (only when at least one case survived)."""
+    started = time.perf_counter()
+    key = lambda: deid.deid_key(key_env)  # noqa: E731 - read lazily: only DICOM input needs it
+    cases, rejected = collect_sources(sources, data_root, key, fmt)
+    if any(spec.path is not None and _is_dicom(spec.path) for case in cases for spec in case.scans):
+        key()  # fail fast (a misuse), before any pixel is read
+    cases, problems = _screen_cases(sorted(cases, key=lambda c: (c.case_id, c.source)), vocabulary)
+    rejected.extend(problems)
+    ctx = _Context(store, plan, limits, keep_flagged, key)
+    store.group()  # create the group once, before worker threads write arrays
+    case_rows, scan_rows = [], []
+    done = 0
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for case, (rows, scan_rejected) in zip(cases, pool.map(lambda c: _ingest_case(ctx, c), cases)):
+            rejected.extend(scan_rejected)
+            done += 1
+            if progress:
+                progress(done, len(cases))
+            if not rows:
+                rejected.append(_reject(case.source, case.case_id, "", "no usable scan"))
+                continue
+            scan_rows.extend(rows)
+            case_rows.append(
+                {"case_id": case.case_id, "split": case.split, "anatomy": case.anatomy, "disorders": case.disorders,
+                 "icd10": case.icd10, "source": case.source}
+            )
+    rejected_frame = pd.DataFrame(rejected, columns=REJECTED_COLUMNS)
+    seconds = time.perf_counter() - started
+    if not case_rows:
+        return IngestResult(None, rejected_frame, 0, 0, seconds, 0.0)
+    cases_frame = pd.DataFrame(case_rows)
+    unsplit = [i for i, s in enumerate(cases_frame["split"]) if s is None]
+    if unsplit:
+        assigned = stratified_split([cases_frame.at[i, "disorders"] for i in unsplit], val_fraction, test_fraction, seed)
+        for index, split in zip(unsplit, assigned):
+            cases_frame.at[index, "split"] = split
+    scans_frame = pd.DataFrame(scan_rows)
+    names = ", ".join(f"{s.name}" for s in sources)
+    manifest = store.publish(
+        cases_frame, scans_frame, _labels(cases_frame, vocabulary), source=f"raddiag ingest {names}",
+        rejected=rejected_frame,
+        extra_info={"preprocessing": plan.describe(), "rejected": int(len(rejected_frame))},
+    )
+    return IngestResult(manifest, rejected_frame, len(case_rows), len(scan_rows), seconds, len(scan_rows) / max(seconds, 1e-9))
