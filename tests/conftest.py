@@ -73,16 +73,21 @@ def s3_endpoint():
     server.stop()
 
 
-@pytest.fixture(scope="session")
-def ray_local():
-    """A local Ray for the tests that need one (started once per session)."""
-    import ray
-
+@pytest.fixture
+def ray_local(_ray_session):
+    """A local Ray for the tests that need one (started once, restarted if a test shut it down)."""
     from raddiag.config import RayConfig
     from raddiag.runtime import init_ray
 
-    init_ray(RayConfig(num_cpus=8), verbose=False, runtime_env={"env_vars": {"PYTHONPATH": str(REPO / "platform")}})
+    init_ray(RayConfig(num_cpus=8), verbose=False)
     yield
+
+
+@pytest.fixture(scope="session")
+def _ray_session():
+    yield
+    import ray
+
     ray.shutdown()
 
 

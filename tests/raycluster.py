@@ -48,6 +48,13 @@ class LocalRayCluster:
         self.port = free_port()
         self.dashboard_port = free_port()
         self.metrics_port = free_port()
+        # Ray's fixed default ports (agent 52365, client server 10001) clash with any other Ray here.
+        self.other_ports = {
+            "--dashboard-agent-listen-port": free_port(),
+            "--dashboard-agent-grpc-port": free_port(),
+            "--runtime-env-agent-port": free_port(),
+            "--ray-client-server-port": free_port(),
+        }
         self.process: subprocess.Popen | None = None
         self.log = Path(self.temp_dir) / "ray-start.log"
 
@@ -65,6 +72,8 @@ class LocalRayCluster:
 
     def _env(self) -> dict[str, str]:
         env = {**os.environ, **self.client_env(), "RAY_TMPDIR": self.temp_dir, **self.extra_env}
+        # Job entrypoints (`raddiag ...`) run with the raylet's PATH: put this interpreter's bin first.
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         env.pop("RAY_ADDRESS", None)
         return env
 
@@ -76,6 +85,7 @@ class LocalRayCluster:
             "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
             f"--metrics-export-port={self.metrics_port}",
             f"--num-cpus={self.num_cpus}", f"--temp-dir={self.temp_dir}",
+            *(f"{flag}={port}" for flag, port in self.other_ports.items()),
         ]
         if self.autoscaling_config is not None:
             command.append(f"--autoscaling-config={self.autoscaling_config}")
@@ -144,7 +154,7 @@ class LocalRayCluster:
                 except ProcessLookupError:
                     pass
             try:
-                self.process.wait(timeout=20)
+                self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 pass
             if group is not None:

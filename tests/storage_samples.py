@@ -41,7 +41,7 @@ def _with_phi(ds, series_uid: str, study_uid: str = STUDY_UID):  # noqa: ANN001,
 
 
 def write_ct_series(folder: Path, n_slices: int = 4, slope: float = 2.0, intercept: float = -1000.0, **extra: str) -> np.ndarray:
-    """CT_small.dcm as an ``n_slices`` series with PHI filled in, written in shuffled order.
+    """CT_small.dcm as an ``n_slices`` series with PHI filled in, written in reverse file-name order.
 
     Each slice i holds the original pixels + 10*i (stored units); returns the expected
     rescaled (D, H, W) volume in position order.
@@ -52,7 +52,6 @@ def write_ct_series(folder: Path, n_slices: int = 4, slope: float = 2.0, interce
     base = pydicom.dcmread(_testfile("CT_small.dcm"))
     pixels = base.pixel_array.astype(np.int32)
     expected = []
-    order = [2, 0, 3, 1, 4, 5, 6, 7][:n_slices] if n_slices <= 8 else list(range(n_slices))[::-1]
     for i in range(n_slices):
         ds = _with_phi(copy.deepcopy(base), series_uid=STUDY_UID + ".1")
         slice_pixels = (pixels + 10 * i).astype(base.pixel_array.dtype)
@@ -63,7 +62,7 @@ def write_ct_series(folder: Path, n_slices: int = 4, slope: float = 2.0, interce
         ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
         for keyword, value in extra.items():
             setattr(ds, keyword, value)
-        ds.save_as(folder / f"{order.index(i) if i in order else i:03d}.dcm")
+        ds.save_as(folder / f"{n_slices - 1 - i:03d}.dcm")  # file order = reverse position order
         expected.append(slice_pixels.astype(np.float32) * slope + intercept)
     return np.stack(expected)
 

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from raddiag.cli import app
 
-VERBS = ["demo", "synth", "train", "sweep", "evaluate", "promote", "predict"]
+VERBS = ["demo", "synth", "ingest", "verify", "train", "sweep", "evaluate", "promote", "predict"]
 
 
 @pytest.mark.parametrize("verb", VERBS)

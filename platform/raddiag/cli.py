@@ -175,9 +175,9 @@ def verify(
     with console.status(f"verifying {target}"):
         report = verify_store(Store(target, endpoint_url or cfg.store.endpoint_url))
     for note in report.notes:
-        console.print(f"note: {note}")
+        console.print(f"note: {note}", soft_wrap=True)
     for problem in report.problems:
-        console.print(f"[red]problem[/]: {problem}", highlight=False)
+        console.print(f"[red]problem[/]: {problem}", highlight=False, soft_wrap=True)
     summary = f"{target} version {report.version or '?'}: {report.n_cases} cases, {report.n_scans} scans checked"
     if report.problems:
         raise UserError(f"{summary}; {len(report.problems)} problem(s)")
@@ -319,6 +319,60 @@ def demo(
     from raddiag.demo import run_demo
 
     run_demo(_config(config, set_), verbose, console)
+
+
+@app.command()
+def submit(
+    jobspec: Annotated[Path, typer.Argument(help="Job spec YAML (with 'entrypoint'), or a config YAML from jobs/.")],
+    address: Annotated[str, typer.Option(help="Ray Jobs API (dashboard) URL; default $RAY_API_SERVER_ADDRESS or http://127.0.0.1:8265.")] = "",
+    verb: Annotated[Optional[str], typer.Option(help="For a config YAML: the verb to run (default: the file name).")] = None,
+    env: Annotated[Optional[list[str]], typer.Option("--env", "-e", help="Extra job env var NAME=VALUE (no secrets).")] = None,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Follow the job's logs until it ends.")] = True,
+    set_: SetOpt = None,
+) -> None:
+    """Submit a job to a Ray cluster (Ray Jobs API), follow its logs, exit with the job's status.
+
+    With token authentication (Ray's default) set RAY_AUTH_MODE=token and the cluster's token
+    (RAY_AUTH_TOKEN, or ~/.ray/auth_token from `ray get-auth-token`)."""
+    from raddiag.submit import default_address, exit_status, load_job_spec, submit_job
+
+    extra = {}
+    for item in env or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise UserError(f"--env {item!r}: expected NAME=VALUE", code=2)
+        extra[name] = value
+    try:
+        spec = load_job_spec(jobspec, verb, set_)
+        outcome = submit_job(spec, address or default_address(), extra_env=extra, follow=wait, echo=lambda line: print(line, flush=True))
+    except ConfigError as exc:
+        raise UserError(str(exc), code=2) from None
+    except ConnectionError as exc:
+        raise UserError(f"Ray Jobs API at {address or default_address()}: cannot connect ({exc})") from None
+    if not wait:
+        console.print(f"job {outcome.job_id}: {outcome.status} (follow with `ray job logs -f {outcome.job_id}`)")
+        return
+    console.print(f"job {outcome.job_id}: {outcome.status}" + (f" (exit code {outcome.exit_code})" if outcome.exit_code else ""))
+    code = exit_status(outcome)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
+def report(
+    sweep_name: Annotated[str, typer.Argument(help="Name of the sweep (sweep.name) to report on.")],
+    output: Annotated[Optional[Path], typer.Option(help="HTML file to write (default: <sweep>-report.html).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Render a self-contained HTML report of a sweep from MLflow: leaderboard, parameter importance,
+    parallel coordinates, long-tail curves and ROC by group of the best trial."""
+    from raddiag.report import build_report
+
+    cfg = _config(config, set_)
+    path = output or Path(f"{sweep_name}-report.html")
+    summary = build_report(cfg, sweep_name, path)
+    console.print(f"report of sweep {sweep_name} ({summary['n_trials']} trials, best {summary['best_run_id']}) written to {path}")
 
 
 def main() -> None:

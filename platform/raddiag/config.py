@@ -211,6 +211,7 @@ class TrainConfig(_Strict):
     warmup_fraction: float = Field(default=0.05, ge=0, lt=1)
     num_workers: int = Field(default=2, ge=1)
     cpus_per_worker: float = Field(default=0.5, gt=0)
+    resources_per_worker: dict[str, float] = Field(default_factory=dict, description="extra custom resources per worker")
     use_gpu: bool = False
     grad_accum_steps: int = Field(default=1, ge=1, description="micro-batches per optimiser step")
     amp: bool = Field(default=True, description="bf16 autocast on GPU (ignored on CPU)")
@@ -442,3 +443,27 @@ def with_overrides(cfg: RadDiagConfig, values: dict[str, Any]) -> RadDiagConfig:
     for key, value in values.items():
         set_dotted(tree, key, value)
     return build_config(tree, "trial overrides")
+
+
+class JobRuntimeEnv(_Strict):
+    """The part of a Ray runtime_env a job spec may set (see :class:`JobSpec`)."""
+
+    working_dir: str = Field(default=".", description="uploaded and used as the job's cwd; relative to where you run submit")
+    excludes: list[str] = Field(default_factory=list, description="gitignore-style patterns, added to the built-in excludes")
+    env_vars: dict[str, str] = Field(default_factory=dict, description="non-secret environment variables for the job")
+    ship_code: bool = Field(default=True, description="upload this checkout's raddiag package (py_modules) so the job runs it")
+
+
+class JobSpec(_Strict):
+    """A Ray Jobs submission spec (``raddiag submit JOBSPEC``): a YAML with an ``entrypoint``.
+
+    A plain config YAML (no ``entrypoint``) is also accepted by ``submit``: its entrypoint is then
+    ``raddiag <verb> -c <file>``, the verb taken from ``--verb`` or the file name.
+    """
+
+    entrypoint: str = Field(description="shell command run on the head node, e.g. 'raddiag sweep -c jobs/sweep.yaml'")
+    runtime_env: JobRuntimeEnv = JobRuntimeEnv()
+    entrypoint_num_cpus: float = Field(default=0.0, ge=0, description="CPUs reserved for the entrypoint (driver)")
+    entrypoint_num_gpus: float = Field(default=0.0, ge=0)
+    metadata: dict[str, str] = Field(default_factory=dict, description="shown by `ray job list`")
+    submission_id: str | None = Field(default=None, description="fixed job id (default: generated)")

@@ -35,6 +35,10 @@ def logical_cpus(cfg: RayConfig) -> int:
     return cfg.num_cpus or 4 * (os.cpu_count() or 1)
 
 
+# Environment of every Ray worker the platform starts (a submitted job carries it in its runtime_env).
+WORKER_ENV = {"PYTHONWARNINGS": "ignore", "RAY_TRAIN_V2_ENABLED": "1", "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "false"}
+
+
 def init_ray(cfg: RayConfig, verbose: bool = False, runtime_env: dict | None = None) -> None:
     """Connect to ``cfg.address``/``$RAY_ADDRESS`` or start a local Ray sized by :func:`logical_cpus`."""
     import ray
@@ -45,10 +49,10 @@ def init_ray(cfg: RayConfig, verbose: bool = False, runtime_env: dict | None = N
     address = cfg.address or os.environ.get("RAY_ADDRESS") or None
     level = logging.INFO if verbose else logging.ERROR
     env = dict(runtime_env or {})
-    env.setdefault("env_vars", {}).update(
-        {"PYTHONWARNINGS": "ignore", "RAY_TRAIN_V2_ENABLED": "1", "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "false"}
-    )
+    env.setdefault("env_vars", {}).update(WORKER_ENV)
     kwargs = dict(logging_level=level, log_to_driver=verbose, include_dashboard=False, runtime_env=env)
+    if address and os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") and not runtime_env:
+        del kwargs["runtime_env"]  # a submitted job: Ray refuses a second runtime_env; the job's applies
     if address:
         ray.init(address=address, **kwargs)
     else:

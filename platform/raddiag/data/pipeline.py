@@ -54,9 +54,11 @@ class CaseReader:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from raddiag.data.augment import build_augment
+        from raddiag.observability import ReadMetrics
 
         cfg = RadDiagConfig.model_validate(self.cfg)
         store = _store(cfg.store.url, cfg.store.endpoint_url)
+        read = ReadMetrics(store.read_slices, "train" if self.train else "eval")
         label_index = {name: i for i, name in enumerate(self.label_names)}
         cases = []
         for order, text in zip(batch["order"], batch["record"]):
@@ -65,7 +67,7 @@ class CaseReader:
             augment = build_augment(cfg.data.augment, seed=int(rng.integers(2**31))) if rng is not None else None
             case = assemble_case(
                 record,
-                store.read_slices,
+                read,
                 label_index,
                 n_image=cfg.data.n_image,
                 depth=cfg.data.depth,
@@ -76,6 +78,7 @@ class CaseReader:
             )
             case["order"] = np.int64(order)
             cases.append(case)
+        read.flush(len(cases))
         return stack_cases(cases)
 
 

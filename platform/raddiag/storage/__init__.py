@@ -1,1 +1,1 @@
-"""Dataset storage: the Zarr/Parquet store, synthetic data and splits."""
+"""Dataset storage: the Zarr/Parquet store, readers, de-identification, ingest, verify, synthetic data and splits."""

@@ -43,7 +43,7 @@ ALLOWED_TAGS = (
 LINK_TAGS = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID")
 
 #: Tags read to flag pixel data that may contain burned-in PHI.
-FLAG_TAGS = ("BurnedInAnnotation", "SOPClassUID", "ImageType", "ConversionType")
+FLAG_TAGS = ("BurnedInAnnotation", "SOPClassUID", "ConversionType")
 
 #: Secondary Capture SOP classes (screenshots, scanned documents: often burned-in text).
 SECONDARY_CAPTURE_SOP_CLASSES = frozenset(
@@ -127,9 +127,8 @@ def flags_of(ds: Any) -> list[str]:
     flags = []
     if str(getattr(ds, "BurnedInAnnotation", "")).strip().upper() == "YES":
         flags.append("burned_in_annotation")
-    image_type = [str(v).upper() for v in (getattr(ds, "ImageType", None) or [])]
     sop_class = str(getattr(ds, "SOPClassUID", ""))
-    if sop_class in SECONDARY_CAPTURE_SOP_CLASSES or "SECONDARY" in image_type or getattr(ds, "ConversionType", None):
+    if sop_class in SECONDARY_CAPTURE_SOP_CLASSES or getattr(ds, "ConversionType", None):
         flags.append("secondary_capture")
     return flags
 

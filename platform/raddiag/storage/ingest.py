@@ -523,7 +523,7 @@ def run_ingest(
     if not case_rows:
         return IngestResult(None, rejected_frame, 0, 0, seconds, 0.0)
     cases_frame = pd.DataFrame(case_rows)
-    unsplit = [i for i, s in enumerate(cases_frame["split"]) if s is None]
+    unsplit = [i for i, s in enumerate(cases_frame["split"]) if not isinstance(s, str)]
     if unsplit:
         assigned = stratified_split([cases_frame.at[i, "disorders"] for i in unsplit], val_fraction, test_fraction, seed)
         for index, split in zip(unsplit, assigned):

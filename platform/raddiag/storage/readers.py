@@ -171,7 +171,9 @@ def read_image(path: Path, limits: Limits = Limits()) -> Volume:
                 array = np.asarray(image.convert("L"))
     except BadInput:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError:
+        raise BadInput("absurd dimensions (PIL decompression-bomb guard)") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise BadInput(f"corrupt or truncated image ({type(exc).__name__})") from None
     return Volume(np.asarray(array, dtype=np.float32)[None].copy(), [], {})
 

@@ -246,6 +246,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from raddiag.losses import build_loss
     from raddiag.metrics import evaluate_scores
     from raddiag.model import build_model
+    from raddiag.observability import TrainMetrics
     from raddiag.storage.store import Store
 
     cfg = RadDiagConfig.model_validate(loop_config["config"])
@@ -278,6 +279,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     uri, run_id = loop_config.get("mlflow_uri"), loop_config.get("mlflow_run_id")
     monitor = _system_monitor(cfg, uri, run_id) if rank == 0 else None
+    observe = TrainMetrics(context.get_experiment_name(), rank, device)  # Ray metrics for Grafana
     meta = {
         "config": cfg.model_dump(mode="json"), "label_names": names, "train_counts": counts.tolist(),
         "label_embeddings": embeddings, "dataset_version": manifest.version, "metric": cfg.train.metric,
@@ -286,12 +288,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         for epoch in range(progress.start_epoch, cfg.train.epochs):
             started = time.perf_counter()
             shard = worker_dataset(train_records[: per_rank * world], cfg, names, train=True, epoch=epoch, rank=rank, world=world)
-            metrics = train_epoch(model, iter_batches(shard, cfg.train.batch_size, device), loss_fn, optimizer, scheduler, cfg, amp_dtype)
+            metrics = train_epoch(model, observe.batches(iter_batches(shard, cfg.train.batch_size, device)), loss_fn, optimizer, scheduler, cfg, amp_dtype)
             val_shard = worker_dataset(val_records, cfg, names, train=False, epoch=epoch, rank=rank, world=world)
             labels, scores = validate(model, iter_batches(val_shard, cfg.train.batch_size, device), device)
             report = evaluate_scores(labels, scores, counts, label_names=names)
             metrics.update({f"val_{key}": value for key, value in report.flat().items()})
             metrics.update({"epoch": epoch, "lr": scheduler.get_last_lr()[0], "epoch_time_s": time.perf_counter() - started})
+            observe.epoch(metrics)
 
             value = float(metrics.get(cfg.train.metric, math.nan))
             improved = math.isfinite(value) and (not math.isfinite(progress.best_value) or sign * value > sign * progress.best_value)

@@ -49,7 +49,7 @@ def build_trainer(
         scaling_config=ScalingConfig(
             num_workers=cfg.train.num_workers,
             use_gpu=cfg.train.use_gpu,
-            resources_per_worker={"CPU": cfg.train.cpus_per_worker},
+            resources_per_worker={"CPU": cfg.train.cpus_per_worker, **cfg.train.resources_per_worker},
         ),
         run_config=RunConfig(
             name=name,
