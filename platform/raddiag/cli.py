@@ -197,18 +197,24 @@ def train(config: ConfigOpt = None, set_: SetOpt = None, verbose: VerboseOpt = F
 
 
 @app.command()
-def sweep(config: ConfigOpt = None, set_: SetOpt = None, verbose: VerboseOpt = False) -> None:
+def sweep(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the sweep named sweep.name after its driver died.")] = False,
+    verbose: VerboseOpt = False,
+) -> None:
     """Run a Ray Tune + Optuna (TPE) + ASHA sweep; each trial is a TorchTrainer and a child MLflow run."""
     cfg = _config(config, set_)
-    result = run_sweep_with_progress(cfg, verbose)
+    result = run_sweep_with_progress(cfg, verbose, resume)
     _print_trials(result, cfg)
 
 
-def run_sweep_with_progress(cfg: RadDiagConfig, verbose: bool) -> Any:
+def run_sweep_with_progress(cfg: RadDiagConfig, verbose: bool, resume: bool = False) -> Any:
     from raddiag.tune.sweep import run_sweep
 
-    with console.status(f"sweep {cfg.sweep.name}: {cfg.sweep.num_samples} trials x {cfg.train.epochs} epochs"):
-        return run_sweep(cfg, verbose)
+    action = "resuming" if resume else "running"
+    with console.status(f"{action} sweep {cfg.sweep.name}: {cfg.sweep.num_samples} trials x {cfg.train.epochs} epochs"):
+        return run_sweep(cfg, verbose, resume)
 
 
 def _print_trials(result: Any, cfg: RadDiagConfig) -> None:
@@ -373,6 +379,134 @@ def report(
     path = output or Path(f"{sweep_name}-report.html")
     summary = build_report(cfg, sweep_name, path)
     console.print(f"report of sweep {sweep_name} ({summary['n_trials']} trials, best {summary['best_run_id']}) written to {path}")
+
+
+# ---- raddiag knowledge build | evaluate -------------------------------------------------------------
+
+knowledge_app = typer.Typer(help="Knowledge enhancement: label text embeddings from ICD-10-CM (build, evaluate).",
+                            no_args_is_help=True)
+app.add_typer(knowledge_app, name="knowledge")
+
+
+def _read_label_file(path: Path) -> tuple[list[str], list[str | None]]:
+    """Names (+ optional ICD-10-CM codes): JSON {name: index} or [name | {name, code}], or text lines
+    ``name`` / ``name<TAB>code``."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise UserError(f"--labels {path}: {exc.strerror}", code=2) from None
+    names: list[str] = []
+    codes: list[str | None] = []
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"--labels {path}: invalid JSON ({exc.msg}, line {exc.lineno})", code=2) from None
+        if isinstance(data, dict):
+            data = [name for name, _ in sorted(data.items(), key=lambda item: (item[1], item[0]))]
+        if not isinstance(data, list):
+            raise UserError(f"--labels {path}: expected a JSON object name->index or a list", code=2)
+        for item in data:
+            if isinstance(item, dict) and item.get("name"):
+                names.append(str(item["name"]))
+                codes.append(item.get("code") or None)
+            elif isinstance(item, str) and item.strip():
+                names.append(item.strip())
+                codes.append(None)
+            else:
+                raise UserError(f"--labels {path}: entries must be names or {{name, code}} objects, got {item!r}", code=2)
+    else:
+        for line in text.splitlines():
+            name, _, code = line.partition("\t")
+            if name.strip():
+                names.append(name.strip())
+                codes.append(code.strip() or None)
+    if not names:
+        raise UserError(f"--labels {path}: no label names", code=2)
+    return names, codes
+
+
+@knowledge_app.command("build")
+def knowledge_build(
+    labels: Annotated[Optional[Path], typer.Option("--labels", help="Label names (JSON name->index or [{name, code}], or lines name<TAB>code); default: the store's labels at data.label_level.")] = None,
+    track: Annotated[bool, typer.Option("--track/--no-track", help="Log the build to MLflow (tracking.*).")] = True,
+    show: Annotated[int, typer.Option("--show", help="Rows of the label -> code table to print (text-matched first).")] = 20,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Embed the label vocabulary with the model.ke encoder into a versioned table in the store
+    (knowledge/<version>/), cached by content hash and logged to MLflow. Labels without a valid
+    ICD-10-CM code are matched by text; weak matches are reported as unmatched."""
+    from rich.table import Table
+
+    from raddiag.knowledge import build_knowledge
+    from raddiag.storage.store import storage_options
+
+    cfg = _config(config, set_)
+    if labels is not None:
+        names, codes = _read_label_file(labels)
+    else:
+        from raddiag.storage.store import Store
+
+        manifest = Store(cfg.store.url, cfg.store.endpoint_url).manifest()
+        names, codes = manifest.label_names(cfg.data.label_level), manifest.label_codes(cfg.data.label_level)
+    tracking_uri = None
+    if track:
+        from raddiag import tracking
+
+        tracking.setup(cfg.tracking)
+        tracking_uri = cfg.tracking.resolved_uri()
+    try:
+        with console.status(f"building the knowledge table of {len(names)} labels (encoder {cfg.model.ke.encoder})"):
+            table = build_knowledge(names, cfg.model.ke, codes, cfg.store.url, storage_options(cfg.store.endpoint_url), tracking_uri,
+                                    cfg.tracking.experiment)
+    except (ValueError, FileNotFoundError, ImportError) as exc:
+        raise UserError(str(exc), code=2) from None
+    order = {"unmatched": 0, "matched": 1, "given": 2, "normal": 3}
+    rows = sorted(table.mappings, key=lambda m: (order.get(m.source, 4), m.score))[: max(show, 0)]
+    view = Table(title=f"knowledge {table.version}: {len(names)} labels, dim {table.embeddings.shape[1]}, "
+                       f"{table.meta['mapping_counts']}")
+    for column in ("label", "source", "code", "score", "ICD-10-CM description"):
+        view.add_column(column)
+    for m in rows:
+        view.add_row(m.name, m.source, m.code or "-", f"{m.score:.2f}", m.description)
+    if rows:
+        console.print(view)
+    cached = " (cached)" if table.meta.get("cached") else ""
+    console.print(f"knowledge table {table.version}{cached}: {table.uri}")
+
+
+@knowledge_app.command("evaluate")
+def knowledge_evaluate(
+    steps: Annotated[int, typer.Option("--steps", help="Training steps of the trained encoder (default: model.ke.text_train_steps).")] = 0,
+    fraction: Annotated[float, typer.Option("--fraction", help="Share of inclusion terms held out as queries.")] = 0.1,
+    output: Annotated[Optional[Path], typer.Option(help="Write the results as JSON here.")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Train the ICD text encoder without held-out inclusion terms and compare it with character
+    n-gram TF-IDF baselines in the same run: synonym R@1/R@10 and hierarchy consistency (CPU, minutes)."""
+    from rich.table import Table
+
+    from raddiag.knowledge.evaluate import beats_baseline, compare_encoders
+
+    cfg = _config(config, set_)
+    if steps < 0 or not 0 < fraction < 1:
+        raise UserError("--steps must be >= 0 and --fraction in (0, 1)", code=2)
+    ke = cfg.model.ke
+    with console.status(f"training + evaluating the text encoder (d={ke.dim}, {steps or ke.text_train_steps} steps)"):
+        results = compare_encoders(ke.dim, steps or ke.text_train_steps, fraction)
+    wins = beats_baseline(results)
+    view = Table(title="knowledge encoders: held-out ICD-10-CM inclusion terms -> descriptions")
+    for column in ("encoder", "synonym R@1", "synonym R@10", "hierarchy", "beats tfidf_char_sparse"):
+        view.add_column(column)
+    for name, m in results.items():
+        view.add_row(name, f"{m['synonym_r1']:.3f}", f"{m['synonym_r10']:.3f}", f"{m['hierarchy']:.3f}",
+                     {True: "yes", False: "no"}.get(wins.get(name), "(baseline)"))
+    console.print(view)
+    if output:
+        output.write_text(json.dumps(results, indent=2))
+        console.print(f"results written to {output}")
 
 
 def main() -> None:

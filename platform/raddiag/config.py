@@ -83,6 +83,9 @@ class AugmentConfig(_Strict):
     noise_p: float = Field(default=0.15, ge=0, le=1)
     contrast_p: float = Field(default=0.15, ge=0, le=1)
     elastic_p: float = Field(default=0.0, ge=0, le=1)
+    on: Literal["workers", "device"] = Field(
+        default="workers", description="where training augmentation runs: Ray Data tasks (CPU) or the training device"
+    )
 
 
 class DataConfig(_Strict):
@@ -95,7 +98,10 @@ class DataConfig(_Strict):
     sampler: Literal["instance", "class_aware", "sqrt"] = "instance"
     sampler_power: float = Field(default=0.5, ge=0, le=1, description="q for the power sampler")
     augment: AugmentConfig = AugmentConfig()
-    read_parallelism: int = Field(default=2, ge=1, description="Ray Data read tasks per split")
+    case_mix_p: float = Field(default=0.0, ge=0, le=1, description="training: probability of appending a case of another anatomy (labels: union)")
+    read_parallelism: int = Field(default=2, ge=1, description="concurrent Ray Data read tasks per worker dataset")
+    cases_per_task: int = Field(default=16, ge=1, description="cases per Ray Data read task (each opens its own store)")
+    max_gap_kb: int = Field(default=0, ge=0, description="merge ranged reads of chunks closer than this (0: adjacent chunks only)")
     data_cpus: float = Field(default=0.5, gt=0, description="logical CPUs for each Ray Data task")
 
 
@@ -106,7 +112,7 @@ class KEConfig(_Strict):
         default="tfidf", description="tfidf baseline | trained: ICD-contrastive encoder | hf: local HF encoder dir"
     )
     encoder_path: str = Field(default="", description="hf: model directory; trained: '' = train/cache in cache_dir")
-    text_train_steps: int = Field(default=1200, ge=1, description="trained encoder: contrastive steps")
+    text_train_steps: int = Field(default=1500, ge=1, description="trained encoder: contrastive steps")
     template: str = Field(default="{name}. {description}", description="label text; {name} {code} {description}")
     dim: int = Field(default=64, ge=8)
     temperature_init: float = Field(default=0.07, gt=0, description="initial temperature; logit scale s = 1/T")

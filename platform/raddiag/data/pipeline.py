@@ -1,34 +1,40 @@
-"""Ray Data pipeline: case records -> slices read from the Zarr store -> fixed-shape batches.
+"""Ray Data pipeline: case records -> sampled slices read from the Zarr store -> fixed-shape batches.
 
-Each Ray Train worker builds its own per-epoch dataset over its share of the epoch's case order
-(``order[rank::world]``), so sampling is re-drawn every epoch from ``(seed, epoch)``, a resumed run
-restarts exactly at its checkpointed epoch, and evaluation covers every case exactly once across
-workers. Reads run as Ray Data tasks; each task opens the store itself (no filesystem object
-crosses a process boundary) and fetches only the sampled slices.
+Streaming design. Each Ray Train worker builds its own per-epoch dataset over its share of the
+epoch's case order (``order[rank::world]``): the long-tail sampling is re-drawn every epoch from
+``(seed, epoch)``, a resumed run restarts exactly at its checkpointed epoch, evaluation covers every
+case exactly once across workers, and equal-length training shards keep DDP steps in lockstep.
+The dataset is read by :class:`CaseDatasource`, which parallelises by case: each read task takes a
+contiguous run of the worker's cases, opens its own store (one filesystem per task, nothing
+pickled with a client in it), plans every case of a block (scans, sampled slices), fetches all of
+the block's slices concurrently with :class:`~raddiag.data.read.SliceReader` and assembles them.
+
+Batches cross processes with uint8 images (4x fewer bytes through the object store and to the
+device); :func:`iter_batches` and :func:`local_batches` hand out the batch schema of
+``raddiag.schema`` (float32 images in [0, 1]) plus ``order`` (index of the case in ``records``)
+and, when ``vocabularies`` are given, ``disorder_labels``/``icd_labels``.
+
+Determinism: a case's scan choice, depth jitter, augmentation and mixing partner come from
+``(train.seed, epoch, position in the epoch order)``; blocks are produced in order
+(``preserve_order``), so a worker's batches are a function of (seed, epoch, rank, world).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from raddiag.config import RadDiagConfig
-from raddiag.data.assemble import assemble_case, stack_cases
+from raddiag.config import AugmentConfig, RadDiagConfig
+from raddiag.data.assemble import build_case, case_fields, plan_case, resize_slices, stack_cases, to_uint8
 from raddiag.data.sampling import epoch_order
 
-_STORES: dict[tuple[str, str | None], Any] = {}
-
-
-def _store(url: str, endpoint_url: str | None) -> Any:
-    """One Store per (url, endpoint) per process (Ray reuses worker processes across tasks)."""
-    from raddiag.storage.store import Store
-
-    key = (url, endpoint_url)
-    if key not in _STORES:
-        _STORES[key] = Store(url, endpoint_url)
-    return _STORES[key]
+#: Cases per Ray Data block (one concurrent fetch + one assembled block per step of a read task).
+BLOCK_CASES = 4
+LEVELS = ("disorder", "icd")
 
 
 def label_matrix(records: list[dict[str, Any]], label_names: list[str], level: str) -> np.ndarray:
@@ -43,45 +49,6 @@ def label_matrix(records: list[dict[str, Any]], label_names: list[str], level: s
     return matrix
 
 
-class CaseReader:
-    """``map_batches`` function: {"order", "record"(json)} -> batch-schema numpy arrays (+ order)."""
-
-    def __init__(self, cfg: dict[str, Any], label_names: list[str], train: bool, epoch: int) -> None:
-        self.cfg = cfg
-        self.label_names = label_names
-        self.train = train
-        self.epoch = epoch
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from raddiag.data.augment import build_augment
-        from raddiag.observability import ReadMetrics
-
-        cfg = RadDiagConfig.model_validate(self.cfg)
-        store = _store(cfg.store.url, cfg.store.endpoint_url)
-        read = ReadMetrics(store.read_slices, "train" if self.train else "eval")
-        label_index = {name: i for i, name in enumerate(self.label_names)}
-        cases = []
-        for order, text in zip(batch["order"], batch["record"]):
-            record = json.loads(str(text))
-            rng = np.random.default_rng([cfg.train.seed, self.epoch, int(order)]) if self.train else None
-            augment = build_augment(cfg.data.augment, seed=int(rng.integers(2**31))) if rng is not None else None
-            case = assemble_case(
-                record,
-                read,
-                label_index,
-                n_image=cfg.data.n_image,
-                depth=cfg.data.depth,
-                image_size=cfg.data.image_size,
-                label_level=cfg.data.label_level,
-                rng=rng,
-                augment=augment,
-            )
-            case["order"] = np.int64(order)
-            cases.append(case)
-        read.flush(len(cases))
-        return stack_cases(cases)
-
-
 def epoch_records(
     records: list[dict[str, Any]], cfg: RadDiagConfig, label_names: list[str], *, train: bool, epoch: int
 ) -> list[int]:
@@ -90,6 +57,177 @@ def epoch_records(
         return list(range(len(records)))
     matrix = label_matrix(records, label_names, cfg.data.label_level)
     return epoch_order(matrix, cfg.data.sampler, cfg.data.sampler_power, cfg.train.seed, epoch).tolist()
+
+
+def mix_partners(records: list[dict[str, Any]], order: list[int], p: float, seed: int, epoch: int) -> list[int | None]:
+    """Case mixing: for each position of the epoch order, with probability ``p`` the index of a case
+    of another anatomy (uniform), else None. Deterministic given (seed, epoch)."""
+    if p <= 0:
+        return [None] * len(order)
+    rng = np.random.default_rng([seed, epoch, 1])
+    anatomies = np.array([str(r.get("anatomy", "")) for r in records])
+    partners: list[int | None] = []
+    for index in order:
+        others = np.flatnonzero(anatomies != anatomies[index])
+        draw, pick = rng.random(), rng.random()
+        partners.append(int(others[int(pick * len(others))]) if draw < p and len(others) else None)
+    return partners
+
+
+@dataclass
+class Item:
+    """One case to produce: its index in ``records`` (``order``), position in the epoch order
+    (seeds its randomness), the record and, when mixed, the partner record (JSON text)."""
+
+    order: int
+    position: int
+    record: str
+    partner: str | None = None
+
+
+class BlockAssembler:
+    """Plans, reads (one concurrent fetch per block) and assembles cases into batch arrays."""
+
+    def __init__(self, cfg: dict[str, Any], label_names: list[str], vocabularies: dict[str, list[str]] | None, train: bool, epoch: int) -> None:
+        self.cfg = RadDiagConfig.model_validate(cfg)
+        self.label_index = {name: i for i, name in enumerate(label_names)}
+        self.vocabularies = {level: {n: i for i, n in enumerate(names)} for level, names in (vocabularies or {}).items()}
+        self.train = train
+        self.epoch = epoch
+
+    def __call__(self, items: list[Item], reader: Any, image_dtype: str = "uint8") -> dict[str, np.ndarray]:
+        from raddiag.data.augment import build_augment
+
+        data = self.cfg.data
+        augment_here = self.train and data.augment.on == "workers"
+        plans, rngs = [], []
+        for item in items:
+            rng = np.random.default_rng([self.cfg.train.seed, self.epoch, item.position]) if self.train else None
+            partner = json.loads(item.partner) if item.partner else None
+            plans.append(plan_case(json.loads(item.record), n_image=data.n_image, depth=data.depth, rng=rng, partner=partner))
+            rngs.append(rng)
+        requests = [request for plan in plans for request in plan.requests()]
+        if image_dtype == "uint8" and not augment_here:
+            return self._direct(items, plans, requests, reader)
+        volumes = iter(reader.read(requests))
+        cases = []
+        for item, plan, rng in zip(items, plans, rngs):
+            augment = build_augment(data.augment, seed=int(rng.integers(2**31))) if augment_here and rng is not None else None
+            case = build_case(
+                plan, [next(volumes) for _ in plan.scans], self.label_index,
+                n_image=data.n_image, depth=data.depth, image_size=data.image_size, label_level=data.label_level,
+                augment=augment, vocabularies=self.vocabularies, image_dtype=image_dtype,
+            )
+            case["order"] = np.int64(item.order)
+            cases.append(case)
+        return stack_cases(cases)
+
+    def _direct(self, items: list[Item], plans: list[Any], requests: list[tuple[str, np.ndarray]], reader: Any) -> dict[str, np.ndarray]:
+        """uint8 batch without augmentation: slices are decoded straight into the batch buffer."""
+        data = self.cfg.data
+        size = data.image_size
+        images = np.zeros((len(items), data.n_image, data.depth, size, size), dtype=np.uint8)
+        outs = [images[b, slot, : len(idx)] for b, plan in enumerate(plans) for slot, idx in enumerate(plan.indices)]
+        volumes = reader.read_into(requests, outs)
+        cases = []
+        for item, plan in zip(items, plans):
+            case = case_fields(
+                plan, self.label_index, n_image=data.n_image, depth=data.depth,
+                label_level=data.label_level, vocabularies=self.vocabularies,
+            )
+            case["order"] = np.int64(item.order)
+            cases.append(case)
+        batch = stack_cases(cases)
+        for (b, slot, k), volume, out in zip(
+            ((b, slot, len(idx)) for b, plan in enumerate(plans) for slot, idx in enumerate(plan.indices)), volumes, outs
+        ):
+            if volume is not out:  # another size (or dtype) than the batch: resize into place
+                images[b, slot, :k] = to_uint8(resize_slices(volume.astype(np.float32) / 255.0, size))
+        batch["images"] = images
+        return batch
+
+
+class _Bytes:
+    """Adapter so ``ReadMetrics`` (which counts ``.nbytes`` of what a read returns) counts fetched bytes."""
+
+    def __init__(self, n: int) -> None:
+        self.nbytes = n
+
+
+def read_items(items: list[Item], assembler_args: tuple, store: tuple[str, str | None, int]) -> Iterator[Any]:
+    """A read task: one :class:`SliceReader` (its own filesystem) for the task, one block per
+    :data:`BLOCK_CASES` cases."""
+    from ray.data.block import BlockAccessor
+
+    from raddiag.data.read import SliceReader
+    from raddiag.observability import ReadMetrics
+
+    assembler = BlockAssembler(*assembler_args)
+    url, endpoint_url, max_gap = store
+    reader = SliceReader(url, endpoint_url, max_gap_bytes=max_gap)
+    metrics = ReadMetrics(_Bytes, "train" if assembler.train else "eval")
+    try:
+        for start in range(0, len(items), BLOCK_CASES):
+            before = reader.bytes_fetched
+            batch = assembler(items[start : start + BLOCK_CASES], reader)
+            metrics(reader.bytes_fetched - before)
+            metrics.flush(len(batch["order"]))
+            yield BlockAccessor.batch_to_block(batch)
+    finally:
+        reader.close()
+
+
+def _datasource_class() -> type:
+    from ray.data import Datasource, ReadTask
+    from ray.data.block import BlockMetadata
+
+    class CaseDatasource(Datasource):
+        """A Ray Data source over a list of :class:`Item` (a worker's share of an epoch).
+
+        ``get_read_tasks(n)`` cuts the items into ``n`` contiguous runs (at least
+        ``data.cases_per_task`` cases each); a task's rows come out in item order.
+        """
+
+        def __init__(self, items: list[Item], cfg: RadDiagConfig, assembler_args: tuple) -> None:
+            self.items = items
+            self.cfg = cfg
+            self.assembler_args = assembler_args
+            data = cfg.data
+            self.case_bytes = data.n_image * data.depth * data.image_size**2  # uint8 images dominate
+
+        def estimate_inmemory_data_size(self) -> int:
+            return len(self.items) * self.case_bytes
+
+        def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None) -> list[Any]:
+            by_size = -(-len(self.items) // self.cfg.data.cases_per_task)
+            n_tasks = max(1, min(len(self.items), max(parallelism, by_size)))
+            store = (self.cfg.store.url, self.cfg.store.endpoint_url, self.cfg.data.max_gap_kb * 1024)
+            tasks = []
+            for run in np.array_split(np.arange(len(self.items)), n_tasks):
+                chunk = [self.items[i] for i in run]
+                metadata = BlockMetadata(num_rows=len(chunk), size_bytes=len(chunk) * self.case_bytes, exec_stats=None, input_files=None)
+                tasks.append(ReadTask(partial(read_items, chunk, self.assembler_args, store), metadata, per_task_row_limit=per_task_row_limit))
+            return tasks
+
+    return CaseDatasource
+
+
+def case_datasource(items: list[Item], cfg: RadDiagConfig, assembler_args: tuple) -> Any:
+    """A ``CaseDatasource`` (the class is built lazily so importing this module does not import Ray)."""
+    return _datasource_class()(items, cfg, assembler_args)
+
+
+def epoch_items(
+    records: list[dict[str, Any]], cfg: RadDiagConfig, label_names: list[str], *, train: bool, epoch: int, rank: int = 0, world: int = 1
+) -> list[Item]:
+    """This worker's cases for the epoch: ``order[rank::world]`` of the epoch's (sampled) order."""
+    order = epoch_records(records, cfg, label_names, train=train, epoch=epoch)
+    partners = mix_partners(records, order, cfg.data.case_mix_p if train else 0.0, cfg.train.seed, epoch)
+    return [
+        Item(index, position, json.dumps(records[index]), json.dumps(records[partner]) if partner is not None else None)
+        for position, (index, partner) in enumerate(zip(order, partners))
+        if position % world == rank
+    ]
 
 
 def worker_dataset(
@@ -101,37 +239,87 @@ def worker_dataset(
     epoch: int,
     rank: int = 0,
     world: int = 1,
+    vocabularies: dict[str, list[str]] | None = None,
 ) -> Any:
-    """A Ray Dataset of this worker's share of the epoch (``order[rank::world]``), read lazily."""
+    """A Ray Dataset of this worker's share of the epoch (``order[rank::world]``), read lazily.
+
+    Rows: the batch schema with uint8 ``images`` (use :func:`iter_batches`), ``order`` and, per
+    level in ``vocabularies`` (``{"disorder": names, "icd": names}``), ``<level>_labels``.
+    """
     import ray.data
 
-    order = epoch_records(records, cfg, label_names, train=train, epoch=epoch)[rank::world]
-    if not order:
+    items = epoch_items(records, cfg, label_names, train=train, epoch=epoch, rank=rank, world=world)
+    if not items:
         raise ValueError(f"worker {rank}/{world}: no cases in this {'training' if train else 'evaluation'} shard")
-    items = [{"order": i, "record": json.dumps(records[i])} for i in order]
-    blocks = max(1, min(len(items) // 4, cfg.data.read_parallelism * 2))
-    dataset = ray.data.from_items(items, override_num_blocks=blocks)
-    reader = CaseReader(cfg.model_dump(mode="json"), label_names, train, epoch)
-    return dataset.map_batches(
-        reader, batch_size=4, batch_format="numpy", num_cpus=cfg.data.data_cpus, concurrency=cfg.data.read_parallelism
+    ray.data.DataContext.get_current().execution_options.preserve_order = True  # batches = f(seed, epoch, rank)
+    args = (cfg.model_dump(mode="json"), label_names, vocabularies, train, epoch)
+    return ray.data.read_datasource(
+        case_datasource(items, cfg, args),
+        override_num_blocks=cfg.data.read_parallelism,
+        num_cpus=cfg.data.data_cpus,
+        concurrency=cfg.data.read_parallelism,
     )
 
 
-def iter_batches(dataset: Any, batch_size: int, device: Any = "cpu") -> Iterator[dict[str, Any]]:
-    """Torch batches of the batch schema (+ ``order``) from a worker dataset."""
-    yield from dataset.iter_torch_batches(batch_size=batch_size, device=device, drop_last=False)
+def images_to_float(batch: dict[str, Any]) -> dict[str, Any]:
+    """uint8 ``images`` -> float32 in [0, 1] (numpy or torch, on the batch's device)."""
+    images = batch["images"]
+    if images.dtype in (np.uint8,) or str(images.dtype) == "torch.uint8":
+        batch["images"] = images.float().div_(255.0) if hasattr(images, "float") else images.astype(np.float32) / 255.0
+    return batch
+
+
+def iter_batches(
+    dataset: Any,
+    batch_size: int,
+    device: Any = "cpu",
+    *,
+    augment: AugmentConfig | None = None,
+    seed: int | list[int] = 0,
+    prefetch_batches: int = 2,
+) -> Iterator[dict[str, Any]]:
+    """Torch batches of the batch schema (+ ``order``) from a worker dataset, on ``device``.
+
+    Images travel as uint8 and become float32 on ``device``. With ``augment`` (training with
+    ``data.augment.on=device``) the MONAI augmentations run there, seeded by ``seed`` (pass
+    ``[train.seed, epoch, rank]`` for a per-epoch, per-worker stream).
+    """
+    from raddiag.data.augment import augment_batch
+
+    rng = np.random.default_rng(seed)
+    for batch in dataset.iter_torch_batches(batch_size=batch_size, device=device, drop_last=False, prefetch_batches=prefetch_batches):
+        batch = images_to_float(batch)
+        if augment is not None:
+            batch["images"] = augment_batch(batch["images"], batch["slice_mask"], augment, seed=int(rng.integers(2**31)))
+        yield batch
+
+
+def device_augment(cfg: RadDiagConfig, train: bool) -> AugmentConfig | None:
+    """The augmentation to run in :func:`iter_batches` (on the training device), or None."""
+    return cfg.data.augment if train and cfg.data.augment.on == "device" else None
 
 
 def local_batches(
-    records: list[dict[str, Any]], cfg: RadDiagConfig, label_names: list[str], batch_size: int
+    records: list[dict[str, Any]],
+    cfg: RadDiagConfig,
+    label_names: list[str],
+    batch_size: int,
+    vocabularies: dict[str, list[str]] | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Evaluation batches assembled in-process (no Ray): for the driver, predict and tests."""
-    reader = CaseReader(cfg.model_dump(mode="json"), label_names, train=False, epoch=0)
-    for start in range(0, len(records), batch_size):
-        chunk = records[start : start + batch_size]
-        yield reader(
-            {
-                "order": np.arange(start, start + len(chunk)),
-                "record": np.array([json.dumps(r) for r in chunk], dtype=object),
-            }
-        )
+    """Evaluation batches assembled in-process (no Ray), float32 images: for the driver, predict, tests."""
+    from raddiag.data.read import SliceReader
+
+    assembler = BlockAssembler(cfg.model_dump(mode="json"), label_names, vocabularies, train=False, epoch=0)
+    reader = SliceReader(cfg.store.url, cfg.store.endpoint_url, max_gap_bytes=cfg.data.max_gap_kb * 1024)
+    try:
+        for start in range(0, len(records), batch_size):
+            items = [Item(i, i, json.dumps(records[i])) for i in range(start, min(start + batch_size, len(records)))]
+            yield assembler(items, reader, image_dtype="float32")
+    finally:
+        reader.close()
+
+
+def manifest_vocabularies(manifest: Any) -> dict[str, list[str]]:
+    """``{"disorder": names, "icd": names}`` of a store manifest (for both-level labels)."""
+    return {level: manifest.label_names(level) for level in LEVELS}
+

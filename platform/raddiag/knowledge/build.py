@@ -21,6 +21,7 @@ from raddiag.knowledge.icd import icd_version
 from raddiag.knowledge.labels import LabelMapping, get_text_encoder, label_texts, map_labels
 
 log = logging.getLogger(__name__)
+FORMAT_VERSION = 2  # label matching / table layout; part of the version
 
 
 @dataclass
@@ -36,7 +37,12 @@ class KnowledgeTable:
 
 def knowledge_version(names: list[str], codes: list[str | None] | None, cfg: KEConfig) -> str:
     settings = cfg.model_dump(include={"encoder", "encoder_path", "template", "dim", "text_train_steps"})
-    payload = json.dumps({"names": names, "codes": codes, "ke": settings, "icd": icd_version()}, sort_keys=True)
+    if cfg.encoder == "trained" and not cfg.encoder_path:
+        from raddiag.knowledge.encoder import TextTrainConfig
+
+        settings["text_encoder"] = TextTrainConfig(dim=cfg.dim, steps=cfg.text_train_steps).key()
+    payload = json.dumps({"names": names, "codes": codes, "ke": settings, "icd": icd_version(), "format": FORMAT_VERSION},
+                         sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
@@ -66,12 +72,15 @@ def build_knowledge(
         with fs.open(f"{folder}/meta.json") as handle:
             meta = json.load(handle)
         log.info("knowledge table %s found in the store (%s)", version, uri)
+        meta["cached"] = True
+        if tracking_uri:
+            _log_to_mlflow(tracking_uri, experiment, meta, embeddings, mappings)
         return KnowledgeTable(version, uri, embeddings, mappings, meta)
 
     start = time.perf_counter()
     mappings = map_labels(list(names), codes, cfg.cache_dir or None)
     embeddings = np.asarray(get_text_encoder(cfg).encode(label_texts(mappings, cfg.template)), dtype=np.float32)
-    counts = {source: sum(m.source == source for m in mappings) for source in ("given", "matched", "normal")}
+    counts = {source: sum(m.source == source for m in mappings) for source in ("given", "matched", "unmatched", "normal")}
     meta = {
         "version": version,
         "labels": len(names),
@@ -94,20 +103,29 @@ def build_knowledge(
 
 
 def _log_to_mlflow(tracking_uri: str, experiment: str, meta: dict, embeddings: np.ndarray,
-                   mappings: list[LabelMapping]) -> None:
+                   mappings: list[LabelMapping]) -> str:
+    """Log the table as one MLflow run tagged ``raddiag.knowledge_version`` (once per version: a
+    later build of the same version returns the existing run). Returns the run id."""
     import tempfile
     from pathlib import Path
 
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_experiment(experiment)
-    with mlflow.start_run(run_name=f"knowledge-{meta['version']}"), tempfile.TemporaryDirectory() as tmp:
-        mlflow.set_tag("raddiag.stage", "knowledge")
+    experiment_id = mlflow.set_experiment(experiment).experiment_id
+    found = mlflow.search_runs([experiment_id], filter_string=f"tags.`raddiag.knowledge_version` = '{meta['version']}'",
+                               output_format="list", max_results=1)
+    if found:
+        return found[0].info.run_id
+    meta = {k: v for k, v in meta.items() if k != "cached"}
+    with mlflow.start_run(run_name=f"knowledge-{meta['version']}") as run, tempfile.TemporaryDirectory() as tmp:
+        mlflow.set_tags({"raddiag.stage": "knowledge", "raddiag.knowledge_version": meta["version"]})
         mlflow.log_params({f"ke.{k}": v for k, v in meta["ke"].items()} | {"knowledge.version": meta["version"]})
-        mlflow.log_metrics({f"knowledge.{k}": v for k, v in meta["mapping_counts"].items()})
+        mlflow.log_metrics({f"knowledge.{k}": v for k, v in meta["mapping_counts"].items()}
+                           | {"knowledge.labels": meta["labels"], "knowledge.dim": meta["dim"]})
         folder = Path(tmp)
         np.save(folder / "embeddings.npy", embeddings)
         (folder / "labels.json").write_text(json.dumps([asdict(m) for m in mappings], indent=1))
         (folder / "meta.json").write_text(json.dumps(meta, indent=2))
         mlflow.log_artifacts(str(folder), artifact_path="knowledge")
+    return run.info.run_id

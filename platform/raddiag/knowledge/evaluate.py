@@ -90,9 +90,13 @@ def tfidf_baseline(held_out: dict[str, str], entries: tuple[IcdEntry, ...] | Non
     return vectorizer.transform
 
 
-def compare_encoders(dim: int = 64, steps: int = 1200, fraction: float = 0.1, seed: int = 0) -> dict[str, dict[str, float]]:
+def compare_encoders(dim: int = 64, steps: int = 1500, fraction: float = 0.1, seed: int = 0,
+                     train: dict | None = None) -> dict[str, dict[str, float]]:
     """Train the text encoder without the held-out terms and evaluate it beside the TF-IDF baselines
-    (raw sparse, and SVD-projected to ``dim``), all in the same run. Returns ``{name: metrics}``."""
+    (raw sparse, and SVD-projected to ``dim``), all in the same run. ``train`` overrides other
+    :class:`TextTrainConfig` fields. Returns ``{name: metrics}`` (the trained one with ``train_seconds``)."""
+    import time
+
     from raddiag.knowledge.encoder import TextTrainConfig, train_text_encoder
     from raddiag.knowledge.tfidf import TfidfEncoder
 
@@ -101,9 +105,18 @@ def compare_encoders(dim: int = 64, steps: int = 1200, fraction: float = 0.1, se
     results = {"tfidf_char_sparse": evaluate_encoder(tfidf_baseline(held_out, entries), held_out, entries)}
     corpus = [t for t in icd_corpus(entries) if t not in held_out]
     results[f"tfidf_svd{dim}"] = evaluate_encoder(TfidfEncoder.fit(corpus, dim).encode, held_out, entries)
-    encoder = train_text_encoder(TextTrainConfig(dim=dim, steps=steps, seed=seed), set(held_out), entries)
-    results[f"trained_d{dim}"] = evaluate_encoder(encoder.encode, held_out, entries)
+    start = time.perf_counter()
+    cfg = TextTrainConfig(**{"dim": dim, "steps": steps, "seed": seed, **(train or {})})
+    encoder = train_text_encoder(cfg, set(held_out), entries)
+    seconds = time.perf_counter() - start
+    results[f"trained_d{dim}"] = evaluate_encoder(encoder.encode, held_out, entries) | {"train_seconds": round(seconds, 1)}
     return results
+
+
+def beats_baseline(results: dict[str, dict[str, float]], baseline: str = "tfidf_char_sparse") -> dict[str, bool]:
+    """``{encoder: True}`` when it is above ``baseline`` on synonym R@1, R@10 and hierarchy."""
+    keys = ("synonym_r1", "synonym_r10", "hierarchy")
+    return {name: all(m[k] > results[baseline][k] for k in keys) for name, m in results.items() if name != baseline}
 
 
 def format_results(results: dict[str, dict[str, float]]) -> str:

@@ -11,43 +11,73 @@ import numpy as np
 
 from raddiag.config import KEConfig
 from raddiag.knowledge.icd import code_length, description, load_icd, normalise_code
-from raddiag.knowledge.tfidf import cache_root, load_or_fit_tfidf
+from raddiag.knowledge.tfidf import load_or_fit_tfidf
 
 log = logging.getLogger(__name__)
 NORMAL_DESCRIPTION = "normal study without abnormal findings"
-MATCH_DIM = 64  # the TF-IDF encoder whose sparse vectors drive name -> code matching
+
+
+MATCH_THRESHOLD = 0.4  # below this text-match score a label is reported "unmatched" (no code)
 
 
 @dataclass(frozen=True)
 class LabelMapping:
-    """How one label name was tied to ICD-10-CM. ``source``: given | matched | normal."""
+    """How one label name was tied to ICD-10-CM. ``source``: given | matched | unmatched | normal.
+    ``score`` is the text-match score of matched/unmatched labels (1 for given codes); ``matched_text``
+    the description or inclusion term that matched best."""
 
     name: str
     code: str | None
     description: str
     source: str
     score: float = 1.0
+    matched_text: str = ""
 
 
-@functools.lru_cache(maxsize=2)
-def _match_index(cache_dir: str):
-    """Sparse TF-IDF rows of every category/subcategory (<= 4 chars) description and synonym."""
-    encoder = load_or_fit_tfidf(MATCH_DIM, cache_dir)
+@functools.lru_cache(maxsize=1)
+def _match_index():
+    """Char 3-5-gram and word TF-IDF rows of every category/subcategory (<= 4 chars) description and
+    inclusion term, fit on those texts (a few seconds, once per process)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
     texts, codes = [], []
     for entry in load_icd():
         if entry.kind in ("category", "subcategory") and code_length(entry.code) <= 4:
             for text in (entry.description, *entry.synonyms):
                 texts.append(text)
                 codes.append(entry.code)
-    return encoder, encoder.sparse(texts), codes
+    chars = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True, dtype=np.float32)
+    words = TfidfVectorizer(analyzer="word", token_pattern=r"(?u)\b\w+\b", sublinear_tf=True, dtype=np.float32)
+    return chars, chars.fit_transform(texts), words, words.fit_transform(texts), texts, codes
+
+
+def match_text(names: list[str]) -> list[tuple[str, str, float]]:
+    """Best ICD-10-CM ``(code, matched text, score)`` per name; score = mean of the character
+    n-gram and the word TF-IDF cosines over descriptions and inclusion terms, so a shared word piece
+    alone ("Glioblastoma" ~ "Hepatoblastoma") scores low."""
+    chars, char_rows, words, word_rows, texts, codes = _match_index()
+    scores = (chars.transform(names) @ char_rows.T + words.transform(names) @ word_rows.T) * 0.5
+    scores = scores.tocsr()
+    out = []
+    for row in range(len(names)):
+        line = scores.getrow(row)
+        if not line.nnz:
+            out.append(("", "", 0.0))
+            continue
+        best = int(line.indices[line.data.argmax()])
+        out.append((codes[best], texts[best], float(line.data.max())))
+    return out
 
 
 def map_labels(
-    names: list[str], codes: list[str | None] | None = None, cache_dir: str | os.PathLike | None = None
+    names: list[str], codes: list[str | None] | None = None, cache_dir: str | os.PathLike | None = None,
+    threshold: float = MATCH_THRESHOLD,
 ) -> list[LabelMapping]:
-    """Tie each label name to an ICD-10-CM code: the given code when valid, else the best character
-    n-gram TF-IDF match over descriptions and inclusion terms (logged, with its cosine score).
-    A label named "normal" gets no code and a fixed description."""
+    """Tie each label name to an ICD-10-CM code: the given code when valid, else the best text match
+    over descriptions and inclusion terms (:func:`match_text`) when its score reaches ``threshold``;
+    below it the label is "unmatched" (no code, its own name as description). Both are logged with
+    their scores. A label named "normal" gets no code and a fixed description. (``cache_dir`` is
+    accepted for compatibility; the match index is fit in-process.)"""
     if codes is not None and len(codes) != len(names):
         raise ValueError(f"codes has {len(codes)} entries but names has {len(names)}")
     given = [normalise_code(c) for c in (codes or [None] * len(names))]
@@ -61,19 +91,20 @@ def map_labels(
         else:
             to_match.append(index)
     if to_match:
-        encoder, matrix, index_codes = _match_index(str(cache_root(cache_dir)))
-        scores = encoder.sparse([names[i] for i in to_match]) @ matrix.T
-        for row, index in enumerate(to_match):
-            line = scores.getrow(row)
-            if line.nnz:
-                best = int(line.indices[line.data.argmax()])
-                code, score = index_codes[best], float(line.data.max())
-                mappings[index] = LabelMapping(names[index], code, description(code), "matched", score)
+        for index, (code, text, score) in zip(to_match, match_text([names[i] for i in to_match])):
+            if code and score >= threshold:
+                mappings[index] = LabelMapping(names[index], code, description(code), "matched", round(score, 3), text)
             else:
-                mappings[index] = LabelMapping(names[index], None, names[index], "matched", 0.0)
-        shown = ", ".join(f"{m.name!r}->{m.code} ({m.score:.2f})" for m in (mappings[i] for i in to_match[:10]))
-        more = f" and {len(to_match) - 10} more" if len(to_match) > 10 else ""
-        log.warning("%d label(s) without a valid ICD-10-CM code, matched by text: %s%s", len(to_match), shown, more)
+                mappings[index] = LabelMapping(names[index], None, names[index], "unmatched", round(score, 3), text)
+        for source in ("matched", "unmatched"):
+            shown = [m for m in (mappings[i] for i in to_match) if m.source == source]
+            if shown:
+                listed = ", ".join(
+                    f"{m.name!r}->{m.code or 'none'} ({m.score:.2f}{'' if m.code else ', best: ' + repr(m.matched_text)})"
+                    for m in shown[:10])
+                more = f" and {len(shown) - 10} more" if len(shown) > 10 else ""
+                log.warning("%d label(s) without a valid ICD-10-CM code %s by text (threshold %.2f): %s%s",
+                            len(shown), "matched" if source == "matched" else "left UNMATCHED", threshold, listed, more)
     return [m for m in mappings if m is not None]
 
 

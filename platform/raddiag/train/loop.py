@@ -242,7 +242,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train.torch
 
     from raddiag import tracking
-    from raddiag.data.pipeline import iter_batches, worker_dataset
+    from raddiag.data.pipeline import device_augment, iter_batches, worker_dataset
     from raddiag.losses import build_loss
     from raddiag.metrics import evaluate_scores
     from raddiag.model import build_model
@@ -288,7 +288,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         for epoch in range(progress.start_epoch, cfg.train.epochs):
             started = time.perf_counter()
             shard = worker_dataset(train_records[: per_rank * world], cfg, names, train=True, epoch=epoch, rank=rank, world=world)
-            metrics = train_epoch(model, observe.batches(iter_batches(shard, cfg.train.batch_size, device)), loss_fn, optimizer, scheduler, cfg, amp_dtype)
+            batches = iter_batches(shard, cfg.train.batch_size, device, augment=device_augment(cfg, train=True), seed=[cfg.train.seed, epoch, rank])
+            metrics = train_epoch(model, observe.batches(batches), loss_fn, optimizer, scheduler, cfg, amp_dtype)
             val_shard = worker_dataset(val_records, cfg, names, train=False, epoch=epoch, rank=rank, world=world)
             labels, scores = validate(model, iter_batches(val_shard, cfg.train.batch_size, device), device)
             report = evaluate_scores(labels, scores, counts, label_names=names)

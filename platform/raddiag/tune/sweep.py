@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,8 +112,47 @@ class SweepResult:
     trials: list[dict[str, Any]] = field(default_factory=list)
 
 
-def run_sweep(cfg: RadDiagConfig, verbose: bool = False) -> SweepResult:
-    """Run the sweep; returns the best trial (by the best value of ``sweep.metric`` over epochs)."""
+def _experiment_path(cfg: RadDiagConfig) -> str:
+    return f"{cfg.train.storage_path.rstrip('/')}/{cfg.sweep.name}"
+
+
+def _optuna_storage(cfg: RadDiagConfig) -> Any:
+    """The Optuna study's own persistent storage: sqlite beside the Tune experiment (local storage),
+    else in-memory (Tune's experiment checkpoint on the remote storage still restores it)."""
+    import optuna
+
+    if "://" in cfg.train.storage_path:
+        return None
+    os.makedirs(cfg.train.storage_path, exist_ok=True)
+    return optuna.storages.RDBStorage(f"sqlite:///{cfg.train.storage_path}/{cfg.sweep.name}.optuna.db")
+
+
+def _parent_run(cfg: RadDiagConfig, client: Any, experiment_id: str, version: str, resume: bool) -> str:
+    from raddiag import tracking
+
+    if resume:
+        runs = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`raddiag.sweep` = '{cfg.sweep.name}' and tags.`raddiag.role` = 'sweep'",
+            order_by=["attributes.start_time DESC"], max_results=1,
+        )
+        if runs:
+            client.update_run(runs[0].info.run_id, status="RUNNING")
+            return runs[0].info.run_id
+    parent = client.create_run(
+        experiment_id,
+        run_name=cfg.sweep.name,
+        tags={"raddiag.sweep": cfg.sweep.name, "raddiag.role": "sweep", "raddiag.dataset_version": version},
+    )
+    tracking.log_params(cfg.tracking.resolved_uri(), parent.info.run_id, cfg.flat())
+    return parent.info.run_id
+
+
+def run_sweep(cfg: RadDiagConfig, verbose: bool = False, resume: bool = False) -> SweepResult:
+    """Run the sweep (or, with ``resume``, continue the one named ``sweep.name`` after its driver
+    died: finished trials are kept, unfinished ones resume from their last checkpoint into the same
+    MLflow child run, and the searcher continues its persisted study). Returns the best trial (by
+    the best value of ``sweep.metric`` over epochs)."""
     import optuna
     import ray
     from ray import tune
@@ -123,52 +163,61 @@ def run_sweep(cfg: RadDiagConfig, verbose: bool = False) -> SweepResult:
     from raddiag.runtime import init_ray
     from raddiag.storage.store import Store
 
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # persist the experiment state often
     init_ray(cfg.ray, verbose)
     optuna.logging.set_verbosity(optuna.logging.DEBUG if verbose else optuna.logging.ERROR)
     experiment_id = tracking.setup(cfg.tracking)
     uri = cfg.tracking.resolved_uri()
     client = tracking.client(uri)
     manifest = Store(cfg.store.url, cfg.store.endpoint_url).manifest()
-    parent = client.create_run(
-        experiment_id,
-        run_name=cfg.sweep.name,
-        tags={"raddiag.sweep": cfg.sweep.name, "raddiag.role": "sweep", "raddiag.dataset_version": manifest.version},
-    )
-    parent_run_id = parent.info.run_id
-    tracking.log_params(uri, parent_run_id, cfg.flat())
-    sampler = (
-        optuna.samplers.TPESampler(seed=cfg.sweep.seed, n_startup_trials=max(2, cfg.sweep.num_samples // 3))
-        if cfg.sweep.searcher == "optuna"
-        else optuna.samplers.RandomSampler(seed=cfg.sweep.seed)
-    )
-    searcher = OptunaSearch(
-        space=DefineByRun(cfg.sweep.search_space), metric=cfg.sweep.metric, mode=cfg.sweep.mode,
-        sampler=sampler, seed=cfg.sweep.seed,
-    )
-    scheduler = (
-        ASHAScheduler(
-            time_attr="training_iteration", max_t=cfg.train.epochs, grace_period=cfg.sweep.grace_period,
-            reduction_factor=cfg.sweep.reduction_factor,
-        )
-        if cfg.sweep.scheduler == "asha"
-        else FIFOScheduler()
-    )
-    concurrency = max_concurrent(cfg, ray.cluster_resources().get("CPU", 1))
-    storage = cfg.train.storage_path if "://" in cfg.train.storage_path else os.path.abspath(cfg.train.storage_path)
+    path = _experiment_path(cfg)
+    exists = tune.Tuner.can_restore(path)
+    if resume and not exists:
+        raise SweepError(f"sweep {cfg.sweep.name}: nothing to resume at {path}")
+    if not resume and exists:
+        raise SweepError(f"sweep {cfg.sweep.name} already exists at {path}: pass --resume to continue it or set sweep.name")
+    parent_run_id = _parent_run(cfg, client, experiment_id, manifest.version, resume)
     ctx = {"mlflow_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent_run_id}
     trainable = tune.with_resources(
         tune.with_parameters(_trial, base=cfg.model_dump(mode="json"), ctx=ctx), {"CPU": cfg.sweep.trial_cpus}
     )
-    tuner = tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(
-            search_alg=searcher, scheduler=scheduler, num_samples=cfg.sweep.num_samples,
-            max_concurrent_trials=concurrency, metric=cfg.sweep.metric, mode=cfg.sweep.mode,
-        ),
-        run_config=tune.RunConfig(name=cfg.sweep.name, storage_path=storage, verbose=1 if verbose else 0),
-    )
+    if resume:
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        sampler = (
+            optuna.samplers.TPESampler(seed=cfg.sweep.seed, n_startup_trials=max(2, cfg.sweep.num_samples // 3))
+            if cfg.sweep.searcher == "optuna"
+            else optuna.samplers.RandomSampler(seed=cfg.sweep.seed)
+        )
+        searcher = OptunaSearch(
+            space=DefineByRun(cfg.sweep.search_space), metric=cfg.sweep.metric, mode=cfg.sweep.mode,
+            sampler=sampler, seed=cfg.sweep.seed, study_name=cfg.sweep.name, storage=_optuna_storage(cfg),
+        )
+        scheduler = (
+            ASHAScheduler(
+                time_attr="training_iteration", max_t=cfg.train.epochs, grace_period=cfg.sweep.grace_period,
+                reduction_factor=cfg.sweep.reduction_factor,
+            )
+            if cfg.sweep.scheduler == "asha"
+            else FIFOScheduler()
+        )
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=searcher, scheduler=scheduler, num_samples=cfg.sweep.num_samples,
+                max_concurrent_trials=max_concurrent(cfg, ray.cluster_resources().get("CPU", 1)),
+                metric=cfg.sweep.metric, mode=cfg.sweep.mode,
+            ),
+            run_config=tune.RunConfig(name=cfg.sweep.name, storage_path=cfg.train.storage_path, verbose=1 if verbose else 0),
+        )
     grid = tuner.fit()
     return _summarise(cfg, grid, uri, experiment_id, parent_run_id)
+
+
+def _trial_id_from_path(path: str) -> str:
+    """Tune names trial directories ``<trainable>_<trial_id>_<index>_<params>_<date>``."""
+    found = re.search(r"_([0-9a-f]{8,})_\d+_", os.path.basename(path))
+    return found.group(1) if found else os.path.basename(path)
 
 
 def _summarise(cfg: RadDiagConfig, grid: Any, uri: str, experiment_id: str, parent_run_id: str) -> SweepResult:
@@ -181,12 +230,14 @@ def _summarise(cfg: RadDiagConfig, grid: Any, uri: str, experiment_id: str, pare
     sign = 1.0 if cfg.sweep.mode == "max" else -1.0
     trials, best = [], None
     for result in grid:
-        trial_id = (result.metrics or {}).get("trial_id") or os.path.basename(str(result.path)).split("_")[1]
-        history = result.metrics_dataframe
-        values = history[cfg.sweep.metric].dropna().tolist() if history is not None and cfg.sweep.metric in history else []
-        value = (max if sign > 0 else min)(values) if values else math.nan
+        trial_id = (result.metrics or {}).get("trial_id") or _trial_id_from_path(str(result.path))
         run = runs.get(trial_id)
-        checkpoint = (result.metrics or {}).get(CHECKPOINT_METRIC_KEY)
+        # MLflow is the source of truth for per-epoch values: a trial resumed after a driver crash
+        # may report nothing new to Tune, but its child run holds every epoch exactly once.
+        history = client.get_metric_history(run.info.run_id, cfg.sweep.metric) if run is not None else []
+        values = [m.value for m in sorted(history, key=lambda m: m.step)]
+        value = (max if sign > 0 else min)(values) if values else math.nan
+        checkpoint = (result.metrics or {}).get(CHECKPOINT_METRIC_KEY) or (run.data.tags.get("raddiag.checkpoint") if run else None)
         epochs = len(values)
         status = "FINISHED" if epochs >= cfg.train.epochs else "KILLED"
         if run is not None:
@@ -206,6 +257,11 @@ def _summarise(cfg: RadDiagConfig, grid: Any, uri: str, experiment_id: str, pare
         trials.append(row)
         if math.isfinite(value) and checkpoint and (best is None or sign * value > sign * best["value"]):
             best = row
+    known = {t["trial_id"] for t in trials}
+    for trial_id, run in runs.items():  # child runs of trials the restored experiment never knew
+        if trial_id not in known and run.info.status == "RUNNING":
+            client.set_tag(run.info.run_id, "raddiag.orphan", "true")
+            client.set_terminated(run.info.run_id, "KILLED")
     if best is None:
         client.set_terminated(parent_run_id, "FAILED")
         errors = [str(r.error).strip().splitlines()[-1] for r in grid if r.error is not None]

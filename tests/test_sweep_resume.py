@@ -1,0 +1,81 @@
+"""Kill the sweep driver mid-sweep; `raddiag sweep --resume` finishes it with no trial lost or
+duplicated (Tune experiment state + the persisted Optuna study + per-trial Train checkpoints)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, tiny_overrides
+
+pytestmark = pytest.mark.slow
+
+
+def _args(tmp: Path, store_url: str) -> list[str]:
+    args = []
+    for override in [*tiny_overrides(tmp), f"store.url={store_url}", "sweep.num_samples=3", "train.epochs=3",
+                     "sweep.max_concurrent_trials=1", "sweep.scheduler=none", "sweep.name=resumable"]:
+        args += ["--set", override]
+    return args
+
+
+def _finished_children(uri: str, experiment: str) -> list:
+    from raddiag import tracking
+
+    client = tracking.client(uri)
+    ids = [e.experiment_id for e in client.search_experiments() if e.name == experiment]
+    if not ids:
+        return []
+    return [r for r in client.search_runs(ids, filter_string="tags.`raddiag.trial_id` != ''") if r.info.status == "FINISHED"]
+
+
+def test_killed_sweep_driver_resumes_without_losing_or_duplicating_trials(tmp_path: Path, tiny_store) -> None:
+    from raddiag import tracking
+    from raddiag.config import load_config
+
+    store_cfg, _ = tiny_store
+    args = _args(tmp_path, store_cfg.store.url)
+    cfg = load_config(None, [a for a in args if a != "--set"])
+    uri = cfg.tracking.resolved_uri()
+    exe = str(Path(sys.executable).with_name("raddiag"))
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    log = open(tmp_path / "first-driver.log", "w")
+    driver = subprocess.Popen([exe, "sweep", *args], cwd=REPO, env=env, start_new_session=True, stdout=log, stderr=log)
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline and not _finished_children(uri, cfg.tracking.experiment):
+            assert driver.poll() is None, (tmp_path / "first-driver.log").read_text()[-3000:]
+            time.sleep(1)
+        time.sleep(3)  # let the next trial start, so there is unfinished work to resume
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert len(_finished_children(uri, cfg.tracking.experiment)) < cfg.sweep.num_samples
+    time.sleep(5)  # the dead driver's Ray shuts down with it
+
+    resumed = subprocess.run([exe, "sweep", "--resume", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    client = tracking.client(uri)
+    parents = client.search_runs(
+        [client.get_experiment_by_name(cfg.tracking.experiment).experiment_id],
+        filter_string="tags.`raddiag.role` = 'sweep'",
+    )
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = tracking.child_runs(uri, parents[0].info.experiment_id, parents[0].info.run_id)
+    live = [c for c in children if c.data.tags.get("raddiag.orphan") != "true"]
+    trial_ids = [c.data.tags["raddiag.trial_id"] for c in live]
+    assert len(trial_ids) == len(set(trial_ids)) == cfg.sweep.num_samples
+    for child in live:
+        assert child.info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "epoch")]
+        assert sorted(steps) == [0, 1, 2], (child.data.tags["raddiag.trial_id"], steps)
+    assert (Path(cfg.train.storage_path) / "resumable.optuna.db").exists()
