@@ -317,5 +317,12 @@ def test_s3_store_reads_match_local_store(tmp_path, s3_endpoint, ray_local) -> N
     remote = list(local_batches(records, s3_cfg, names, 4))
     for a, b in zip(local, remote):
         assert all(np.array_equal(a[k], b[k]) for k in a)
+    import ray
+
+    from raddiag.config import RayConfig
+    from raddiag.runtime import init_ray
+
+    ray.shutdown()  # Ray workers read credentials from the AWS chain: restart them with the moto env set
+    init_ray(RayConfig(num_cpus=8), verbose=False)
     ray_batches = list(iter_batches(worker_dataset(records, s3_cfg, names, train=False, epoch=0), batch_size=4))
     assert np.allclose(np.concatenate([b["images"].numpy() for b in ray_batches]), np.concatenate([b["images"] for b in local]))

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory: pytest.TempPathFactory, ray_local):
+def demo_run(tmp_path_factory: pytest.TempPathFactory, _ray_session):
     from raddiag.config import load_config
     from raddiag.demo import run_demo
 
@@ -98,3 +98,69 @@ def test_second_promotion_without_improvement_sets_challenger(demo_run) -> None:
     strict = cfg.model_copy(update={"promote": cfg.promote.model_copy(update={"margin": 1.0})})
     again = promote(strict, result.sweep.name)
     assert again.decision == "challenger" and again.champion_version == result.promotion.version
+
+
+def test_dry_run_promotion_changes_nothing(demo_run) -> None:
+    from raddiag import tracking
+    from raddiag.registry import promote
+
+    cfg, result, _ = demo_run
+    client = tracking.client(cfg.tracking.resolved_uri())
+    before = sorted(int(v.version) for v in client.search_model_versions(f"name='{cfg.tracking.registered_model}'"))
+    dry = promote(cfg, result.sweep.name, dry_run=True)
+    assert dry.decision.startswith("dry-run:") and dry.version is None
+    after = sorted(int(v.version) for v in client.search_model_versions(f"name='{cfg.tracking.registered_model}'"))
+    assert after == before
+    assert str(client.get_model_version_by_alias(cfg.tracking.registered_model, "champion").version) == result.promotion.version
+
+
+def test_promotion_refuses_to_compare_across_dataset_versions(demo_run, tmp_path: Path) -> None:
+    from raddiag.registry import PromotionError, promote
+    from raddiag.storage.store import Store
+    from raddiag.storage.synth import generate
+
+    cfg, result, _ = demo_run
+    other = cfg.model_copy(update={
+        "store": cfg.store.model_copy(update={"url": str(tmp_path / "other")}),
+        "synth": cfg.synth.model_copy(update={"seed": cfg.synth.seed + 1}),
+    })
+    manifest = generate(other.synth, Store(other.store.url))
+    assert manifest.label_names() == Store(cfg.store.url).manifest().label_names()
+    from raddiag import tracking
+
+    client = tracking.client(cfg.tracking.resolved_uri())
+    before = len(client.search_model_versions(f"name='{cfg.tracking.registered_model}'"))
+    with pytest.raises(PromotionError, match="dataset version"):
+        promote(other, result.sweep.name)
+    assert len(client.search_model_versions(f"name='{cfg.tracking.registered_model}'")) == before
+
+
+def test_finetune_on_a_new_label_set_then_zeroshot(demo_run, tmp_path: Path) -> None:
+    """Fine-tune the champion on another store (another label set) with a KE head; the result is a
+    pyfunc in its run that scores unseen label names zero-shot and normal/abnormal via "Normal"."""
+    from raddiag import tracking
+    from raddiag.finetune import finetune, zeroshot_case
+    from raddiag.storage.store import Store
+    from raddiag.storage.synth import generate
+
+    cfg, _, _ = demo_run
+    other = cfg.model_copy(update={
+        "store": cfg.store.model_copy(update={"url": str(tmp_path / "new-labels")}),
+        "synth": cfg.synth.model_copy(update={"n_labels": 6, "seed": 11}),
+        "train": cfg.train.model_copy(update={"name": "finetune-ke", "epochs": 1}),
+    })
+    generate(other.synth, Store(other.store.url))
+    result = finetune(other, f"models:/{cfg.tracking.registered_model}@champion", head="ke")
+    client = tracking.client(cfg.tracking.resolved_uri())
+    run = client.get_run(result.run_id)
+    assert run.data.tags["raddiag.finetuned_from"].endswith("@champion")
+    assert len(client.get_metric_history(result.run_id, "epoch")) == 1
+
+    case = tmp_path / "case"
+    case.mkdir()
+    np.save(case / "ct.npy", np.random.default_rng(2).random((16, 16, 6), dtype=np.float32))
+    unseen = ["Pneumothorax", "Fracture of femur", "Meningioma"]
+    scored = zeroshot_case(f"runs:/{result.run_id}/model", case, unseen, top_k=3)
+    assert sorted(r["label"] for r in scored["labels"]) == sorted(unseen)
+    assert all(0 < r["probability"] < 1 for r in scored["labels"])
+    assert 0 <= scored["abnormal_probability"] <= 1

@@ -316,6 +316,71 @@ def predict(
 
 
 @app.command()
+def finetune(
+    model: Annotated[str, typer.Option(help="Source model URI (default: models:/<registered_model>@champion).")] = "",
+    head: Annotated[Optional[str], typer.Option(help="Head for the new labels: mlp (new head) or ke (embed the new names); default: the source's.")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Fine-tune a registered model on another store with its own label set (new head or KE names)."""
+    from raddiag.finetune import finetune as do_finetune
+
+    cfg = _config(config, set_)
+    if head not in (None, "mlp", "ke"):
+        raise UserError(f"--head {head!r}: expected mlp or ke", code=2)
+    uri = model or f"models:/{cfg.tracking.registered_model}@champion"
+    with console.status(f"fine-tuning {uri} on {cfg.store.url} as {cfg.train.name}"):
+        result = do_finetune(cfg, uri, head, verbose)
+    shown = {k: round(v, 4) for k, v in result.metrics.items() if k.startswith("val_auc") and isinstance(v, float)}
+    console.print(f"run {result.run_id} (from {uri}): {shown}\ncheckpoint: {result.checkpoint_path}")
+
+
+@app.command()
+def zeroshot(
+    case: Annotated[Path, typer.Argument(help="A case folder of scans (as for predict).")],
+    labels: Annotated[Optional[str], typer.Option(help='New label names separated by ";".')] = None,
+    labels_file: Annotated[Optional[Path], typer.Option(help="A file with one label name per line.")] = None,
+    model: Annotated[str, typer.Option(help="Model URI of a KE-trained model.")] = "",
+    top_k: Annotated[int, typer.Option(help="How many labels to show.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Score label names the model never saw (knowledge-enhanced head) and normal/abnormal for a case."""
+    from raddiag import tracking
+    from raddiag.finetune import read_label_list, zeroshot_case
+
+    cfg = _config(config, set_)
+    if not case.is_dir():
+        raise UserError(f"{case}: not a directory (expected a case folder of scans)", code=2)
+    try:
+        names = read_label_list(labels, labels_file)
+    except FileNotFoundError as exc:
+        raise UserError(str(exc), code=2) from None
+    if not names:
+        raise UserError("zeroshot: give label names with --labels or --labels-file", code=2)
+    tracking.setup(cfg.tracking)
+    uri = model or f"models:/{cfg.tracking.registered_model}@champion"
+    try:
+        result = zeroshot_case(uri, case, names, top_k)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if as_json:
+        print(json.dumps({"model": uri, "case": str(case), **result}, indent=2))
+        return
+    from rich.table import Table
+
+    abnormal = result["abnormal_probability"]
+    table = Table(title=f"{case.name} — zero-shot with {uri}" + (f" — P(abnormal) {abnormal:.3f}" if abnormal is not None else ""))
+    table.add_column("label")
+    table.add_column("probability", justify="right")
+    for row in result["labels"]:
+        table.add_row(row["label"], f"{row['probability']:.3f}")
+    console.print(table)
+
+
+@app.command()
 def demo(
     config: ConfigOpt = None,
     set_: SetOpt = None,

@@ -76,10 +76,9 @@ def _example(cfg: RadDiagConfig, checkpoint_dir: str) -> dict[str, Any]:
 
 def promote(cfg: RadDiagConfig, sweep_name: str, dry_run: bool = False) -> Promotion:
     """Register the best trial of ``sweep_name`` and decide champion vs challenger (see module doc)."""
-    import mlflow
-
     from raddiag import tracking
     from raddiag.evaluate import evaluate_model
+    from raddiag.storage.store import Store
 
     uri = cfg.tracking.resolved_uri()
     client = tracking.client(uri)
@@ -93,28 +92,23 @@ def promote(cfg: RadDiagConfig, sweep_name: str, dry_run: bool = False) -> Promo
         raise PromotionError(f"run {best_run_id}: no checkpoint tag; cannot package the model")
     name = cfg.tracking.registered_model
     metric = cfg.promote.metric
-    with tempfile.TemporaryDirectory() as scratch:
-        local = _local_checkpoint(checkpoint, scratch)
-        with mlflow.start_run(run_id=best_run_id):
-            info = _log_model(cfg, local, None if dry_run else name)
+    current = _current_champion(client, name)
+    dataset_version = Store(cfg.store.url, cfg.store.endpoint_url).manifest().version
+    if current is not None and current.tags.get("raddiag.dataset_version") != dataset_version:
+        raise PromotionError(
+            f"model {name}@champion (v{current.version}) was evaluated on dataset version "
+            f"{current.tags.get('raddiag.dataset_version')}, the candidate would be on {dataset_version} "
+            f"({cfg.store.url}): refusing to compare across dataset versions"
+        )
+    info = log_model_from_checkpoint(cfg, best_run_id, checkpoint, None if dry_run else name)
     version = None if dry_run else str(info.registered_model_version)
     candidate_uri = info.model_uri if dry_run else f"models:/{name}/{version}"
     evaluation = evaluate_model(candidate_uri, cfg, "test")
     candidate = float(evaluation.report.flat().get(metric, math.nan))
 
     champion_value, champion_version = None, None
-    try:
-        current = client.get_model_version_by_alias(name, "champion")
-    except Exception:
-        current = None
     if current is not None:
         champion_version = str(current.version)
-        their_version = current.tags.get("raddiag.dataset_version")
-        if their_version != evaluation.dataset_version:
-            raise PromotionError(
-                f"model {name}@champion (v{champion_version}) was evaluated on dataset version {their_version}, "
-                f"the candidate on {evaluation.dataset_version}: refusing to compare across dataset versions"
-            )
         champion_eval = evaluate_model(f"models:/{name}/{champion_version}", cfg, "test")
         champion_value = float(champion_eval.report.flat().get(metric, math.nan))
     better = champion_value is None or (
@@ -140,11 +134,33 @@ def promote(cfg: RadDiagConfig, sweep_name: str, dry_run: bool = False) -> Promo
     return Promotion(name, version, best_run_id, decision, metric, candidate, champion_value, champion_version, evaluation, tags)
 
 
-def _log_model(cfg: RadDiagConfig, checkpoint_dir: str, registered_model: str | None) -> Any:
+def _current_champion(client: Any, name: str) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, "champion")
+    except MlflowException:  # no such model or alias yet
+        return None
+
+
+def log_model_from_checkpoint(cfg: RadDiagConfig, run_id: str, checkpoint: str, registered_model: str | None = None) -> Any:
+    """Package a Train checkpoint (local or remote) as the pyfunc ``model`` of MLflow run ``run_id``
+    (registering it when ``registered_model``); returns MLflow's ModelInfo."""
     import warnings
+
+    import mlflow
 
     from raddiag.serve.pyfunc import log_pyfunc
 
-    with warnings.catch_warnings():  # MLflow nags about type hints we deliberately leave out
-        warnings.simplefilter("ignore")
-        return log_pyfunc(checkpoint_dir, _example(cfg, checkpoint_dir), registered_model)
+    from raddiag import tracking
+
+    client = tracking.client(cfg.tracking.resolved_uri())
+    status = client.get_run(run_id).info.status
+    with tempfile.TemporaryDirectory() as scratch:
+        local = _local_checkpoint(checkpoint, scratch)
+        with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # MLflow nags about type hints we deliberately leave out
+            info = log_pyfunc(local, _example(cfg, local), registered_model)
+    if status != "RUNNING":
+        client.set_terminated(run_id, status)  # logging a model does not change how the run ended
+    return info

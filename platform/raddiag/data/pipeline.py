@@ -14,6 +14,19 @@ device); :func:`iter_batches` and :func:`local_batches` hand out the batch schem
 ``raddiag.schema`` (float32 images in [0, 1]) plus ``order`` (index of the case in ``records``)
 and, when ``vocabularies`` are given, ``disorder_labels``/``icd_labels``.
 
+Why not ``TorchTrainer(datasets=...)`` + ``ray.train.get_dataset_shard(name).iter_torch_batches()``
+(the issue's wording; these worker datasets use the same Ray Data streaming executor and the same
+``iter_torch_batches``, giving up only Ray Train's driver-side split coordinator):
+(1) Ray Train plans those datasets once on the driver and ``streaming_split`` re-executes the same
+plan every epoch — no epoch number reaches the read, so an order sampled with replacement, the depth
+jitter and the augmentation seeds would repeat every epoch (it would need an out-of-band epoch
+channel, e.g. an actor that ``get_read_tasks`` polls); (2) the coordinator hands blocks to whichever
+worker asks first, so which rank sees which case is not a function of the seed; (3) ``equal=True``
+(needed for DDP lockstep) evens shards by dropping rows, so validation would not cover every case,
+while ``equal=False`` lets training shards differ and DDP would hang on the longer rank's last step;
+(4) a resumed run's coordinator counts epochs from 0 again, so a restart would not resume the
+checkpointed epoch's draw.
+
 Determinism: a case's scan choice, depth jitter, augmentation and mixing partner come from
 ``(train.seed, epoch, position in the epoch order)``; blocks are produced in order
 (``preserve_order``), so a worker's batches are a function of (seed, epoch, rank, world).

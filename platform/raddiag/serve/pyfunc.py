@@ -32,6 +32,7 @@ def load_network(checkpoint_dir: str, weights: str = "best.pt") -> tuple[Any, di
 
     meta = json.loads(Path(checkpoint_dir, "meta.json").read_text())
     cfg = RadDiagConfig.model_validate(meta["config"])
+    cfg.model.pretrained_weights = None  # the checkpoint's own weights are loaded below
     names = meta["label_names"]
     table = meta.get("label_embeddings")
     counts = np.asarray(meta.get("train_counts") or np.ones(len(names)), dtype=np.float32)

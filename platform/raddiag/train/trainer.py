@@ -103,5 +103,8 @@ def run_train(cfg: RadDiagConfig, verbose: bool = False) -> TrainResult:
     client = tracking.client(uri)
     if checkpoint:
         client.set_tag(run_id, "raddiag.checkpoint", checkpoint)
+        from raddiag.registry import log_model_from_checkpoint
+
+        log_model_from_checkpoint(cfg, run_id, checkpoint)  # runs:/<run_id>/model
     client.set_terminated(run_id, "FINISHED" if result.error is None else "FAILED")
     return TrainResult(run_id=run_id, checkpoint_path=checkpoint, metrics=dict(result.metrics or {}))

@@ -1,0 +1,86 @@
+"""``raddiag finetune`` and ``raddiag zeroshot``: reuse a registered model on new labels.
+
+- finetune: the source model's network (backbone, slice transformer, fusion, KE projection) is the
+  starting point for a new Ray Train run on another store with its own label set; the label-specific
+  tensors (MLP output layer or KE label table) are rebuilt for the new labels ("new head"), or, with
+  ``--head ke``, the new label *names* are embedded so the classifier starts from knowledge.
+- zeroshot: a KE-trained model scores label names it never saw by swapping its label table, and
+  normal/abnormal through its own "Normal" class.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from raddiag.config import RadDiagConfig
+
+
+def finetune(cfg: RadDiagConfig, model_uri: str, head: str | None = None, verbose: bool = False) -> Any:
+    """Train ``cfg.train.name`` on ``cfg.store`` starting from ``model_uri``'s weights; returns TrainResult."""
+    import torch
+
+    from raddiag import tracking
+    from raddiag.evaluate import load_pyfunc
+    from raddiag.train.trainer import run_train
+
+    tracking.setup(cfg.tracking)
+    _, wrapper = load_pyfunc(model_uri)
+    source = RadDiagConfig.model_validate(wrapper.meta["config"])
+    init_dir = Path(cfg.train.storage_path) / cfg.train.name
+    init_dir.mkdir(parents=True, exist_ok=True)
+    weights = init_dir / "init_from_source.pt"
+    torch.save({k: v.detach().cpu() for k, v in wrapper.model.state_dict().items()}, weights)
+    model_cfg = source.model.model_copy(update={"pretrained_weights": str(weights), "head": head or source.model.head})
+    data_cfg = source.data.model_copy(update={"label_level": cfg.data.label_level})
+    tuned = cfg.model_copy(update={"model": model_cfg, "data": data_cfg})
+    result = run_train(tuned, verbose)
+    tracking.client(cfg.tracking.resolved_uri()).set_tag(result.run_id, "raddiag.finetuned_from", model_uri)
+    return result
+
+
+def zeroshot_case(model_uri: str, folder: Path, labels: list[str], top_k: int = 10) -> dict[str, Any]:
+    """Scores of ``labels`` (any names) for one case folder, plus P(abnormal) = 1 - P(Normal)."""
+    import torch
+
+    from raddiag.evaluate import load_pyfunc
+    from raddiag.knowledge import embed_labels
+    from raddiag.predict import case_arrays, load_case_folder
+
+    if not labels:
+        raise ValueError("zeroshot: give at least one label name")
+    _, wrapper = load_pyfunc(model_uri)
+    net = wrapper.model
+    source = RadDiagConfig.model_validate(wrapper.meta["config"])
+    if source.model.head != "ke":
+        raise ValueError(f"model {model_uri} was trained with model.head={source.model.head!r}; zero-shot needs the KE head")
+    arrays = {k: torch.as_tensor(v) for k, v in case_arrays(load_case_folder(folder), source.data).items()}
+    inputs = (arrays["images"].float(), arrays["scan_mask"].bool(), arrays["slice_mask"].bool(), arrays["modality_ids"].long())
+    names = list(wrapper.label_names)
+    original = torch.tensor(np.asarray(wrapper.meta["label_embeddings"], dtype=np.float32))
+    with torch.no_grad():
+        base = torch.sigmoid(net(*inputs)["logits"].float())[0]
+        abnormal = float(1.0 - base[names.index("Normal")]) if "Normal" in names else None
+        net.set_label_embeddings(torch.tensor(embed_labels(labels, source.model.ke)))
+        try:
+            scores = torch.sigmoid(net(*inputs)["logits"].float())[0].numpy()
+        finally:
+            net.set_label_embeddings(original)
+    order = np.argsort(-scores)[:top_k]
+    return {
+        "abnormal_probability": abnormal,
+        "labels": [{"label": labels[i], "probability": float(scores[i])} for i in order],
+    }
+
+
+def read_label_list(labels: str | None, labels_file: Path | None) -> list[str]:
+    """Label names from ``--labels "a;b"`` and/or a file with one name per line."""
+    names = [x.strip() for x in (labels or "").split(";") if x.strip()]
+    if labels_file is not None:
+        if not labels_file.is_file():
+            raise FileNotFoundError(f"{labels_file}: no such label file")
+        names += [line.strip() for line in labels_file.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    return list(dict.fromkeys(names))
