@@ -210,7 +210,7 @@ class TrainConfig(_Strict):
     """Ray Train TorchTrainer settings and the optimisation schedule."""
 
     name: str = "raddiag-train"
-    epochs: int = Field(default=6, ge=1)
+    epochs: int = Field(default=8, ge=1)
     batch_size: int = Field(default=8, ge=1, description="cases per worker per step")
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=1e-4, ge=0)
@@ -253,7 +253,7 @@ class SweepConfig(_Strict):
             "loss.asl_gamma_neg": {"uniform": [2.0, 6.0], "when": {"loss.type": "asl"}},
             "model.head": {"choice": ["mlp", "ke"]},
             "model.ke.temperature_init": {"loguniform": [0.03, 0.2], "when": {"model.head": "ke"}},
-            "train.lr": {"loguniform": [5e-4, 5e-3]},
+            "train.lr": {"loguniform": [5e-4, 2.5e-3]},
         }
     )
 

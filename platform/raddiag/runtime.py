@@ -40,7 +40,8 @@ WORKER_ENV = {"PYTHONWARNINGS": "ignore", "RAY_TRAIN_V2_ENABLED": "1", "MLFLOW_E
 
 
 def init_ray(cfg: RayConfig, verbose: bool = False, runtime_env: dict | None = None) -> None:
-    """Connect to ``cfg.address``/``$RAY_ADDRESS`` or start a local Ray sized by :func:`logical_cpus`."""
+    """Connect to ``cfg.address``/``$RAY_ADDRESS`` (``auto`` = the cluster `ray start`ed here) or
+    start a private local Ray sized by :func:`logical_cpus`."""
     import ray
 
     if ray.is_initialized():
@@ -55,8 +56,8 @@ def init_ray(cfg: RayConfig, verbose: bool = False, runtime_env: dict | None = N
         del kwargs["runtime_env"]  # a submitted job: Ray refuses a second runtime_env; the job's applies
     if address:
         ray.init(address=address, **kwargs)
-    else:
-        ray.init(num_cpus=logical_cpus(cfg), **kwargs)
+    else:  # a fresh local instance, never a cluster someone else `ray start`ed on this machine
+        ray.init(address="local", num_cpus=logical_cpus(cfg), **kwargs)
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
