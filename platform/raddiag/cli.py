@@ -531,10 +531,11 @@ def knowledge_build(
     rows = sorted(table.mappings, key=lambda m: (order.get(m.source, 4), m.score))[: max(show, 0)]
     view = Table(title=f"knowledge {table.version}: {len(names)} labels, dim {table.embeddings.shape[1]}, "
                        f"{table.meta['mapping_counts']}")
-    for column in ("label", "source", "code", "score", "ICD-10-CM description"):
+    for column in ("label", "source", "code", "score", "ICD-10-CM description", "best text match"):
         view.add_column(column)
     for m in rows:
-        view.add_row(m.name, m.source, m.code or "-", f"{m.score:.2f}", m.description)
+        view.add_row(m.name, m.source, m.code or "-", f"{m.score:.2f}", m.description if m.code else "-",
+                     m.matched_text or "-")
     if rows:
         console.print(view)
     cached = " (cached)" if table.meta.get("cached") else ""
@@ -563,11 +564,13 @@ def knowledge_evaluate(
         results = compare_encoders(ke.dim, steps or ke.text_train_steps, fraction)
     wins = beats_baseline(results)
     view = Table(title="knowledge encoders: held-out ICD-10-CM inclusion terms -> descriptions")
-    for column in ("encoder", "synonym R@1", "synonym R@10", "hierarchy", "beats tfidf_char_sparse"):
-        view.add_column(column)
+    view.add_column("encoder", no_wrap=True)
+    for column in ("synonym R@1", "synonym R@10", "hierarchy", "beats baseline", "train s"):
+        view.add_column(column, justify="right")
     for name, m in results.items():
         view.add_row(name, f"{m['synonym_r1']:.3f}", f"{m['synonym_r10']:.3f}", f"{m['hierarchy']:.3f}",
-                     {True: "yes", False: "no"}.get(wins.get(name), "(baseline)"))
+                     {True: "yes", False: "no"}.get(wins.get(name), "(baseline)"),
+                     f"{m['train_seconds']:.0f}" if "train_seconds" in m else "-")
     console.print(view)
     if output:
         output.write_text(json.dumps(results, indent=2))
