@@ -164,3 +164,15 @@ def test_finetune_on_a_new_label_set_then_zeroshot(demo_run, tmp_path: Path) -> 
     assert sorted(r["label"] for r in scored["labels"]) == sorted(unseen)
     assert all(0 < r["probability"] < 1 for r in scored["labels"])
     assert 0 <= scored["abnormal_probability"] <= 1
+
+
+def test_trial_runs_record_the_dataset_version_as_an_input(demo_run) -> None:
+    from raddiag import tracking
+    from raddiag.storage.store import Store
+
+    cfg, result, _ = demo_run
+    version = Store(cfg.store.url).manifest().version
+    client = tracking.client(cfg.tracking.resolved_uri())
+    for trial in result.sweep.trials:
+        inputs = client.get_run(trial["run_id"]).inputs.dataset_inputs
+        assert [d.dataset.digest for d in inputs] == [version]

@@ -85,3 +85,16 @@ def child_runs(uri: str, experiment_id: str, parent_run_id: str) -> list[Any]:
     return client(uri).search_runs(
         [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=10000
     )
+
+
+def log_dataset_input(uri: str, run_id: str, manifest: Any, store_url: str, context: str = "training") -> None:
+    """Record the store version a run trained on as an MLflow dataset input (digest = version)."""
+    import mlflow.data
+    from mlflow.entities import DatasetInput, InputTag
+
+    cases = manifest.cases[["case_id", "split", "anatomy", "source"]].copy()
+    cases["n_disorders"] = manifest.cases["disorders"].map(len)
+    source = store_url if "://" in store_url else Path(store_url).resolve().as_uri()
+    dataset = mlflow.data.from_pandas(cases, source=source, name=f"raddiag-store@{manifest.version}", digest=manifest.version)
+    entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
+    client(uri).log_inputs(run_id, datasets=[entity])

@@ -97,6 +97,7 @@ def run_train(cfg: RadDiagConfig, verbose: bool = False) -> TrainResult:
         run_id = run.info.run_id
         tracking.log_params(uri, run_id, cfg.flat())
         tracking.client(uri).set_tag(run_id, "raddiag.dataset_version", manifest.version)
+        tracking.log_dataset_input(uri, run_id, manifest, cfg.store.url)
     trainer = build_trainer(cfg, name=cfg.train.name, mlflow_uri=uri, mlflow_run_id=run_id, embeddings=embeddings)
     result = trainer.fit()
     checkpoint = result.checkpoint.path if result.checkpoint else None

@@ -86,6 +86,9 @@ def _trial(params: dict[str, Any], *, base: dict[str, Any], ctx: dict[str, Any])
         )
         tracking.log_params(uri, run_id, {**cfg.flat(), **{f"sampled.{k}": v for k, v in sampled.items()}})
     manifest = Store(cfg.store.url, cfg.store.endpoint_url).manifest()
+    if not existing:
+        client.set_tag(run_id, "raddiag.dataset_version", manifest.version)
+        tracking.log_dataset_input(uri, run_id, manifest, cfg.store.url)
     level = cfg.data.label_level
     embeddings = label_embeddings(cfg, manifest.label_names(level), manifest.label_codes(level))
     trainer = build_trainer(
