@@ -240,14 +240,12 @@ def evaluate(
     set_: SetOpt = None,
 ) -> None:
     """Evaluate a model on a split: AUC/AP/F1/MCC/R@FPR by head/medium/tail, as a table and JSON."""
-    from raddiag import tracking
     from raddiag.evaluate import evaluate_model
 
     cfg = _config(config, set_)
     if split not in ("train", "val", "test"):
         raise UserError(f"--split {split!r}: expected train, val or test", code=2)
-    tracking.setup(cfg.tracking)
-    uri = model or f"models:/{cfg.tracking.registered_model}@champion"
+    uri = _model_uri(cfg, model)
     result = evaluate_model(uri, cfg, split, n_bootstrap=bootstrap)
     title = f"{uri} on {split} ({result.n_cases} cases, dataset {result.dataset_version})"
     console.print(result.report.table(title))
@@ -283,6 +281,31 @@ def _print_promotion(result: Any) -> None:
     console.print(f"{where}: test {result.metric} {result.candidate_value:.4f} vs {against} → [bold]@{result.decision}[/]")
 
 
+def _model_uri(cfg: RadDiagConfig, model: str) -> str:
+    """``--model`` or the registered model's ``@champion`` (tracking set up for ``models:/`` URIs)."""
+    from raddiag import tracking
+
+    tracking.setup(cfg.tracking)
+    return model or f"models:/{cfg.tracking.registered_model}@champion"
+
+
+def _case_dir(case: Path) -> Path:
+    if not case.is_dir():
+        raise UserError(f"{case}: not a directory (expected a case folder of scans)", code=2)
+    return case
+
+
+def _print_ranked(rows: list[dict[str, Any]], title: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("label")
+    table.add_column("probability", justify="right")
+    for row in rows:
+        table.add_row(row["label"], f"{row['probability']:.3f}")
+    console.print(table)
+
+
 @app.command()
 def predict(
     case: Annotated[Path, typer.Argument(help="A case folder (.npy / .nii / .nii.gz / .dcm / .png / .jpg scans).")],
@@ -293,26 +316,16 @@ def predict(
     set_: SetOpt = None,
 ) -> None:
     """Predict the top-k labels of one case folder with a registered model (default @champion)."""
-    from raddiag import tracking
     from raddiag.predict import predict_case
 
     cfg = _config(config, set_)
-    if not case.is_dir():
-        raise UserError(f"{case}: not a directory (expected a case folder of scans)", code=2)
-    tracking.setup(cfg.tracking)
-    uri = model or f"models:/{cfg.tracking.registered_model}@champion"
+    _case_dir(case)
+    uri = _model_uri(cfg, model)
     ranked = predict_case(uri, case, top_k)
     if as_json:
         print(json.dumps({"model": uri, "case": str(case), "top_k": ranked}, indent=2))
         return
-    from rich.table import Table
-
-    table = Table(title=f"{case.name} — {uri}")
-    table.add_column("label")
-    table.add_column("probability", justify="right")
-    for row in ranked:
-        table.add_row(row["label"], f"{row['probability']:.3f}")
-    console.print(table)
+    _print_ranked(ranked, f"{case.name} — {uri}")
 
 
 @app.command()
@@ -329,7 +342,7 @@ def finetune(
     cfg = _config(config, set_)
     if head not in (None, "mlp", "ke"):
         raise UserError(f"--head {head!r}: expected mlp or ke", code=2)
-    uri = model or f"models:/{cfg.tracking.registered_model}@champion"
+    uri = _model_uri(cfg, model)
     with console.status(f"fine-tuning {uri} on {cfg.store.url} as {cfg.train.name}"):
         result = do_finetune(cfg, uri, head, verbose)
     shown = {k: round(v, 4) for k, v in result.metrics.items() if k.startswith("val_auc") and isinstance(v, float)}
@@ -348,20 +361,17 @@ def zeroshot(
     set_: SetOpt = None,
 ) -> None:
     """Score label names the model never saw (knowledge-enhanced head) and normal/abnormal for a case."""
-    from raddiag import tracking
     from raddiag.finetune import read_label_list, zeroshot_case
 
     cfg = _config(config, set_)
-    if not case.is_dir():
-        raise UserError(f"{case}: not a directory (expected a case folder of scans)", code=2)
+    _case_dir(case)
     try:
         names = read_label_list(labels, labels_file)
     except FileNotFoundError as exc:
         raise UserError(str(exc), code=2) from None
     if not names:
         raise UserError("zeroshot: give label names with --labels or --labels-file", code=2)
-    tracking.setup(cfg.tracking)
-    uri = model or f"models:/{cfg.tracking.registered_model}@champion"
+    uri = _model_uri(cfg, model)
     try:
         result = zeroshot_case(uri, case, names, top_k)
     except ValueError as exc:
@@ -369,15 +379,9 @@ def zeroshot(
     if as_json:
         print(json.dumps({"model": uri, "case": str(case), **result}, indent=2))
         return
-    from rich.table import Table
-
     abnormal = result["abnormal_probability"]
-    table = Table(title=f"{case.name} — zero-shot with {uri}" + (f" — P(abnormal) {abnormal:.3f}" if abnormal is not None else ""))
-    table.add_column("label")
-    table.add_column("probability", justify="right")
-    for row in result["labels"]:
-        table.add_row(row["label"], f"{row['probability']:.3f}")
-    console.print(table)
+    suffix = f" — P(abnormal) {abnormal:.3f}" if abnormal is not None else ""
+    _print_ranked(result["labels"], f"{case.name} — zero-shot with {uri}{suffix}")
 
 
 @app.command()
