@@ -1,7 +1,7 @@
 """Ray Train step overhead against a plain PyTorch loop with the same model, data and settings.
 
 Both sides train the same tiny config on the same synthetic store for the same epochs, one process
-each with one torch thread: (a) a plain loop that assembles batches in-process (CaseReader) and
+each with one torch thread: (a) a plain loop that assembles batches in-process (the same BlockAssembler) and
 calls ``train_step``; (b) ``raddiag train`` machinery: TorchTrainer with 1 worker, data streamed by
 Ray Data, per-epoch validation, checkpoints and MLflow logging. Throughput is compared on the
 training part of epochs after the first (warm-up excluded): cases/s (a) vs ``train_cases_per_s`` (b).
@@ -30,7 +30,8 @@ def main() -> None:
 
     from raddiag import tracking
     from raddiag.config import load_config
-    from raddiag.data.pipeline import CaseReader, epoch_records
+    from raddiag.data.pipeline import BlockAssembler, epoch_items
+    from raddiag.data.read import SliceReader
     from raddiag.losses import build_loss
     from raddiag.model import build_model
     from raddiag.storage.store import Store
@@ -54,15 +55,16 @@ def main() -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
     loss_fn = build_loss(cfg.loss, counts, len(records))
     plain_rates = []
+    reader = SliceReader(cfg.store.url, cfg.store.endpoint_url, max_gap_bytes=cfg.data.max_gap_kb * 1024)
     for epoch in range(args.epochs):
-        reader = CaseReader(cfg.model_dump(mode="json"), names, True, epoch)
-        order = epoch_records(records, cfg, names, train=True, epoch=epoch)
+        assembler = BlockAssembler(cfg.model_dump(mode="json"), names, None, train=True, epoch=epoch)
+        items = epoch_items(records, cfg, names, train=True, epoch=epoch)
         started = time.perf_counter()
-        for start in range(0, len(order), cfg.train.batch_size):
-            idx = order[start : start + cfg.train.batch_size]
-            batch = reader({"order": np.array(idx), "record": np.array([json.dumps(records[i]) for i in idx], dtype=object)})
+        for start in range(0, len(items), cfg.train.batch_size):
+            batch = assembler(items[start : start + cfg.train.batch_size], reader, image_dtype="float32")
             train_step(model, to_tensors(batch), loss_fn, optimizer, None, cfg.loss.key_slice_weight)
-        plain_rates.append(len(order) / (time.perf_counter() - started))
+        plain_rates.append(len(items) / (time.perf_counter() - started))
+    reader.close()
 
     started = time.perf_counter()
     result = run_train(cfg)
