@@ -29,6 +29,7 @@ ConfigOpt = Annotated[
 ]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a config key: --set train.lr=3e-4")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray/MLflow logs.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
 class UserError(Exception):
@@ -311,7 +312,7 @@ def predict(
     case: Annotated[Path, typer.Argument(help="A case folder (.npy / .nii / .nii.gz / .dcm / .png / .jpg scans).")],
     model: Annotated[str, typer.Option(help="Model URI.")] = "",
     top_k: Annotated[int, typer.Option(help="How many labels to show.")] = 5,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    as_json: JsonOpt = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -356,7 +357,7 @@ def zeroshot(
     labels_file: Annotated[Optional[Path], typer.Option(help="A file with one label name per line.")] = None,
     model: Annotated[str, typer.Option(help="Model URI of a KE-trained model.")] = "",
     top_k: Annotated[int, typer.Option(help="How many labels to show.")] = 10,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    as_json: JsonOpt = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
