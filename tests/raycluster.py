@@ -148,20 +148,12 @@ class LocalRayCluster:
                     victims.extend(proc.children(recursive=True))
                 except psutil.NoSuchProcess:
                     pass
-            if group is not None:
-                try:
-                    os.killpg(group, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+            _signal_group(group, signal.SIGTERM)
             try:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 pass
-            if group is not None:
-                try:
-                    os.killpg(group, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            _signal_group(group, signal.SIGKILL)
             for proc in victims + self._leftovers():
                 try:
                     proc.kill()
@@ -175,3 +167,13 @@ class LocalRayCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _signal_group(group: int | None, sig: int) -> None:
+    """Send ``sig`` to process group ``group`` if it (still) exists."""
+    if group is None:
+        return
+    try:
+        os.killpg(group, sig)
+    except ProcessLookupError:
+        pass

@@ -35,6 +35,7 @@ def score_split(model: Any, wrapper: Any, manifest: Any, cfg: RadDiagConfig, spl
     """(labels (n, C), scores (n, C)) for every case of ``split``, assembled with the model's own
     data settings (scans, depth, size, label level) from the store of ``cfg``."""
     from raddiag.data.pipeline import local_batches
+    from raddiag.schema import MODEL_INPUTS
 
     model_cfg = RadDiagConfig.model_validate(wrapper.meta["config"])
     eval_cfg = model_cfg.model_copy(update={"store": cfg.store})
@@ -44,7 +45,7 @@ def score_split(model: Any, wrapper: Any, manifest: Any, cfg: RadDiagConfig, spl
         raise ValueError(f"store {cfg.store.url}: split {split!r} has no cases")
     labels, scores = [], []
     for batch in local_batches(records, eval_cfg, names, batch_size):
-        frame = model.predict({k: batch[k] for k in ("images", "scan_mask", "slice_mask", "modality_ids")})
+        frame = model.predict({k: batch[k] for k in MODEL_INPUTS})
         scores.append(frame[names].to_numpy())
         labels.append(batch["labels"])
     return np.concatenate(labels), np.concatenate(scores)

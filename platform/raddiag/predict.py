@@ -72,7 +72,9 @@ def case_arrays(scans: list[dict[str, Any]], data_cfg: Any) -> dict[str, np.ndar
         depth=data_cfg.depth,
         image_size=data_cfg.image_size,
     )
-    return {k: case[k][None] for k in ("images", "scan_mask", "slice_mask", "modality_ids")}
+    from raddiag.schema import MODEL_INPUTS
+
+    return {k: case[k][None] for k in MODEL_INPUTS}
 
 
 def predict_case(model_uri: str, folder: Path, top_k: int = 5) -> list[dict[str, Any]]:

@@ -17,6 +17,8 @@ labels         (B, C) float32    multi-hot targets at the configured label level
 from __future__ import annotations
 
 BATCH_KEYS = ("images", "scan_mask", "slice_mask", "modality_ids", "key_slice", "labels")
+#: The batch keys the network (and the served pyfunc) takes as input, in forward() order.
+MODEL_INPUTS = BATCH_KEYS[:4]
 
 #: The paper's 16-entry modality/plane embedding table; 0 is padding.
 MODALITY_PLANE_IDS: dict[tuple[str, str], int] = {

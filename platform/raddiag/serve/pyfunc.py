@@ -109,7 +109,9 @@ def signature_for(example: dict[str, np.ndarray], label_names: list[str]) -> Any
 def log_pyfunc(checkpoint_dir: str, example: dict[str, np.ndarray], registered_model: str | None = None) -> Any:
     """Log the model into the active MLflow run (and register it when ``registered_model``)."""
     meta = json.loads(Path(checkpoint_dir, "meta.json").read_text())
-    example = {k: example[k] for k in ("images", "scan_mask", "slice_mask", "modality_ids")}
+    from raddiag.schema import MODEL_INPUTS
+
+    example = {k: example[k] for k in MODEL_INPUTS}
     small = example["images"].size <= MAX_EXAMPLE_VALUES  # a paper-scale example would be ~100 MB of JSON
     return mlflow.pyfunc.log_model(
         name="model",

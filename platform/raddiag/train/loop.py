@@ -19,8 +19,7 @@ import numpy as np
 import torch
 
 from raddiag.config import RadDiagConfig
-
-MODEL_INPUTS = ("images", "scan_mask", "slice_mask", "modality_ids")
+from raddiag.schema import MODEL_INPUTS
 
 
 def lr_lambda(total_steps: int, warmup_fraction: float):
