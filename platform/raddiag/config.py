@@ -233,10 +233,17 @@ class SweepConfig(_Strict):
 
     A distribution is one of ``{choice: [...]}``, ``{uniform: [lo, hi]}``, ``{loguniform: [lo, hi]}``,
     ``{int: [lo, hi]}``; ``when: {key: value}`` makes it conditional on another sampled key.
+
+    ``max_trial_epochs`` is the sweep's budget in trial-epochs (epochs reported, summed over all
+    trials): once reached, running trials stop and no new one starts. With a budget,
+    ``num_samples`` is only the cap on trials started, so set it high enough for the budget to end
+    the sweep (ASHA stops most trials after a few epochs, so a budget of B pays for more than
+    B / train.epochs trials).
     """
 
     name: str = "raddiag-sweep"
-    num_samples: int = Field(default=4, ge=1)
+    num_samples: int = Field(default=4, ge=1, description="trials to start (with max_trial_epochs: the cap on trials)")
+    max_trial_epochs: int = Field(default=0, ge=0, description="budget in trial-epochs over all trials (0 = unlimited)")
     max_concurrent_trials: int = Field(default=0, ge=0, description="0 = derived from cluster CPUs")
     metric: str = "val_auc_macro"
     mode: Literal["max", "min"] = "max"

@@ -5,6 +5,7 @@ The search space is the YAML mapping ``sweep.search_space`` of dotted config key
 conditional parameters (``when``) are only sampled when their condition holds. Each trial is a Tune
 function trainable that builds the trial's config, opens a child MLflow run under the sweep's
 parent run and runs a ``TorchTrainer`` whose ``TuneReportCallback`` feeds ASHA every epoch.
+``sweep.max_trial_epochs`` gives the sweep a budget in trial-epochs (:class:`TrialEpochBudget`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
+
+from ray.tune import Stopper
 
 from raddiag.config import RadDiagConfig, with_overrides
 
@@ -43,6 +46,72 @@ class DefineByRun:
 
 
 _MISSING = object()
+
+
+class TrialEpochBudget(Stopper):
+    """Ends the sweep once its trials together have reported ``max_trial_epochs`` epochs.
+
+    A trial's cost is the highest ``training_iteration`` (epoch) it has reported, so a repeated
+    result (Tune re-sends the last one when a trial ends) is not counted twice and a trial resumed
+    from a checkpoint continues its own count. ``__call__`` never stops one trial; ``stop_all``
+    turns true at the budget, after which Tune stops the running trials and starts no new one.
+    Epochs that were already running when the budget was reached still finish and are logged to
+    MLflow (at most one per concurrent trial). Picklable: Tune stores it in ``tuner.pkl``.
+    """
+
+    def __init__(self, max_trial_epochs: int, epochs: dict[str, int] | None = None) -> None:
+        if max_trial_epochs < 1:
+            raise ValueError(f"max_trial_epochs must be >= 1, got {max_trial_epochs}")
+        self.max_trial_epochs = max_trial_epochs
+        self.epochs: dict[str, int] = dict(epochs or {})
+
+    @property
+    def consumed(self) -> int:
+        """Trial-epochs reported so far, over all trials."""
+        return sum(self.epochs.values())
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        iteration = result.get("training_iteration")
+        done = self.epochs.get(trial_id, 0)
+        self.epochs[trial_id] = max(done, int(iteration)) if iteration is not None else done + 1
+        return False
+
+    def stop_all(self) -> bool:
+        return self.consumed >= self.max_trial_epochs
+
+
+def planned_trials(cfg: RadDiagConfig) -> int:
+    """Trials the sweep expects to start: ``num_samples``, or with a trial-epoch budget as many as
+    the budget pays for (capped by ``num_samples``). A full trial costs ``train.epochs``; under ASHA
+    the expected cost is ``g * (1 + k * (1 - 1/eta))`` for grace period g, reduction factor eta and
+    k rungs above the grace period (half the trials stop at each rung when eta = 2)."""
+    budget = cfg.sweep.max_trial_epochs
+    if not budget:
+        return cfg.sweep.num_samples
+    per_trial = float(cfg.train.epochs)
+    if cfg.sweep.scheduler == "asha":
+        grace, eta = min(cfg.sweep.grace_period, cfg.train.epochs), cfg.sweep.reduction_factor
+        rungs = int(math.floor(math.log(cfg.train.epochs / grace, eta) + 1e-9))
+        per_trial = grace * (1 + rungs * (1 - 1 / eta))
+    return max(1, min(cfg.sweep.num_samples, math.ceil(budget / per_trial)))
+
+
+def _seed_budget(tuner: Any) -> None:
+    """On resume, give the restored :class:`TrialEpochBudget` (Tune unpickles a fresh one from
+    ``tuner.pkl``) the epochs each trial had already reported, so the budget is not spent twice.
+    Under Ray Client the tuner lives remotely and the budget restarts from zero."""
+    local = getattr(tuner, "_local_tuner", None)
+    stopper = local.get_run_config().stop if local is not None else None
+    if not isinstance(stopper, TrialEpochBudget):
+        return
+    try:
+        grid = tuner.get_results()
+    except Exception:  # no experiment state to read: nothing was reported yet
+        return
+    for result in grid:
+        metrics = result.metrics or {}
+        trial_id = metrics.get("trial_id") or _trial_id_from_path(str(result.path))
+        stopper.epochs[trial_id] = max(stopper.epochs.get(trial_id, 0), int(metrics.get("training_iteration") or 0))
 
 
 def trial_cpus(cfg: RadDiagConfig) -> float:
@@ -186,9 +255,10 @@ def run_sweep(cfg: RadDiagConfig, verbose: bool = False, resume: bool = False) -
     )
     if resume:
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        _seed_budget(tuner)
     else:
         sampler = (
-            optuna.samplers.TPESampler(seed=cfg.sweep.seed, n_startup_trials=max(2, cfg.sweep.num_samples // 3))
+            optuna.samplers.TPESampler(seed=cfg.sweep.seed, n_startup_trials=max(2, planned_trials(cfg) // 3))
             if cfg.sweep.searcher == "optuna"
             else optuna.samplers.RandomSampler(seed=cfg.sweep.seed)
         )
@@ -211,7 +281,10 @@ def run_sweep(cfg: RadDiagConfig, verbose: bool = False, resume: bool = False) -
                 max_concurrent_trials=max_concurrent(cfg, ray.cluster_resources().get("CPU", 1)),
                 metric=cfg.sweep.metric, mode=cfg.sweep.mode,
             ),
-            run_config=tune.RunConfig(name=cfg.sweep.name, storage_path=cfg.train.storage_path, verbose=1 if verbose else 0),
+            run_config=tune.RunConfig(
+                name=cfg.sweep.name, storage_path=cfg.train.storage_path, verbose=1 if verbose else 0,
+                stop=TrialEpochBudget(cfg.sweep.max_trial_epochs) if cfg.sweep.max_trial_epochs else None,
+            ),
         )
     grid = tuner.fit()
     return _summarise(cfg, grid, uri, experiment_id, parent_run_id)
