@@ -87,6 +87,11 @@ class AugmentConfig(_Strict):
         default="workers", description="where training augmentation runs: Ray Data tasks (CPU) or the training device"
     )
 
+    @property
+    def enabled(self) -> bool:
+        """Whether any augmentation can fire (all probabilities 0: batches skip the float path)."""
+        return max(self.affine_p, self.noise_p, self.contrast_p, self.elastic_p) > 0
+
 
 class DataConfig(_Strict):
     """How cases are assembled from the store into fixed-shape batches ``(B, N, D, H, W)``."""

@@ -45,8 +45,6 @@ from raddiag.config import AugmentConfig, RadDiagConfig
 from raddiag.data.assemble import build_case, case_fields, plan_case, resize_slices, stack_cases, to_uint8
 from raddiag.data.sampling import epoch_order
 
-#: Cases per Ray Data block (one concurrent fetch + one assembled block per step of a read task).
-BLOCK_CASES = 4
 LEVELS = ("disorder", "icd")
 
 
@@ -112,7 +110,7 @@ class BlockAssembler:
         from raddiag.data.augment import build_augment
 
         data = self.cfg.data
-        augment_here = self.train and data.augment.on == "workers"
+        augment_here = self.train and data.augment.on == "workers" and data.augment.enabled
         plans, rngs = [], []
         for item in items:
             rng = np.random.default_rng([self.cfg.train.seed, self.epoch, item.position]) if self.train else None
@@ -167,9 +165,9 @@ class _Bytes:
         self.nbytes = n
 
 
-def read_items(items: list[Item], assembler_args: tuple, store: tuple[str, str | None, int]) -> Iterator[Any]:
-    """A read task: one :class:`SliceReader` (its own filesystem) for the task, one block per
-    :data:`BLOCK_CASES` cases."""
+def read_items(items: list[Item], assembler_args: tuple, store: tuple[str, str | None, int], block_cases: int) -> Iterator[Any]:
+    """A read task: one :class:`SliceReader` (its own filesystem) for the task, one block (one
+    concurrent fetch, one assembled batch) per ``block_cases`` cases."""
     from ray.data.block import BlockAccessor
 
     from raddiag.data.read import SliceReader
@@ -180,9 +178,9 @@ def read_items(items: list[Item], assembler_args: tuple, store: tuple[str, str |
     reader = SliceReader(url, endpoint_url, max_gap_bytes=max_gap)
     metrics = ReadMetrics(_Bytes, "train" if assembler.train else "eval")
     try:
-        for start in range(0, len(items), BLOCK_CASES):
+        for start in range(0, len(items), block_cases):
             before = reader.bytes_fetched
-            batch = assembler(items[start : start + BLOCK_CASES], reader)
+            batch = assembler(items[start : start + block_cases], reader)
             metrics(reader.bytes_fetched - before)
             metrics.flush(len(batch["order"]))
             yield BlockAccessor.batch_to_block(batch)
@@ -197,14 +195,19 @@ def _datasource_class() -> type:
     class CaseDatasource(Datasource):
         """A Ray Data source over a list of :class:`Item` (a worker's share of an epoch).
 
-        ``get_read_tasks(n)`` cuts the items into ``n`` contiguous runs (at least
+        A task yields one block per ``block_cases`` consecutive items (the batch size): Ray Data
+        may coalesce a task's blocks into one up to ``target_max_block_size``, but every batch
+        stays one contiguous Arrow chunk, so the consumer's batches are zero-copy slices (a batch
+        spanning two chunks would be concatenated — a copy of all its images);
+        ``get_read_tasks(n)`` deals whole blocks into ``n`` contiguous runs (at least
         ``data.cases_per_task`` cases each); a task's rows come out in item order.
         """
 
-        def __init__(self, items: list[Item], cfg: RadDiagConfig, assembler_args: tuple) -> None:
+        def __init__(self, items: list[Item], cfg: RadDiagConfig, assembler_args: tuple, block_cases: int) -> None:
             self.items = items
             self.cfg = cfg
             self.assembler_args = assembler_args
+            self.block_cases = block_cases
             data = cfg.data
             self.case_bytes = data.n_image * data.depth * data.image_size**2  # uint8 images dominate
 
@@ -212,22 +215,24 @@ def _datasource_class() -> type:
             return len(self.items) * self.case_bytes
 
         def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None) -> list[Any]:
+            n_blocks = -(-len(self.items) // self.block_cases)
             by_size = -(-len(self.items) // self.cfg.data.cases_per_task)
-            n_tasks = max(1, min(len(self.items), max(parallelism, by_size)))
+            n_tasks = max(1, min(n_blocks, max(parallelism, by_size)))
             store = (self.cfg.store.url, self.cfg.store.endpoint_url, self.cfg.data.max_gap_kb * 1024)
             tasks = []
-            for run in np.array_split(np.arange(len(self.items)), n_tasks):
-                chunk = [self.items[i] for i in run]
+            for blocks in np.array_split(np.arange(n_blocks), n_tasks):
+                chunk = self.items[int(blocks[0]) * self.block_cases : (int(blocks[-1]) + 1) * self.block_cases]
                 metadata = BlockMetadata(num_rows=len(chunk), size_bytes=len(chunk) * self.case_bytes, exec_stats=None, input_files=None)
-                tasks.append(ReadTask(partial(read_items, chunk, self.assembler_args, store), metadata, per_task_row_limit=per_task_row_limit))
+                task = partial(read_items, chunk, self.assembler_args, store, self.block_cases)
+                tasks.append(ReadTask(task, metadata, per_task_row_limit=per_task_row_limit))
             return tasks
 
     return CaseDatasource
 
 
-def case_datasource(items: list[Item], cfg: RadDiagConfig, assembler_args: tuple) -> Any:
+def case_datasource(items: list[Item], cfg: RadDiagConfig, assembler_args: tuple, block_cases: int | None = None) -> Any:
     """A ``CaseDatasource`` (the class is built lazily so importing this module does not import Ray)."""
-    return _datasource_class()(items, cfg, assembler_args)
+    return _datasource_class()(items, cfg, assembler_args, block_cases or cfg.train.batch_size)
 
 
 def epoch_items(
@@ -253,25 +258,59 @@ def worker_dataset(
     rank: int = 0,
     world: int = 1,
     vocabularies: dict[str, list[str]] | None = None,
+    batch_size: int | None = None,
 ) -> Any:
     """A Ray Dataset of this worker's share of the epoch (``order[rank::world]``), read lazily.
 
     Rows: the batch schema with uint8 ``images`` (use :func:`iter_batches`), ``order`` and, per
     level in ``vocabularies`` (``{"disorder": names, "icd": names}``), ``<level>_labels``.
+    Read tasks produce ``batch_size`` (default ``train.batch_size``) cases at a time: iterate with
+    that same batch size so that no batch straddles two produced chunks (zero-copy batches).
     """
     import ray.data
 
     items = epoch_items(records, cfg, label_names, train=train, epoch=epoch, rank=rank, world=world)
     if not items:
         raise ValueError(f"worker {rank}/{world}: no cases in this {'training' if train else 'evaluation'} shard")
-    ray.data.DataContext.get_current().execution_options.preserve_order = True  # batches = f(seed, epoch, rank)
+    batch_size = batch_size or cfg.train.batch_size
     args = (cfg.model_dump(mode="json"), label_names, vocabularies, train, epoch)
-    return ray.data.read_datasource(
-        case_datasource(items, cfg, args),
-        override_num_blocks=cfg.data.read_parallelism,
-        num_cpus=cfg.data.data_cpus,
-        concurrency=cfg.data.read_parallelism,
+    # The dataset keeps a copy of the context it was created with; the process-wide one is restored.
+    context = ray.data.DataContext.get_current()
+    saved = (context.execution_options.preserve_order, context.target_max_block_size)
+    try:
+        context.execution_options.preserve_order = True  # batches = f(seed, epoch, rank)
+        # One Ray block per produced batch: emitted as soon as it is complete, never sliced (see
+        # block_target_bytes), so a batch is one Arrow chunk and reaches the consumer without a copy.
+        context.target_max_block_size = block_target_bytes(cfg, label_names, vocabularies, batch_size)
+        return ray.data.read_datasource(
+            case_datasource(items, cfg, args, batch_size),
+            override_num_blocks=cfg.data.read_parallelism,
+            num_cpus=cfg.data.data_cpus,
+            concurrency=cfg.data.read_parallelism,
+        )
+    finally:
+        context.execution_options.preserve_order, context.target_max_block_size = saved
+
+
+def case_row_bytes(cfg: RadDiagConfig, label_names: list[str], vocabularies: dict[str, list[str]] | None = None) -> int:
+    """Bytes of one case row as the read tasks emit it (uint8 images + every other field + order)."""
+    from raddiag.data.assemble import CasePlan
+
+    data = cfg.data
+    fields = case_fields(
+        CasePlan([], [], [], [], []), {name: i for i, name in enumerate(label_names)}, n_image=data.n_image, depth=data.depth,
+        label_level=data.label_level, vocabularies={level: dict.fromkeys(names, 0) for level, names in (vocabularies or {}).items()},
     )
+    return data.n_image * data.depth * data.image_size**2 + sum(v.nbytes for v in fields.values()) + np.dtype(np.int64).itemsize
+
+
+def block_target_bytes(cfg: RadDiagConfig, label_names: list[str], vocabularies: dict[str, list[str]] | None, batch_size: int) -> int:
+    """``target_max_block_size`` that makes Ray Data emit each produced batch as its own block.
+
+    Ray's output buffer emits once it holds more than the target and slices a block of at least
+    1.5x the target; 0.8x a full batch's bytes does neither to a full batch (a task's trailing
+    partial batch is emitted when the task ends)."""
+    return max(1, int(0.8 * batch_size * case_row_bytes(cfg, label_names, vocabularies)))
 
 
 def images_to_float(batch: dict[str, Any]) -> dict[str, Any]:
@@ -290,18 +329,23 @@ def iter_batches(
     augment: AugmentConfig | None = None,
     seed: int | list[int] = 0,
     prefetch_batches: int = 2,
+    to_float: bool = True,
 ) -> Iterator[dict[str, Any]]:
     """Torch batches of the batch schema (+ ``order``) from a worker dataset, on ``device``.
 
-    Images travel as uint8 and become float32 on ``device``. With ``augment`` (training with
-    ``data.augment.on=device``) the MONAI augmentations run there, seeded by ``seed`` (pass
-    ``[train.seed, epoch, rank]`` for a per-epoch, per-worker stream).
+    Use the ``batch_size`` the dataset was built with (zero-copy batches, see
+    :func:`worker_dataset`); another size works but copies images. Images travel as uint8
+    and become float32 on ``device`` (``to_float=False`` keeps uint8, e.g. to measure the
+    pipeline alone). With ``augment`` (training with ``data.augment.on=device``) the MONAI
+    augmentations run there, seeded by ``seed`` (pass ``[train.seed, epoch, rank]`` for a
+    per-epoch, per-worker stream).
     """
     from raddiag.data.augment import augment_batch
 
     rng = np.random.default_rng(seed)
     for batch in dataset.iter_torch_batches(batch_size=batch_size, device=device, drop_last=False, prefetch_batches=prefetch_batches):
-        batch = images_to_float(batch)
+        if to_float or augment is not None:
+            batch = images_to_float(batch)
         if augment is not None:
             batch["images"] = augment_batch(batch["images"], batch["slice_mask"], augment, seed=int(rng.integers(2**31)))
         yield batch
@@ -309,7 +353,7 @@ def iter_batches(
 
 def device_augment(cfg: RadDiagConfig, train: bool) -> AugmentConfig | None:
     """The augmentation to run in :func:`iter_batches` (on the training device), or None."""
-    return cfg.data.augment if train and cfg.data.augment.on == "device" else None
+    return cfg.data.augment if train and cfg.data.augment.on == "device" and cfg.data.augment.enabled else None
 
 
 def local_batches(

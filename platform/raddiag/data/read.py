@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,6 +119,8 @@ class SliceReader:
         self.requests = 0
         self._store: Any = None
         self._layouts: dict[str, ScanLayout] = {}
+        # local stores are read with os.pread (see _read_local); remote ones through zarr's store
+        self._local_root = None if _is_remote(self.url) else os.path.join(self.url, "scans.zarr")
 
     # ---- store ---------------------------------------------------------------------------------
     def _zarr_store(self) -> Any:
@@ -146,15 +149,40 @@ class SliceReader:
             self._store = None
 
     async def _get(self, key: str, byte_range: Any = None) -> bytes | None:
-        from zarr.core.buffer import default_buffer_prototype
+        if self._local_root is not None:
+            data = self._read_local(key, byte_range)
+        else:
+            from zarr.core.buffer import default_buffer_prototype
 
-        buffer = await self._zarr_store().get(key, prototype=default_buffer_prototype(), byte_range=byte_range)
+            buffer = await self._zarr_store().get(key, prototype=default_buffer_prototype(), byte_range=byte_range)
+            data = None if buffer is None else buffer.to_bytes()
         self.requests += 1
-        if buffer is None:
-            return None
-        data = buffer.to_bytes()
-        self.bytes_fetched += len(data)
+        if data is not None:
+            self.bytes_fetched += len(data)
         return data
+
+    def _read_local(self, key: str, byte_range: Any) -> bytes | None:
+        """A local store's object, read with one ``pread`` in the calling coroutine: a page-cache
+        read is microseconds, far less than zarr's ``LocalStore`` hop to a thread per request."""
+        from zarr.abc.store import RangeByteRequest, SuffixByteRequest
+
+        try:
+            fd = os.open(os.path.join(self._local_root, *key.split("/")), os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            size = os.fstat(fd).st_size
+            if isinstance(byte_range, RangeByteRequest):
+                start, end = byte_range.start, min(byte_range.end, size)
+            elif isinstance(byte_range, SuffixByteRequest):
+                start, end = max(0, size - byte_range.suffix), size
+            elif byte_range is None:
+                start, end = 0, size
+            else:  # OffsetByteRequest
+                start, end = byte_range.offset, size
+            return os.pread(fd, max(0, end - start), start)
+        finally:
+            os.close(fd)
 
     async def _layout(self, scan_id: str) -> ScanLayout:
         if scan_id not in self._layouts:
