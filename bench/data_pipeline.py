@@ -1,20 +1,24 @@
 """Data pipeline benchmark: cases/s per core and bytes read per case, all four loaders in one run.
 
-    .venv/bin/python bench/data_pipeline.py [--cases 32] [--epochs 2] [--json out.json]
+    .venv/bin/python bench/data_pipeline.py [--cases 32] [--epochs 2] [--warmup 3] [--batch-size 4] [--json out.json]
 
 One synthetic store at paper shape (256×256, D = 32, up to 4 scans per case, 3D depth 16-64):
-(a) ``raddiag.data`` (Ray Data ``CaseDatasource`` -> ``iter_batches``) from a local store;
+(a) ``raddiag.data`` (Ray Data ``CaseDatasource`` -> ``iter_batches``) from a local store, uint8
+    batches handed to the consumer (a GPU trainer converts to float on the device); also with the
+    float conversion on this CPU, and with MONAI augmentation in the read tasks;
 (b) the same from S3 (a ``moto_server`` process on 127.0.0.1, reached through s3fs);
 (c) ``bench/reference_loader.py``: what the reference implementation does — full float32 npy
     volumes (H×W×D, X-ray as RGB) from local disk, min-max, resample, pad;
 (d) the raw decode limit: the exact chunks (a) fetches, decoded (Blosc) in a tight loop.
 
 Cores: CPU seconds (user + system) of every process involved — the driver that consumes the
-batches and all of Ray's processes (raylet, GCS, workers) for (a)/(b), sampled every 0.1 s with
-psutil; the moto server is excluded — divided into cases: "cases/s per core" = cases per CPU
+batches (minus the meter's own sampling thread) and all of Ray's processes (raylet, GCS, agents,
+Ray Data's actors, read workers) for (a)/(b), sampled every 0.1 s with psutil and reported per
+kind; the moto server is excluded — divided into cases: "cases/s per core" = cases per CPU
 second. Wall-clock cases/s are reported too (2 shared cores here, so they are noisy). Bytes read
 per case: bytes returned by the store (a/b: counted in ``SliceReader``, by running the same read
-tasks in-process; c: npy file sizes). Every loader runs once untimed first (page cache warm).
+tasks in-process; c: npy file sizes). Every loader runs untimed first (page cache and Ray's worker
+processes warm).
 """
 
 from __future__ import annotations
@@ -37,9 +41,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
 
+SYSTEM = ("raylet", "gcs_server", "log_monitor", "dashboard", "_StatsActor", "AutoscalingCoordinator", "RuntimeEnvAgent", "monitor.py")
+
+
 class CpuMeter:
-    """CPU seconds of a process tree (minus ``exclude`` pids), sampled in a background thread so
-    processes that exit mid-run still count up to their last sample."""
+    """CPU seconds of a process tree (minus ``exclude`` pids and the meter's own sampling thread),
+    sampled in a background thread so processes that exit mid-run still count up to their last
+    sample; :meth:`breakdown` splits them into the driver, the Ray Data read workers and Ray's
+    system processes (raylet, GCS, agents, Ray Data's stats/autoscaling actors)."""
 
     def __init__(self, root_pid: int, exclude: set[int] | None = None, interval: float = 0.1) -> None:
         import psutil
@@ -49,8 +58,21 @@ class CpuMeter:
         self.interval = interval
         self.first: dict[int, float] = {}
         self.last: dict[int, float] = {}
+        self.kind: dict[int, str] = {}
+        self._own = [0.0, 0.0]  # the sampling thread's CPU at start / at the last sample
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _classify(self, proc) -> str:  # noqa: ANN001
+        if proc.pid == self.root.pid:
+            return "driver"
+        try:
+            line = " ".join(proc.cmdline()) or proc.name()
+        except Exception:
+            return self.kind.get(proc.pid, "ray_system")
+        if any(token in line for token in SYSTEM):
+            return "ray_system"
+        return "read_workers" if line.startswith("ray::") else "other"
 
     def _sample(self) -> None:
         import psutil
@@ -70,6 +92,11 @@ class CpuMeter:
             total = times.user + times.system
             self.first.setdefault(proc.pid, total if self._started else 0.0)
             self.last[proc.pid] = total
+            self.kind[proc.pid] = self._classify(proc)
+        if self._thread.native_id is not None:
+            for thread in self.root.threads():
+                if thread.id == self._thread.native_id:
+                    self._own[1] = thread.user_time + thread.system_time
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -83,13 +110,24 @@ class CpuMeter:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._sample()
         self._stop.set()
         self._thread.join()
+        self._sample()
+
+    def _seconds(self, pid: int) -> float:
+        own = self._own[1] if pid == self.root.pid else 0.0  # the meter thread started inside the window
+        return self.last[pid] - self.first[pid] - own
 
     @property
     def seconds(self) -> float:
-        return sum(self.last[pid] - self.first[pid] for pid in self.last)
+        return sum(self._seconds(pid) for pid in self.last)
+
+    def breakdown(self, cases: int) -> dict[str, float]:
+        """CPU milliseconds per case by process kind."""
+        out: dict[str, float] = {}
+        for pid in self.last:
+            out[self.kind[pid]] = out.get(self.kind[pid], 0.0) + self._seconds(pid)
+        return {kind: round(1000 * seconds / cases, 2) for kind, seconds in sorted(out.items())}
 
 
 def start_moto() -> tuple[subprocess.Popen, str]:
@@ -153,18 +191,23 @@ def pipeline_config(url: str, endpoint: str | None, augment: bool):  # noqa: ANN
     return load_config(None, overrides)
 
 
-def bench_pipeline(records: list[dict], cfg, names: list[str], epochs: int) -> dict:  # noqa: ANN001
-    """Ray Data end to end: epoch 0 untimed (worker start-up), then ``epochs`` timed epochs."""
+def bench_pipeline(records: list[dict], cfg, names: list[str], epochs: int, warmup: int, batch_size: int, to_float: bool = False) -> dict:  # noqa: ANN001
+    """Ray Data end to end: ``warmup`` untimed epochs (Ray starts and warms its worker processes:
+    a read task landing on a fresh worker first imports zarr/raddiag), then ``epochs`` timed ones.
+    The consumer takes uint8 batches (on a GPU the float conversion happens on the device);
+    ``to_float`` adds the conversion on this CPU."""
     from raddiag.data.pipeline import iter_batches, worker_dataset
 
     def run(epoch: int) -> int:
         n = 0
-        for batch in iter_batches(worker_dataset(records, cfg, names, train=True, epoch=epoch), batch_size=4):
-            assert batch["images"].dtype.is_floating_point
+        dataset = worker_dataset(records, cfg, names, train=True, epoch=epoch, batch_size=batch_size)
+        for batch in iter_batches(dataset, batch_size, to_float=to_float):
+            assert batch["images"].dtype.is_floating_point == to_float
             n += int(batch["labels"].shape[0])
         return n
 
-    run(0)
+    for epoch in range(warmup):
+        run(1000 + epoch)
     cases = 0
     with CpuMeter(os.getpid(), exclude=EXCLUDE) as meter:
         started = time.perf_counter()
@@ -172,14 +215,24 @@ def bench_pipeline(records: list[dict], cfg, names: list[str], epochs: int) -> d
             cases += run(epoch)
         wall = time.perf_counter() - started
     return {"cases": cases, "wall_s": round(wall, 2), "cpu_s": round(meter.seconds, 2),
-            "cases_per_s": round(cases / wall, 2), "cases_per_cpu_s": round(cases / meter.seconds, 2)}
+            "cases_per_s": round(cases / wall, 2), "cases_per_cpu_s": round(cases / meter.seconds, 2),
+            "cpu_ms_per_case": meter.breakdown(cases)}
 
 
-def bytes_per_case(records: list[dict], cfg, names: list[str], epochs: int) -> dict:  # noqa: ANN001
+def bytes_per_case(records: list[dict], cfg, names: list[str], epochs: int, batch_size: int) -> dict:  # noqa: ANN001
     """Run the pipeline's own read tasks in-process (same split, same readers) and count bytes;
-    also collects the fetched chunks for the decode-limit loop and times the in-process read path."""
+    also collects the fetched chunks for the decode-limit loop and times the in-process read path
+    (``inprocess_cases_per_cpu_s``: fetch + decode + assembly + Arrow block, no Ray around it)."""
     import raddiag.data.read as read_module
     from raddiag.data.pipeline import case_datasource, epoch_items
+
+    def read_epoch(epoch: int) -> int:
+        items = epoch_items(records, cfg, names, train=True, epoch=epoch)
+        args = (cfg.model_dump(mode="json"), names, None, True, epoch)
+        tasks = case_datasource(items, cfg, args, batch_size).get_read_tasks(cfg.data.read_parallelism)
+        return sum(block.num_rows for task in tasks for block in task())
+
+    read_epoch(1000)  # imports and first-open costs stay out of the timing and the counts
 
     counted = {"bytes": 0, "requests": 0}
     fetched_all: list = []
@@ -201,16 +254,12 @@ def bytes_per_case(records: list[dict], cfg, names: list[str], epochs: int) -> d
     try:
         started_cpu = time.process_time()
         for epoch in range(1, epochs + 1):
-            items = epoch_items(records, cfg, names, train=True, epoch=epoch)
-            args = (cfg.model_dump(mode="json"), names, None, True, epoch)
-            for task in case_datasource(items, cfg, args).get_read_tasks(cfg.data.read_parallelism):
-                for block in task():
-                    cases += block.num_rows
+            cases += read_epoch(epoch)
         cpu = time.process_time() - started_cpu
     finally:
         read_module.SliceReader = base
     return {"cases": cases, "bytes_per_case": counted["bytes"] / cases, "requests_per_case": counted["requests"] / cases,
-            "inprocess_cases_per_cpu_s": cases / cpu, "fetched": fetched_all}
+            "inprocess_cases_per_cpu_s": round(cases / cpu, 2), "fetched": fetched_all}
 
 
 def bench_decode(fetched: list, cases: int) -> dict:
@@ -251,6 +300,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=32, help="synthetic cases in the store")
     parser.add_argument("--epochs", type=int, default=2, help="timed passes over all cases per loader")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed Ray passes first (warms every worker process)")
+    parser.add_argument("--batch-size", type=int, default=4, help="cases per batch (= per Ray block)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     started = time.perf_counter()
@@ -272,16 +323,19 @@ def main() -> None:
             local = pipeline_config(str(work / "store"), None, augment=False)
             s3 = pipeline_config("s3://bench/store", endpoint, augment=False)
             results["c_reference"] = bench_reference(records, inputs["npy"], args.epochs)
-            counted = bytes_per_case(records, local, names, args.epochs)
+            counted = bytes_per_case(records, local, names, args.epochs, args.batch_size)
             fetched = counted.pop("fetched")
             results["d_decode"] = bench_decode(fetched, counted["cases"])
             results["a_bytes"] = counted
-            results["b_bytes"] = bytes_per_case(records, s3, names, 1)
+            results["b_bytes"] = bytes_per_case(records, s3, names, 1, args.batch_size)
             results["b_bytes"].pop("fetched")
             init_ray(RayConfig(num_cpus=4))
-            results["a_local"] = bench_pipeline(records, local, names, args.epochs)
-            results["b_s3"] = bench_pipeline(records, s3, names, args.epochs)
-            results["a_local_augmented"] = bench_pipeline(records, pipeline_config(str(work / "store"), None, augment=True), names, args.epochs)
+            timed = {"epochs": args.epochs, "warmup": args.warmup, "batch_size": args.batch_size}
+            results["a_local"] = bench_pipeline(records, local, names, **timed)
+            results["a_local_float_on_cpu"] = bench_pipeline(records, local, names, **timed, to_float=True)
+            results["b_s3"] = bench_pipeline(records, s3, names, **timed)
+            augmented = pipeline_config(str(work / "store"), None, augment=True)
+            results["a_local_augmented"] = bench_pipeline(records, augmented, names, **timed)
     finally:
         import ray
 
@@ -293,6 +347,8 @@ def main() -> None:
         "bytes_per_case_a_over_c": round(results["a_bytes"]["bytes_per_case"] / c["bytes_per_case"], 4),
         "cases_per_core_a_over_c": round(a["cases_per_cpu_s"] / c["cases_per_cpu_s"], 2),
         "cases_per_core_a_over_d": round(a["cases_per_cpu_s"] / d["cases_per_cpu_s"], 2),
+        "cases_per_core_a_float_over_c": round(results["a_local_float_on_cpu"]["cases_per_cpu_s"] / c["cases_per_cpu_s"], 2),
+        "read_path_inprocess_over_d": round(results["a_bytes"]["inprocess_cases_per_cpu_s"] / d["cases_per_cpu_s"], 2),
     }
     results["env"] = {"cpus": os.cpu_count(), "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
                       "python": platform.python_version(), "total_s": round(time.perf_counter() - started, 1)}

@@ -352,3 +352,40 @@ def test_s3_store_reads_match_local_store(tmp_path, s3_endpoint, ray_local) -> N
     init_ray(RayConfig(num_cpus=8), verbose=False)
     ray_batches = list(iter_batches(worker_dataset(records, s3_cfg, names, train=False, epoch=0), batch_size=4))
     assert np.allclose(np.concatenate([b["images"].numpy() for b in ray_batches]), np.concatenate([b["images"] for b in local]))
+
+
+# ---- read-ahead of the next epoch --------------------------------------------------------------
+
+
+def test_prefetch_keeps_order_raises_errors_and_closes() -> None:
+    import threading
+    import time
+
+    from raddiag.data.pipeline import Prefetch
+
+    assert list(Prefetch(lambda: iter(range(10)), depth=2)) == list(range(10))
+
+    def broken():
+        yield 1
+        raise ValueError("store unreadable")
+
+    stream = iter(Prefetch(broken))
+    assert next(stream) == 1
+    with pytest.raises(ValueError, match="store unreadable"):
+        next(stream)
+
+    produced = []
+
+    def endless():
+        for i in range(10**9):
+            produced.append(i)
+            yield i
+
+    ahead = Prefetch(endless, depth=3)
+    deadline = time.time() + 5
+    while len(produced) < 4 and time.time() < deadline:  # depth 3 queued + 1 waiting to be put
+        time.sleep(0.01)
+    time.sleep(0.2)
+    assert len(produced) <= 5  # bounded read-ahead, not a runaway producer
+    ahead.close()
+    assert not any(t.name == "raddiag-prefetch" and t.is_alive() for t in threading.enumerate() if t is ahead._thread)

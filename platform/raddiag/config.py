@@ -225,6 +225,9 @@ class TrainConfig(_Strict):
     resources_per_worker: dict[str, float] = Field(default_factory=dict, description="extra custom resources per worker")
     use_gpu: bool = False
     grad_accum_steps: int = Field(default=1, ge=1, description="micro-batches per optimiser step")
+    prefetch_batches: int = Field(
+        default=2, ge=1, description="batches read ahead of the step (Ray Data iterator and the next epoch's stream)"
+    )
     amp: bool = Field(default=True, description="bf16 autocast on GPU (ignored on CPU)")
     max_failures: int = Field(default=0, ge=-1, description="worker restarts from the last checkpoint (-1 = forever)")
     early_stop_patience: int = Field(default=0, ge=0, description="epochs without improvement before stopping (0 = off)")

@@ -35,6 +35,7 @@ Determinism: a case's scan choice, depth jitter, augmentation and mixing partner
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Iterable, Iterator
@@ -274,15 +275,24 @@ def worker_dataset(
         raise ValueError(f"worker {rank}/{world}: no cases in this {'training' if train else 'evaluation'} shard")
     batch_size = batch_size or cfg.train.batch_size
     args = (cfg.model_dump(mode="json"), label_names, vocabularies, train, epoch)
-    # The dataset keeps a copy of the context it was created with; the process-wide one is restored.
-    context = ray.data.DataContext.get_current()
+    # The dataset keeps a copy of the context it was created with; the process-wide one is restored
+    # (under a lock: a training worker may build datasets from two threads).
+    with _CONTEXT_LOCK:
+        return _read_with_context(ray.data, items, cfg, args, block_target_bytes(cfg, label_names, vocabularies, batch_size), batch_size)
+
+
+_CONTEXT_LOCK = threading.Lock()
+
+
+def _read_with_context(ray_data: Any, items: list[Item], cfg: RadDiagConfig, args: tuple, target_bytes: int, batch_size: int) -> Any:
+    context = ray_data.DataContext.get_current()
     saved = (context.execution_options.preserve_order, context.target_max_block_size)
     try:
         context.execution_options.preserve_order = True  # batches = f(seed, epoch, rank)
         # One Ray block per produced batch: emitted as soon as it is complete, never sliced (see
         # block_target_bytes), so a batch is one Arrow chunk and reaches the consumer without a copy.
-        context.target_max_block_size = block_target_bytes(cfg, label_names, vocabularies, batch_size)
-        return ray.data.read_datasource(
+        context.target_max_block_size = target_bytes
+        return ray_data.read_datasource(
             case_datasource(items, cfg, args, batch_size),
             override_num_blocks=cfg.data.read_parallelism,
             num_cpus=cfg.data.data_cpus,
@@ -380,3 +390,59 @@ def manifest_vocabularies(manifest: Any) -> dict[str, list[str]]:
     """``{"disorder": names, "icd": names}`` of a store manifest (for both-level labels)."""
     return {level: manifest.label_names(level) for level in LEVELS}
 
+
+
+class Prefetch:
+    """Iterate ``make()`` in a background thread, ``depth`` batches ahead.
+
+    The training loop starts the *next* epoch's stream before validating the current one, so Ray
+    Data's per-epoch start-up (planning, launching read tasks, the first blocks) overlaps
+    validation and checkpointing instead of stalling the first step. The stream is a function of
+    (seed, epoch, rank) only, so reading it early changes nothing. Errors surface in the consumer;
+    :meth:`close` stops the thread (e.g. when early stopping skips the prefetched epoch).
+    """
+
+    _END = object()
+
+    def __init__(self, make: Any, depth: int = 2) -> None:
+        import queue
+        import threading
+
+        self._queue: Any = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fill, args=(make,), daemon=True, name="raddiag-prefetch")
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        import queue
+
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _fill(self, make: Any) -> None:
+        try:
+            for batch in make():
+                if not self._put(batch):
+                    return
+        except BaseException as error:  # handed to the consumer, raised there
+            self._put(error)
+            return
+        self._put(self._END)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)

@@ -241,7 +241,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train.torch
 
     from raddiag import tracking
-    from raddiag.data.pipeline import device_augment, iter_batches, worker_dataset
+    from raddiag.data.pipeline import Prefetch, device_augment, iter_batches, worker_dataset
     from raddiag.losses import build_loss
     from raddiag.metrics import evaluate_scores
     from raddiag.model import build_model
@@ -283,12 +283,28 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         "config": cfg.model_dump(mode="json"), "label_names": names, "train_counts": counts.tolist(),
         "label_embeddings": embeddings, "dataset_version": manifest.version, "metric": cfg.train.metric,
     }
+
+    def train_stream(epoch: int) -> Prefetch:
+        """The epoch's training batches, read ahead in a background thread (see :class:`Prefetch`)."""
+
+        shard = worker_dataset(train_records[: per_rank * world], cfg, names, train=True, epoch=epoch, rank=rank, world=world)
+
+        def make() -> Any:
+            return iter_batches(
+                shard, cfg.train.batch_size, device, augment=device_augment(cfg, train=True), seed=[cfg.train.seed, epoch, rank],
+                prefetch_batches=cfg.train.prefetch_batches,
+            )
+
+        return Prefetch(make, depth=cfg.train.prefetch_batches)
+
+    upcoming = train_stream(progress.start_epoch) if progress.start_epoch < cfg.train.epochs else None
     try:
         for epoch in range(progress.start_epoch, cfg.train.epochs):
             started = time.perf_counter()
-            shard = worker_dataset(train_records[: per_rank * world], cfg, names, train=True, epoch=epoch, rank=rank, world=world)
-            batches = iter_batches(shard, cfg.train.batch_size, device, augment=device_augment(cfg, train=True), seed=[cfg.train.seed, epoch, rank])
+            batches, upcoming = upcoming, None
             metrics = train_epoch(model, observe.batches(batches), loss_fn, optimizer, scheduler, cfg, amp_dtype)
+            if epoch + 1 < cfg.train.epochs:  # its Ray Data start-up overlaps this epoch's validation
+                upcoming = train_stream(epoch + 1)
             val_shard = worker_dataset(val_records, cfg, names, train=False, epoch=epoch, rank=rank, world=world)
             labels, scores = validate(model, iter_batches(val_shard, cfg.train.batch_size, device), device)
             report = evaluate_scores(labels, scores, counts, label_names=names)
@@ -320,5 +336,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if last:
                 break
     finally:
+        if upcoming is not None:  # early stop: the read-ahead epoch is never trained
+            upcoming.close()
         if monitor is not None:
             monitor.finish()
