@@ -22,6 +22,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -83,8 +84,12 @@ def main() -> None:
     torch.set_num_threads(1)
     loss_fn = build_loss(cfg.loss, counts, len(records))
 
-    def in_memory() -> list[float]:
-        """The compute bound: each epoch's batches assembled beforehand (untimed), then only the steps."""
+    def plain(source: str) -> list[tuple[float, float]]:
+        """Plain PyTorch, per epoch ``(cases/s, steady-state cases/s from the first batch's arrival)``.
+        ``source``: "serial" assembles each batch in the training thread; "loader" uses
+        ``data.read_parallelism`` ``DataLoader`` worker processes reading ahead (as many readers as
+        Ray Data's concurrent read tasks); "memory" assembles the epoch beforehand, untimed (the
+        compute bound)."""
         torch.manual_seed(0)
         model = build_model(cfg.model, len(names))
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
@@ -92,33 +97,18 @@ def main() -> None:
         for epoch in range(args.epochs):
             items = epoch_items(records, cfg, names, train=True, epoch=epoch)
             batches = EpochBatches(cfg, names, items, epoch)
-            ready = [batches[i] for i in range(len(batches))]
-            started = time.perf_counter()
-            for batch in ready:
-                tensors = to_tensors(batch)
-                tensors["images"] = tensors["images"].float().div_(255.0)
-                train_step(model, tensors, loss_fn, optimizer, None, cfg.loss.key_slice_weight)
-            rates.append(len(items) / (time.perf_counter() - started))
-        return rates
-
-    def plain(loader_workers: int) -> list[float]:
-        """Plain PyTorch: ``loader_workers`` = 0 assembles each batch in the training thread; more use
-        ``DataLoader`` worker processes (read-ahead; as many as Ray Data's concurrent read tasks)."""
-        torch.manual_seed(0)
-        model = build_model(cfg.model, len(names))
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
-        rates = []
-        for epoch in range(args.epochs):
-            items = epoch_items(records, cfg, names, train=True, epoch=epoch)
-            batches = EpochBatches(cfg, names, items, epoch)
-            loader = torch.utils.data.DataLoader(
-                batches, batch_size=None, num_workers=loader_workers, prefetch_factor=cfg.train.prefetch_batches if loader_workers else None,
-                collate_fn=lambda batch: batch,
-            )
+            if source == "memory":
+                stream: Any = [batches[i] for i in range(len(batches))]
+            else:
+                workers = cfg.data.read_parallelism if source == "loader" else 0
+                stream = torch.utils.data.DataLoader(
+                    batches, batch_size=None, num_workers=workers, prefetch_factor=cfg.train.prefetch_batches if workers else None,
+                    collate_fn=lambda batch: batch,
+                )
             started = time.perf_counter()
             first = None
-            for batch in loader:
-                if first is None:  # steady state: from the first batch's arrival
+            for batch in stream:
+                if first is None:
                     first, first_cases = time.perf_counter(), len(batch["order"])
                 tensors = to_tensors(batch)
                 tensors["images"] = tensors["images"].float().div_(255.0)
@@ -127,9 +117,9 @@ def main() -> None:
             rates.append((len(items) / (ended - started), (len(items) - first_cases) / (ended - first)))
         return rates
 
-    serial_rates, serial_steady = zip(*plain(0))
-    loader_rates, loader_steady = zip(*plain(cfg.data.read_parallelism))
-    bound_rates = in_memory()
+    serial_rates, serial_steady = zip(*plain("serial"))
+    loader_rates, loader_steady = zip(*plain("loader"))
+    bound_rates, _ = zip(*plain("memory"))
 
     started = time.perf_counter()
     result = run_train(cfg)
