@@ -196,10 +196,10 @@ def _datasource_class() -> type:
     class CaseDatasource(Datasource):
         """A Ray Data source over a list of :class:`Item` (a worker's share of an epoch).
 
-        A task yields one block per ``block_cases`` consecutive items (the batch size): Ray Data
-        may coalesce a task's blocks into one up to ``target_max_block_size``, but every batch
-        stays one contiguous Arrow chunk, so the consumer's batches are zero-copy slices (a batch
-        spanning two chunks would be concatenated — a copy of all its images);
+        A task yields one block per ``block_cases`` consecutive items (the batch size);
+        :func:`worker_dataset` sets ``target_max_block_size`` just under one batch so that Ray
+        emits each as its own block instead of coalescing them (the consumer's batcher would then
+        combine the coalesced chunks — a copy of every image — before slicing a batch out);
         ``get_read_tasks(n)`` deals whole blocks into ``n`` contiguous runs (at least
         ``data.cases_per_task`` cases each); a task's rows come out in item order.
         """
