@@ -310,7 +310,14 @@ class RayConfig(_Strict):
     """Where Ray runs. ``address`` '' = $RAY_ADDRESS or a local instance started by the verb."""
 
     address: str = ""
-    num_cpus: int = Field(default=0, ge=0, description="logical CPUs for a local Ray (0 = 2 x physical)")
+    num_cpus: int = Field(default=0, ge=0, description="logical CPUs for a local Ray (0 = 4 x physical)")
+    state_api: bool = Field(
+        default=True,
+        description=(
+            "start a local Ray with its dashboard/State API: Ray Train's placement-group cleaner needs it to free "
+            "the workers of a trial that Tune stopped (without it, every ASHA stop leaks CPUs until a sweep starves)"
+        ),
+    )
 
 
 class PromoteConfig(_Strict):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import warnings
+from typing import Any
 
 from raddiag.config import RayConfig
 
@@ -39,6 +41,38 @@ def logical_cpus(cfg: RayConfig) -> int:
 WORKER_ENV = {"PYTHONWARNINGS": "ignore", "RAY_TRAIN_V2_ENABLED": "1", "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "false"}
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+def _init_local_with_state_api(ray: Any, cfg: RayConfig, kwargs: dict[str, Any]) -> None:
+    """Start a local Ray whose State API works from inside its own workers.
+
+    Ray Train v2 frees the worker placement group of a run whose controller died — every trial that
+    Tune stops (ASHA, a budget) — from a ``PlacementGroupCleaner`` actor that polls the State API,
+    which is served by the dashboard; without it the CPUs of every stopped trial stay reserved until
+    the sweep starves. The State API also resolves "which cluster" by scanning the machine and fails
+    with "multiple active Ray instances" when another Ray runs here, so the GCS port is chosen up
+    front and handed to every worker as ``RAY_ADDRESS``.
+    """
+    from ray.util import get_node_ip_address
+
+    port = _free_port()
+    kwargs = {**kwargs, "include_dashboard": True, "dashboard_port": _free_port()}
+    kwargs["runtime_env"] = {**kwargs["runtime_env"], "env_vars": {**kwargs["runtime_env"]["env_vars"], "RAY_ADDRESS": f"{get_node_ip_address()}:{port}"}}
+    saved = os.environ.get("RAY_GCS_SERVER_PORT")
+    os.environ["RAY_GCS_SERVER_PORT"] = str(port)  # read by the node that ray.init starts
+    try:
+        ray.init(address="local", num_cpus=logical_cpus(cfg), **kwargs)
+    finally:
+        if saved is None:
+            os.environ.pop("RAY_GCS_SERVER_PORT", None)
+        else:
+            os.environ["RAY_GCS_SERVER_PORT"] = saved
+
+
 def init_ray(cfg: RayConfig, verbose: bool = False, runtime_env: dict | None = None) -> None:
     """Connect to ``cfg.address``/``$RAY_ADDRESS`` (``auto`` = the cluster `ray start`ed here) or
     start a private local Ray sized by :func:`logical_cpus`."""
@@ -56,7 +90,9 @@ def init_ray(cfg: RayConfig, verbose: bool = False, runtime_env: dict | None = N
         del kwargs["runtime_env"]  # a submitted job: Ray refuses a second runtime_env; the job's applies
     if address:
         ray.init(address=address, **kwargs)
-    else:  # a fresh local instance, never a cluster someone else `ray start`ed on this machine
+    elif cfg.state_api:  # a fresh local instance (never one someone `ray start`ed here) with its State API
+        _init_local_with_state_api(ray, cfg, kwargs)
+    else:
         ray.init(address="local", num_cpus=logical_cpus(cfg), **kwargs)
     import ray.data
 
