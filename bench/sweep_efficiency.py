@@ -22,10 +22,9 @@ with ``raddiag.evaluate.evaluate_model``: selection is on validation, the report
     .venv/bin/python bench/sweep_efficiency.py [--seeds 3] [--trials 4] [--epochs 8] [--output r.json]
 
 Budget = ``--trials`` x ``--epochs`` trial-epochs (default 4 x 8 = 32). Everything (store, Ray
-results, MLflow sqlite and artifacts) goes to a fresh temporary directory (``--workdir``). Ray is
-started by :func:`init_ray_with_state_api` (``init_ray`` plus the State API, see there), and after
-every sweep the placement groups left by stopped trials are counted (``leaked_placement_groups``)
-and released.
+results, MLflow sqlite and artifacts) goes to a fresh temporary directory (``--workdir``). After
+every sweep the placement groups still held by stopped trials are counted
+(``leaked_placement_groups``) and released.
 """
 
 from __future__ import annotations
@@ -130,45 +129,10 @@ def one_sweep(base: list[str], method: str, seed: int, budget: int, num_samples:
     return out
 
 
-def init_ray_with_state_api(cfg: Any) -> None:
-    """``raddiag.runtime.init_ray`` with two changes this benchmark needs to run more than a few
-    trials (see "Sweep efficiency" in BENCHMARKS.md).
-
-    Ray Train v2 removes a trial's worker placement group, when Tune stops the trial (ASHA, the
-    budget), through a detached ``PlacementGroupCleaner`` that polls the Ray State API. ``init_ray``
-    starts the local instance with ``include_dashboard=False``, which leaves the State API out, so
-    every stopped trial leaks its workers' CPUs until the sweep starves. The State API also finds
-    "multiple active Ray instances" when another Ray runs on the machine. Here the dashboard (and with
-    it the State API) is on, the GCS port is chosen up front and the workers get ``RAY_ADDRESS``."""
-    import socket
-
-    import ray
-    from ray._private.services import get_node_ip_address
-
-    from raddiag.runtime import init_ray
-
-    def free_port() -> int:
-        with socket.socket() as sock:
-            sock.bind(("", 0))
-            return sock.getsockname()[1]
-
-    port = free_port()
-    os.environ["RAY_GCS_SERVER_PORT"] = str(port)
-    original = ray.init
-
-    def init(*args: Any, **kwargs: Any) -> Any:
-        return original(*args, **{**kwargs, "include_dashboard": True, "dashboard_port": free_port()})
-
-    ray.init = init
-    try:
-        init_ray(cfg.ray, runtime_env={"env_vars": {"RAY_ADDRESS": f"{get_node_ip_address()}:{port}"}})
-    finally:
-        ray.init = original
-
-
 def release_placement_groups(wait_s: float = 90.0) -> int:
     """Between sweeps (no trial is running): wait for Ray Train's cleaners to remove the placement
-    groups of stopped trials; remove what is left and return how many that was (0 = no leak)."""
+    groups of the trials Tune stopped (they need the State API: ``ray.state_api``, on by default);
+    remove what is left, so one sweep cannot starve the next, and return how many that was."""
     import ray
     from ray.util.placement_group import PlacementGroup, remove_placement_group
 
@@ -253,6 +217,7 @@ def main() -> None:
 
     import raddiag
     from raddiag.config import load_config
+    from raddiag.runtime import init_ray
     from raddiag.storage.store import Store
     from raddiag.storage.synth import generate
 
@@ -269,7 +234,7 @@ def main() -> None:
     started = time.perf_counter()
     manifest = generate(cfg.synth, Store(cfg.store.url))
     synth_s = time.perf_counter() - started
-    init_ray_with_state_api(cfg)
+    init_ray(cfg.ray)
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     commit = commit or os.environ.get("RADDIAG_BENCH_COMMIT", "")  # a `git archive` export has no .git
     runs = []
