@@ -214,7 +214,8 @@ def run_sweep_with_progress(cfg: RadDiagConfig, verbose: bool, resume: bool = Fa
     from raddiag.tune.sweep import run_sweep
 
     action = "resuming" if resume else "running"
-    with console.status(f"{action} sweep {cfg.sweep.name}: {cfg.sweep.num_samples} trials x {cfg.train.epochs} epochs"):
+    budget = f"a budget of {cfg.sweep.max_trial_epochs} trial-epochs" if cfg.sweep.max_trial_epochs else f"{cfg.sweep.num_samples} trials x {cfg.train.epochs} epochs"
+    with console.status(f"{action} sweep {cfg.sweep.name}: {budget}"):
         return run_sweep(cfg, verbose, resume)
 
 
