@@ -298,6 +298,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         return Prefetch(make, depth=cfg.train.prefetch_batches)
 
     upcoming = train_stream(progress.start_epoch) if progress.start_epoch < cfg.train.epochs else None
+    batches = None
     try:
         for epoch in range(progress.start_epoch, cfg.train.epochs):
             started = time.perf_counter()
@@ -336,7 +337,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if last:
                 break
     finally:
-        if upcoming is not None:  # early stop: the read-ahead epoch is never trained
-            upcoming.close()
+        for stream in (batches, upcoming):  # an error mid-epoch, or early stop: no reader left behind
+            if stream is not None:
+                stream.close()
         if monitor is not None:
             monitor.finish()
