@@ -1,5 +1,6 @@
 """Kill the sweep driver mid-sweep; `raddiag sweep --resume` finishes it with no trial lost or
-duplicated (Tune experiment state + the persisted Optuna study + per-trial Train checkpoints)."""
+duplicated (Tune experiment state + the persisted Optuna study + per-trial Train checkpoints), and
+spends exactly the sweep's trial-epoch budget (the new ledger starts from the epochs reported)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ pytestmark = pytest.mark.slow
 def _args(tmp: Path, store_url: str) -> list[str]:
     args = []
     for override in [*tiny_overrides(tmp), f"store.url={store_url}", "sweep.num_samples=3", "train.epochs=3",
-                     "sweep.max_concurrent_trials=1", "sweep.scheduler=none", "sweep.name=resumable"]:
+                     "sweep.max_trial_epochs=7", "sweep.max_concurrent_trials=1", "sweep.scheduler=none",
+                     "sweep.name=resumable"]:
         args += ["--set", override]
     return args
 
@@ -74,8 +76,11 @@ def test_killed_sweep_driver_resumes_without_losing_or_duplicating_trials(tmp_pa
     live = [c for c in children if c.data.tags.get("raddiag.orphan") != "true"]
     trial_ids = [c.data.tags["raddiag.trial_id"] for c in live]
     assert len(trial_ids) == len(set(trial_ids)) == cfg.sweep.num_samples
+    epochs = []
     for child in live:
         assert child.info.status == "FINISHED"
-        steps = [m.step for m in client.get_metric_history(child.info.run_id, "epoch")]
-        assert sorted(steps) == [0, 1, 2], (child.data.tags["raddiag.trial_id"], steps)
+        steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, "epoch"))
+        assert steps == list(range(len(steps))), (child.data.tags["raddiag.trial_id"], steps)  # each epoch once
+        epochs.append(len(steps))
+    assert sorted(epochs) == [1, 3, 3], epochs  # 3 + 3 + 1 = the budget of 7, across the driver's death
     assert (Path(cfg.train.storage_path) / "resumable.optuna.db").exists()

@@ -242,8 +242,10 @@ class SweepConfig(_Strict):
     A distribution is one of ``{choice: [...]}``, ``{uniform: [lo, hi]}``, ``{loguniform: [lo, hi]}``,
     ``{int: [lo, hi]}``; ``when: {key: value}`` makes it conditional on another sampled key.
 
-    ``max_trial_epochs`` is the sweep's budget in trial-epochs (epochs reported, summed over all
-    trials): once reached, running trials stop and no new one starts. With a budget,
+    ``max_trial_epochs`` is the sweep's budget in trial-epochs (epochs trained, summed over all
+    trials), enforced exactly: every epoch is claimed from a ledger actor before it starts
+    (:mod:`raddiag.tune.budget`), so a trial ends after its last granted epoch and no new one
+    starts once the budget is spent, however far the workers run ahead of Tune. With a budget,
     ``num_samples`` is only the cap on trials started, so set it high enough for the budget to end
     the sweep (ASHA stops most trials after a few epochs, so a budget of B pays for more than
     B / train.epochs trials).

@@ -236,7 +236,8 @@ def _system_monitor(cfg: RadDiagConfig, uri: str | None, run_id: str | None) -> 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train worker entry point. ``loop_config``: config (dict), mlflow_uri, mlflow_run_id,
-    label_embeddings (list or None)."""
+    label_embeddings (list or None), budget (None, or the sweep ledger's ``{"ledger", "trial_id"}``:
+    each epoch is claimed from it first, and the run ends when it is denied)."""
     import ray.train
     import ray.train.torch
 
@@ -247,6 +248,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from raddiag.model import build_model
     from raddiag.observability import TrainMetrics
     from raddiag.storage.store import Store
+    from raddiag.tune.budget import claim_epoch, release
 
     cfg = RadDiagConfig.model_validate(loop_config["config"])
     context = ray.train.get_context()
@@ -297,10 +299,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
         return Prefetch(make, depth=cfg.train.prefetch_batches)
 
+    budget = loop_config.get("budget")
     upcoming = train_stream(progress.start_epoch) if progress.start_epoch < cfg.train.epochs else None
     batches = None
     try:
         for epoch in range(progress.start_epoch, cfg.train.epochs):
+            if budget and not claim_epoch(budget["ledger"], budget["trial_id"], epoch + 1):
+                break  # the sweep's trial-epoch budget is spent (every rank gets the same answer)
             started = time.perf_counter()
             batches, upcoming = upcoming, None
             metrics = train_epoch(model, observe.batches(batches), loss_fn, optimizer, scheduler, cfg, amp_dtype)
@@ -342,3 +347,5 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 stream.close()
         if monitor is not None:
             monitor.finish()
+        if budget and rank == 0:
+            release(budget["ledger"], budget["trial_id"])

@@ -28,8 +28,11 @@ def build_trainer(
     mlflow_run_id: str | None,
     embeddings: list[list[float]] | None,
     callbacks: list[Any] | None = None,
+    budget: dict[str, str] | None = None,
 ) -> Any:
-    """A ``TorchTrainer`` (DDP; gloo on CPU, nccl on GPU) for ``cfg``; resumes if ``name`` exists."""
+    """A ``TorchTrainer`` (DDP; gloo on CPU, nccl on GPU) for ``cfg``; resumes if ``name`` exists.
+    ``budget``: ``{"ledger", "trial_id"}`` of a sweep's trial-epoch ledger
+    (:mod:`raddiag.tune.budget`) that every epoch must be claimed from."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -44,6 +47,7 @@ def build_trainer(
             "mlflow_uri": mlflow_uri,
             "mlflow_run_id": mlflow_run_id,
             "label_embeddings": embeddings,
+            "budget": budget,
         },
         torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
         scaling_config=ScalingConfig(

@@ -5,7 +5,7 @@ The search space is the YAML mapping ``sweep.search_space`` of dotted config key
 conditional parameters (``when``) are only sampled when their condition holds. Each trial is a Tune
 function trainable that builds the trial's config, opens a child MLflow run under the sweep's
 parent run and runs a ``TorchTrainer`` whose ``TuneReportCallback`` feeds ASHA every epoch.
-``sweep.max_trial_epochs`` gives the sweep a budget in trial-epochs (:class:`TrialEpochBudget`).
+``sweep.max_trial_epochs`` gives the sweep an exact budget in trial-epochs (:mod:`raddiag.tune.budget`).
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ray.tune import Stopper
-
 from raddiag.config import RadDiagConfig, with_overrides
+from raddiag.tune.budget import LedgerCallback, TrialEpochBudget, ledger_name, start_ledger
+
+__all__ = ["TrialEpochBudget", "run_sweep", "planned_trials", "max_concurrent", "SweepResult", "SweepError"]
 
 
 class DefineByRun:
@@ -48,38 +49,6 @@ class DefineByRun:
 _MISSING = object()
 
 
-class TrialEpochBudget(Stopper):
-    """Ends the sweep once its trials together have reported ``max_trial_epochs`` epochs.
-
-    A trial's cost is the highest ``training_iteration`` (epoch) it has reported, so a repeated
-    result (Tune re-sends the last one when a trial ends) is not counted twice and a trial resumed
-    from a checkpoint continues its own count. ``__call__`` never stops one trial; ``stop_all``
-    turns true at the budget, after which Tune stops the running trials and starts no new one.
-    Epochs that were already running when the budget was reached still finish and are logged to
-    MLflow (at most one per concurrent trial). Picklable: Tune stores it in ``tuner.pkl``.
-    """
-
-    def __init__(self, max_trial_epochs: int, epochs: dict[str, int] | None = None) -> None:
-        if max_trial_epochs < 1:
-            raise ValueError(f"max_trial_epochs must be >= 1, got {max_trial_epochs}")
-        self.max_trial_epochs = max_trial_epochs
-        self.epochs: dict[str, int] = dict(epochs or {})
-
-    @property
-    def consumed(self) -> int:
-        """Trial-epochs reported so far, over all trials."""
-        return sum(self.epochs.values())
-
-    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        iteration = result.get("training_iteration")
-        done = self.epochs.get(trial_id, 0)
-        self.epochs[trial_id] = max(done, int(iteration)) if iteration is not None else done + 1
-        return False
-
-    def stop_all(self) -> bool:
-        return self.consumed >= self.max_trial_epochs
-
-
 def planned_trials(cfg: RadDiagConfig) -> int:
     """Trials the sweep expects to start: ``num_samples``, or with a trial-epoch budget as many as
     the budget pays for (capped by ``num_samples``). A full trial costs ``train.epochs``; under ASHA
@@ -96,22 +65,26 @@ def planned_trials(cfg: RadDiagConfig) -> int:
     return max(1, min(cfg.sweep.num_samples, math.ceil(budget / per_trial)))
 
 
-def _seed_budget(tuner: Any) -> None:
+def _seed_budget(tuner: Any) -> dict[str, int]:
     """On resume, give the restored :class:`TrialEpochBudget` (Tune unpickles a fresh one from
-    ``tuner.pkl``) the epochs each trial had already reported, so the budget is not spent twice.
-    Under Ray Client the tuner lives remotely and the budget restarts from zero."""
+    ``tuner.pkl``) the epochs each trial had already reported, so the budget is not spent twice;
+    returns them (the new ledger starts from the same counts). Under Ray Client the tuner lives
+    remotely and the budget restarts from zero."""
     local = getattr(tuner, "_local_tuner", None)
     stopper = local.get_run_config().stop if local is not None else None
-    if not isinstance(stopper, TrialEpochBudget):
-        return
+    if not isinstance(stopper, TrialEpochBudget):  # or a CombinedStopper holding one
+        stopper = next((s for s in getattr(stopper, "_stoppers", ()) if isinstance(s, TrialEpochBudget)), None)
+    if stopper is None:
+        return {}
     try:
         grid = tuner.get_results()
     except Exception:  # no experiment state to read: nothing was reported yet
-        return
+        return stopper.epochs
     for result in grid:
         metrics = result.metrics or {}
         trial_id = metrics.get("trial_id") or _trial_id_from_path(str(result.path))
         stopper.epochs[trial_id] = max(stopper.epochs.get(trial_id, 0), int(metrics.get("training_iteration") or 0))
+    return stopper.epochs
 
 
 def trial_cpus(cfg: RadDiagConfig) -> float:
@@ -137,9 +110,14 @@ def _trial(params: dict[str, Any], *, base: dict[str, Any], ctx: dict[str, Any])
     from raddiag.storage.store import Store
     from raddiag.train.trainer import build_trainer, label_embeddings
 
+    from raddiag.tune import budget
+
     sampled = {k: v for k, v in params.items() if "." in k}
     cfg = with_overrides(RadDiagConfig.model_validate(base), sampled)
     trial_id = ray.tune.get_context().get_trial_id()
+    ledger = ctx.get("budget_ledger") or ""
+    if ledger and budget.exhausted(ledger):  # Tune had not yet seen the last granted epochs
+        return
     name = f"{cfg.sweep.name}-{trial_id}"
     uri = ctx["mlflow_uri"]
     client = tracking.client(uri)
@@ -161,7 +139,8 @@ def _trial(params: dict[str, Any], *, base: dict[str, Any], ctx: dict[str, Any])
     level = cfg.data.label_level
     embeddings = label_embeddings(cfg, manifest.label_names(level), manifest.label_codes(level))
     trainer = build_trainer(
-        cfg, name=name, mlflow_uri=uri, mlflow_run_id=run_id, embeddings=embeddings, callbacks=[TuneReportCallback()]
+        cfg, name=name, mlflow_uri=uri, mlflow_run_id=run_id, embeddings=embeddings, callbacks=[TuneReportCallback()],
+        budget={"ledger": ledger, "trial_id": trial_id} if ledger else None,
     )
     result = trainer.fit()
     if result.checkpoint is not None:
@@ -220,15 +199,18 @@ def _parent_run(cfg: RadDiagConfig, client: Any, experiment_id: str, version: st
     return parent.info.run_id
 
 
-def run_sweep(cfg: RadDiagConfig, verbose: bool = False, resume: bool = False) -> SweepResult:
+def run_sweep(cfg: RadDiagConfig, verbose: bool = False, resume: bool = False, stop: Any = None) -> SweepResult:
     """Run the sweep (or, with ``resume``, continue the one named ``sweep.name`` after its driver
     died: finished trials are kept, unfinished ones resume from their last checkpoint into the same
     MLflow child run, and the searcher continues its persisted study). Returns the best trial (by
-    the best value of ``sweep.metric`` over epochs)."""
+    the best value of ``sweep.metric`` over epochs). ``stop``: an extra Tune stop criterion
+    (a ``ray.tune.Stopper``, Python API only), combined with the trial-epoch budget; a resumed sweep
+    keeps the criteria it was started with."""
     import optuna
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.stopper import CombinedStopper
     from ray.tune.search.optuna import OptunaSearch
 
     from raddiag import tracking
@@ -249,14 +231,20 @@ def run_sweep(cfg: RadDiagConfig, verbose: bool = False, resume: bool = False) -
     if not resume and exists:
         raise SweepError(f"sweep {cfg.sweep.name} already exists at {path}: pass --resume to continue it or set sweep.name")
     parent_run_id = _parent_run(cfg, client, experiment_id, manifest.version, resume)
-    ctx = {"mlflow_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent_run_id}
+    ledger = ledger_name(path if "://" in path else os.path.abspath(path)) if cfg.sweep.max_trial_epochs else ""
+    ctx = {"mlflow_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent_run_id, "budget_ledger": ledger}
     trainable = tune.with_resources(
         tune.with_parameters(_trial, base=cfg.model_dump(mode="json"), ctx=ctx), {"CPU": cfg.sweep.trial_cpus}
     )
+    ledger_actor = None
     if resume:
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
-        _seed_budget(tuner)
+        if ledger:
+            ledger_actor = start_ledger(ledger, cfg.sweep.max_trial_epochs, _seed_budget(tuner))
     else:
+        if ledger:
+            ledger_actor = start_ledger(ledger, cfg.sweep.max_trial_epochs)
+        stoppers = [s for s in (TrialEpochBudget(cfg.sweep.max_trial_epochs, ledger=ledger) if ledger else None, stop) if s is not None]
         sampler = (
             optuna.samplers.TPESampler(seed=cfg.sweep.seed, n_startup_trials=max(2, planned_trials(cfg) // 3))
             if cfg.sweep.searcher == "optuna"
@@ -283,10 +271,15 @@ def run_sweep(cfg: RadDiagConfig, verbose: bool = False, resume: bool = False) -
             ),
             run_config=tune.RunConfig(
                 name=cfg.sweep.name, storage_path=cfg.train.storage_path, verbose=1 if verbose else 0,
-                stop=TrialEpochBudget(cfg.sweep.max_trial_epochs) if cfg.sweep.max_trial_epochs else None,
+                stop=(stoppers[0] if len(stoppers) == 1 else CombinedStopper(*stoppers)) if stoppers else None,
+                callbacks=[LedgerCallback(ledger)] if ledger else None,
             ),
         )
-    grid = tuner.fit()
+    try:
+        grid = tuner.fit()
+    finally:
+        if ledger_actor is not None:
+            ray.kill(ledger_actor)
     return _summarise(cfg, grid, uri, experiment_id, parent_run_id)
 
 
