@@ -145,6 +145,10 @@ def _trial(params: dict[str, Any], *, base: dict[str, Any], ctx: dict[str, Any])
     result = trainer.fit()
     if result.checkpoint is not None:
         client.set_tag(run_id, "raddiag.checkpoint", result.checkpoint.path)
+    if result.error is None and not result.metrics and not existing:  # denied its first epoch
+        client.set_tag(run_id, "raddiag.skipped", "the trial-epoch budget was spent before its first epoch")
+        client.set_terminated(run_id, "KILLED")
+        return
     client.set_terminated(run_id, "FINISHED" if result.error is None else "FAILED")
 
 
@@ -308,10 +312,10 @@ def _summarise(cfg: RadDiagConfig, grid: Any, uri: str, experiment_id: str, pare
         value = (max if sign > 0 else min)(values) if values else math.nan
         checkpoint = (result.metrics or {}).get(CHECKPOINT_METRIC_KEY) or (run.data.tags.get("raddiag.checkpoint") if run else None)
         epochs = len(values)
-        status = "FINISHED" if epochs >= cfg.train.epochs else "KILLED"
+        status = "FINISHED" if epochs >= cfg.train.epochs else "KILLED" if epochs else "SKIPPED"
         if run is not None:
             if run.info.status == "RUNNING":
-                client.set_terminated(run.info.run_id, status)
+                client.set_terminated(run.info.run_id, "KILLED" if status == "SKIPPED" else status)
             if checkpoint:
                 client.set_tag(run.info.run_id, "raddiag.checkpoint", checkpoint)
         row = {
