@@ -125,42 +125,33 @@ def get_ledger(name: str) -> Any | None:
         return None
 
 
-def claim_epoch(name: str, trial_id: str, epoch: int) -> bool:
-    """A training worker's claim on its ``epoch``-th epoch; without a reachable ledger, granted."""
+def _ask(name: str, method: str, *args: Any, default: bool, timeout: float = 60) -> bool:
+    """Call ``method`` on the ledger ``name``; ``default`` when it is not running or not answering
+    (the driver died: the workers then train unchecked rather than hang)."""
     import ray
 
     ledger = get_ledger(name)
     if ledger is None:
-        return True
+        return default
     try:
-        return bool(ray.get(ledger.claim.remote(trial_id, epoch), timeout=60))
+        return bool(ray.get(getattr(ledger, method).remote(*args), timeout=timeout))
     except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-        return True
+        return default
+
+
+def claim_epoch(name: str, trial_id: str, epoch: int) -> bool:
+    """A training worker's claim on its ``epoch``-th epoch; without a reachable ledger, granted."""
+    return _ask(name, "claim", trial_id, epoch, default=True)
 
 
 def release(name: str, trial_id: str, ended: bool = False) -> None:
     """The trial's loop ended (``ended``: Tune ended the trial)."""
-    import ray
-
-    ledger = get_ledger(name)
-    if ledger is not None:
-        try:
-            ray.get((ledger.end if ended else ledger.release).remote(trial_id), timeout=60)
-        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-            pass
+    _ask(name, "end" if ended else "release", trial_id, default=False)
 
 
 def exhausted(name: str) -> bool:
     """True when the budget has no epoch left to grant (a new trial would do nothing)."""
-    import ray
-
-    ledger = get_ledger(name)
-    if ledger is None:
-        return False
-    try:
-        return bool(ray.get(ledger.exhausted.remote(), timeout=60))
-    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-        return False
+    return _ask(name, "exhausted", default=False)
 
 
 class TrialEpochBudget(Stopper):
@@ -207,20 +198,8 @@ class TrialEpochBudget(Stopper):
             return True
         if self.ledger and time.monotonic() - self._checked >= self.poll_s:  # Tune asks every step
             self._checked = time.monotonic()
-            self._spent = _ledger_spent(self.ledger)
+            self._spent = _ask(self.ledger, "spent", default=False, timeout=10)
         return self._spent
-
-
-def _ledger_spent(name: str) -> bool:
-    import ray
-
-    ledger = get_ledger(name)
-    if ledger is None:
-        return False
-    try:
-        return bool(ray.get(ledger.spent.remote(), timeout=10))
-    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-        return False
 
 
 class LedgerCallback(Callback):
