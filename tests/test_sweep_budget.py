@@ -61,11 +61,14 @@ def test_ledger_grants_each_epoch_once_and_denies_past_the_budget() -> None:
     ledger = Ledger(4)
     assert ledger.claim("a", 1) and ledger.claim("a", 1)  # a second rank asking for the same epoch
     assert ledger.claim("b", 1) and ledger.claim("a", 2) and ledger.claim("b", 2)
-    assert ledger.consumed == 4 and ledger.exhausted() and not ledger.spent()  # a2 and b2 still train
+    assert ledger.consumed == 4 and ledger.exhausted() and not ledger.spent()  # a and b still run
     assert not ledger.claim("a", 3) and not ledger.claim("a", 3)  # every rank is denied alike
     assert ledger.claim("b", 2)  # re-run of a granted epoch after a worker restart: free
     assert not ledger.claim("c", 1) and ledger.consumed == 4
+    ledger.release("a")
     ledger.release("b")
+    assert not ledger.spent()  # c, denied, is still recording its run: the sweep must not end under it
+    ledger.release("c")
     assert ledger.spent() and ledger.state()["granted"] == {"a": 2, "b": 2}
 
 
@@ -77,13 +80,13 @@ def test_ledger_prices_a_jump_seeds_from_a_resume_and_ignores_ended_trials() -> 
     assert not resumed.claim("b", 4)  # a jump costs every epoch it skips: 3 + 4 > 6
     assert resumed.claim("b", 3) and resumed.consumed == 6
     resumed.end("b")  # Tune stopped it (ASHA) while its workers were still alive
-    assert resumed.running == {"a": 3} and resumed.exhausted() and not resumed.spent()
+    assert resumed.active == {"a"} and resumed.exhausted() and not resumed.spent()
     resumed.release("a")
     assert resumed.spent()
     ledger = Ledger(10)
     assert ledger.claim("x", 1)
     ledger.end("x")
-    assert not ledger.claim("x", 2) and ledger.spent() is False and ledger.consumed == 1
+    assert not ledger.claim("x", 2) and ledger.consumed == 1 and not ledger.active
     with pytest.raises(ValueError):
         Ledger(0)
 
@@ -100,9 +103,11 @@ def test_stopper_ends_the_sweep_when_the_ledger_is_spent(ray_local) -> None:
         stopper = TrialEpochBudget(2, ledger=name)
         stopper.poll_s = 0.0
         assert claim_epoch(name, "t1", 1) and claim_epoch(name, "t2", 1) and exhausted(name)
-        assert not stopper.stop_all()  # both granted epochs still train
+        assert not stopper.stop_all()  # both trials still train
         assert not claim_epoch(name, "t1", 2)
         release(name, "t2")
+        assert not stopper.stop_all()  # t1 was denied but has not recorded its run yet
+        release(name, "t1", ended=True)  # Tune's callback
         assert stopper.stop_all() and stopper.consumed == 0  # before Tune has seen a single result
         copy = pickle.loads(pickle.dumps(stopper))
         assert copy.ledger == name and copy.max_trial_epochs == 2
@@ -111,6 +116,11 @@ def test_stopper_ends_the_sweep_when_the_ledger_is_spent(ray_local) -> None:
     finally:
         ray.kill(actor)
     assert claim_epoch("raddiag-budget-none", "t", 1)  # no ledger: the workers train unchecked
+    gone = TrialEpochBudget(2, ledger="raddiag-budget-none")
+    gone.poll_s = 0.0
+    assert not gone.stop_all()
+    gone("t", {"training_iteration": 2})
+    assert gone.stop_all()  # no ledger reachable: the epochs Tune received decide
 
 
 def test_config_key_and_planned_trials(tmp_path: Path) -> None:

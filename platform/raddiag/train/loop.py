@@ -248,7 +248,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from raddiag.model import build_model
     from raddiag.observability import TrainMetrics
     from raddiag.storage.store import Store
-    from raddiag.tune.budget import claim_epoch, release
+    from raddiag.tune.budget import claim_epoch
 
     cfg = RadDiagConfig.model_validate(loop_config["config"])
     context = ray.train.get_context()
@@ -347,5 +347,4 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 stream.close()
         if monitor is not None:
             monitor.finish()
-        if budget and rank == 0:
-            release(budget["ledger"], budget["trial_id"])
+

@@ -8,11 +8,13 @@ epochs fit into that latency (on tiny CPU epochs: all of them). So the budget is
 * :class:`EpochLedger` — a Ray actor owned by the sweep driver. Every training worker *claims* an
   epoch before it starts it (:func:`claim_epoch`); the ledger grants epochs until the budget is
   spent, then denies, and the trial ends cleanly after its last granted epoch (checkpoint and
-  MLflow metrics included). Claims are idempotent per (trial, epoch), so every DDP rank gets the
+  MLflow metrics included). A trial is *active* from its first claim until its trainable has
+  finished its own bookkeeping and releases it. Claims are idempotent per (trial, epoch), so every DDP rank gets the
   same answer, and an epoch re-run after a worker restart costs nothing twice.
 * :class:`TrialEpochBudget` — the Tune ``Stopper``: counts the epochs reported and ends the sweep
-  (no new trial) once the ledger is spent and no granted epoch is still running, or once the
-  reported epochs reach the budget (the ledger-less fallback).
+  (no new trial) once the ledger is spent — nothing left to grant and no trial active — so no trial
+  is cut short in its last steps; without a reachable ledger, once the reported epochs reach the
+  budget.
 * :class:`LedgerCallback` — tells the ledger when Tune ends a trial (ASHA stop, error), so an epoch
   granted to a trial that Tune killed does not keep the sweep waiting for it.
 
@@ -45,7 +47,7 @@ class Ledger:
             raise ValueError(f"max_trial_epochs must be >= 1, got {budget}")
         self.budget = budget
         self.granted: dict[str, int] = dict(epochs or {})  # trial -> highest epoch granted (1-based)
-        self.running: dict[str, int] = {}  # trial -> the granted epoch it is training now
+        self.active: set[str] = set()  # trials that claimed an epoch and have not been released
         self.ended: set[str] = set()  # trials Tune has ended: their workers may still be dying
 
     @property
@@ -55,27 +57,25 @@ class Ledger:
     def claim(self, trial_id: str, epoch: int) -> bool:
         """May ``trial_id`` train its ``epoch``-th epoch (1-based)? Asking for an epoch also means
         the trial's previous one is done."""
-        self.running.pop(trial_id, None)
         if trial_id in self.ended:
             return False
+        self.active.add(trial_id)
         done = self.granted.get(trial_id, 0)
         if epoch <= done:  # granted before: another rank, or a re-run after a restart
-            self.running[trial_id] = epoch
             return True
         if self.consumed + (epoch - done) > self.budget:
             return False
         self.granted[trial_id] = epoch
-        self.running[trial_id] = epoch
         return True
 
     def release(self, trial_id: str) -> None:
-        """The trial's loop ended: it trains no more."""
-        self.running.pop(trial_id, None)
+        """The trial's trainable is done (its run ended and is recorded)."""
+        self.active.discard(trial_id)
 
     def end(self, trial_id: str) -> None:
         """Tune ended the trial (finished, stopped or failed): release it and deny its workers,
         which may still be running until Ray tears them down, any further epoch."""
-        self.running.pop(trial_id, None)
+        self.active.discard(trial_id)
         self.ended.add(trial_id)
 
     def exhausted(self) -> bool:
@@ -84,10 +84,10 @@ class Ledger:
 
     def spent(self) -> bool:
         """Exhausted, and every granted epoch has finished: the sweep has nothing left to do."""
-        return self.exhausted() and not self.running
+        return self.exhausted() and not self.active
 
     def state(self) -> dict[str, Any]:
-        return {"budget": self.budget, "consumed": self.consumed, "granted": dict(self.granted), "running": dict(self.running)}
+        return {"budget": self.budget, "consumed": self.consumed, "granted": dict(self.granted), "active": sorted(self.active)}
 
 
 def _actor_class() -> Any:
@@ -125,7 +125,7 @@ def get_ledger(name: str) -> Any | None:
         return None
 
 
-def _ask(name: str, method: str, *args: Any, default: bool, timeout: float = 60) -> bool:
+def _ask(name: str, method: str, *args: Any, default: Any, timeout: float = 60) -> Any:
     """Call ``method`` on the ledger ``name``; ``default`` when it is not running or not answering
     (the driver died: the workers then train unchecked rather than hang)."""
     import ray
@@ -134,24 +134,24 @@ def _ask(name: str, method: str, *args: Any, default: bool, timeout: float = 60)
     if ledger is None:
         return default
     try:
-        return bool(ray.get(getattr(ledger, method).remote(*args), timeout=timeout))
+        return ray.get(getattr(ledger, method).remote(*args), timeout=timeout)
     except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
         return default
 
 
 def claim_epoch(name: str, trial_id: str, epoch: int) -> bool:
     """A training worker's claim on its ``epoch``-th epoch; without a reachable ledger, granted."""
-    return _ask(name, "claim", trial_id, epoch, default=True)
+    return bool(_ask(name, "claim", trial_id, epoch, default=True))
 
 
 def release(name: str, trial_id: str, ended: bool = False) -> None:
-    """The trial's loop ended (``ended``: Tune ended the trial)."""
+    """The trial's trainable is done (``ended``: Tune ended the trial)."""
     _ask(name, "end" if ended else "release", trial_id, default=False)
 
 
 def exhausted(name: str) -> bool:
     """True when the budget has no epoch left to grant (a new trial would do nothing)."""
-    return _ask(name, "exhausted", default=False)
+    return bool(_ask(name, "exhausted", default=False))
 
 
 class TrialEpochBudget(Stopper):
@@ -160,9 +160,9 @@ class TrialEpochBudget(Stopper):
     A trial's cost is the highest ``training_iteration`` (epoch) it has reported, so a repeated
     result (Tune re-sends the last one when a trial ends) is not counted twice and a trial resumed
     from a checkpoint continues its own count. ``__call__`` never stops one trial; ``stop_all``
-    turns true when the ledger (``ledger``: its actor name) is spent — no epoch left and none
-    running — or, without a ledger, when the reported epochs reach the budget. Tune then stops what
-    still runs and starts no new trial. Picklable: Tune stores it in ``tuner.pkl``.
+    turns true when the ledger (``ledger``: its actor name) is spent — no epoch left and no trial
+    active — or, without a reachable ledger, when the reported epochs reach the budget. Tune then
+    stops what still runs and starts no new trial. Picklable: Tune stores it in ``tuner.pkl``.
     """
 
     poll_s = 0.5
@@ -194,17 +194,20 @@ class TrialEpochBudget(Stopper):
         return False
 
     def stop_all(self) -> bool:
-        if self.consumed >= self.max_trial_epochs or self._spent:
+        if self._spent:
             return True
-        if self.ledger and time.monotonic() - self._checked >= self.poll_s:  # Tune asks every step
+        if not self.ledger:
+            return self.consumed >= self.max_trial_epochs
+        if time.monotonic() - self._checked >= self.poll_s:  # Tune asks at every step
             self._checked = time.monotonic()
-            self._spent = _ask(self.ledger, "spent", default=False, timeout=10)
+            answer = _ask(self.ledger, "spent", default=None, timeout=10)
+            self._spent = self.consumed >= self.max_trial_epochs if answer is None else bool(answer)
         return self._spent
 
 
 class LedgerCallback(Callback):
-    """Releases a trial's running epoch in the ledger when Tune ends the trial (it may have been
-    stopped by ASHA or the budget in the middle of a granted epoch that will never be reported)."""
+    """Ends a trial in the ledger when Tune ends it: stopped by ASHA or failed, it may never
+    release itself, and its dying workers must get no further epoch."""
 
     def __init__(self, ledger: str) -> None:
         self.ledger = ledger

@@ -102,7 +102,22 @@ def max_concurrent(cfg: RadDiagConfig, cluster_cpus: float) -> int:
 
 
 def _trial(params: dict[str, Any], *, base: dict[str, Any], ctx: dict[str, Any]) -> None:
-    """Tune function trainable: one TorchTrainer run tracked as a child MLflow run."""
+    """Tune function trainable: one TorchTrainer run tracked as a child MLflow run. With a budget,
+    the trial stays active in the ledger until its run is recorded (so the sweep is not ended
+    under it)."""
+    import ray.tune
+
+    from raddiag.tune import budget
+
+    ledger = ctx.get("budget_ledger") or ""
+    try:
+        _run_trial(params, base=base, ctx=ctx)
+    finally:
+        if ledger:
+            budget.release(ledger, ray.tune.get_context().get_trial_id())
+
+
+def _run_trial(params: dict[str, Any], *, base: dict[str, Any], ctx: dict[str, Any]) -> None:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
