@@ -347,4 +347,3 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 stream.close()
         if monitor is not None:
             monitor.finish()
-

@@ -5,18 +5,19 @@ result for the trial's function trainable and the Tune driver has processed it; 
 workers keep training. A budget enforced only from Tune's side therefore overshoots by however many
 epochs fit into that latency (on tiny CPU epochs: all of them). So the budget is a ledger instead:
 
-* :class:`EpochLedger` — a Ray actor owned by the sweep driver. Every training worker *claims* an
-  epoch before it starts it (:func:`claim_epoch`); the ledger grants epochs until the budget is
-  spent, then denies, and the trial ends cleanly after its last granted epoch (checkpoint and
-  MLflow metrics included). A trial is *active* from its first claim until its trainable has
-  finished its own bookkeeping and releases it. Claims are idempotent per (trial, epoch), so every DDP rank gets the
-  same answer, and an epoch re-run after a worker restart costs nothing twice.
+* :class:`Ledger` — run as a Ray actor owned by the sweep driver (:func:`start_ledger`). Every
+  training worker *claims* an epoch before it starts it (:func:`claim_epoch`); the ledger grants
+  epochs until the budget is spent, then denies, and the trial ends cleanly after its last granted
+  epoch (checkpoint and MLflow metrics included). A trial is *active* from its first claim until
+  its trainable has recorded its run and releases it. Claims are idempotent per (trial, epoch), so
+  every DDP rank gets the same answer, and an epoch re-run after a worker restart costs nothing
+  twice.
 * :class:`TrialEpochBudget` — the Tune ``Stopper``: counts the epochs reported and ends the sweep
   (no new trial) once the ledger is spent — nothing left to grant and no trial active — so no trial
   is cut short in its last steps; without a reachable ledger, once the reported epochs reach the
   budget.
-* :class:`LedgerCallback` — tells the ledger when Tune ends a trial (ASHA stop, error), so an epoch
-  granted to a trial that Tune killed does not keep the sweep waiting for it.
+* :class:`LedgerCallback` — tells the ledger when Tune ends a trial (ASHA stop, error), so a trial
+  that Tune killed does not keep the sweep waiting and its dying workers get no further epoch.
 
 The ledger is found by name (derived from the experiment path), so the pickled stopper and callback
 in Tune's ``tuner.pkl`` find the new ledger after ``raddiag sweep --resume``, which seeds it with the
@@ -40,7 +41,7 @@ def ledger_name(experiment_path: str) -> str:
 
 
 class Ledger:
-    """The ledger's bookkeeping (plain Python; :class:`EpochLedger` is its Ray actor)."""
+    """The ledger's bookkeeping: plain Python, run as a Ray actor by :func:`start_ledger`."""
 
     def __init__(self, budget: int, epochs: dict[str, int] | None = None) -> None:
         if budget < 1:
@@ -55,8 +56,7 @@ class Ledger:
         return sum(self.granted.values())
 
     def claim(self, trial_id: str, epoch: int) -> bool:
-        """May ``trial_id`` train its ``epoch``-th epoch (1-based)? Asking for an epoch also means
-        the trial's previous one is done."""
+        """May ``trial_id`` train its ``epoch``-th epoch (1-based)? The trial is active from now on."""
         if trial_id in self.ended:
             return False
         self.active.add(trial_id)
@@ -83,7 +83,7 @@ class Ledger:
         return self.consumed >= self.budget
 
     def spent(self) -> bool:
-        """Exhausted, and every granted epoch has finished: the sweep has nothing left to do."""
+        """Exhausted, and no trial is active: the sweep has nothing left to do."""
         return self.exhausted() and not self.active
 
     def state(self) -> dict[str, Any]:
