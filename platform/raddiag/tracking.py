@@ -90,6 +90,7 @@ def child_runs(uri: str, experiment_id: str, parent_run_id: str) -> list[Any]:
 def log_dataset_input(uri: str, run_id: str, manifest: Any, store_url: str, context: str = "training") -> None:
     """Record the store version a run trained on as an MLflow dataset input (digest = version)."""
     import mlflow.data
+    import mlflow.exceptions
     from mlflow.entities import DatasetInput, InputTag
 
     cases = manifest.cases[["case_id", "split", "anatomy", "source"]].copy()
@@ -97,4 +98,11 @@ def log_dataset_input(uri: str, run_id: str, manifest: Any, store_url: str, cont
     source = store_url if "://" in store_url else Path(store_url).resolve().as_uri()
     dataset = mlflow.data.from_pandas(cases, source=source, name=f"raddiag-store@{manifest.version}", digest=manifest.version)
     entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
-    client(uri).log_inputs(run_id, datasets=[entity])
+    try:
+        client(uri).log_inputs(run_id, datasets=[entity])
+    except mlflow.exceptions.MlflowException as error:
+        # Sweep trials starting together race to create the experiment's dataset row (a unique
+        # key); the loser's retry finds the row and only links its run to it.
+        if "UNIQUE constraint" not in str(error) and "Duplicate entry" not in str(error):
+            raise
+        client(uri).log_inputs(run_id, datasets=[entity])
