@@ -154,3 +154,23 @@ def test_budgeted_sweep_stops_at_the_budget_not_the_sample_cap(tmp_path: Path, t
     # two trials at a time: the ledger grants exactly 5 epochs, however far the workers run ahead of Tune
     assert sum(epochs) == 5 and len(epochs) >= 2 and max(epochs) <= 3, result.trials
     assert len(result.trials) < cfg.sweep.num_samples
+
+
+@pytest.mark.slow
+def test_a_trial_the_budget_denies_its_first_epoch_is_skipped_not_an_error(tmp_path: Path, tiny_store, ray_local) -> None:
+    from raddiag import tracking
+    from raddiag.config import load_config
+    from raddiag.tune.sweep import run_sweep
+
+    store_cfg, _ = tiny_store
+    cfg = load_config(None, [*tiny_overrides(tmp_path), f"store.url={store_cfg.store.url}", "train.epochs=2",
+                             "train.num_workers=1", "sweep.num_samples=2", "sweep.max_trial_epochs=1",
+                             "sweep.max_concurrent_trials=2", "sweep.scheduler=none", "sweep.name=denied"])
+    # Both trials start together; whichever claims second finds the single epoch taken. Returning
+    # without a result would make Tune fail the sweep (strict metric checking): it must idle until stopped.
+    result = run_sweep(cfg)
+    assert sorted(t["epochs"] for t in result.trials) == [0, 1], result.trials
+    skipped = [t for t in result.trials if t["status"] == "SKIPPED"]
+    assert len(skipped) == 1 and result.best_run_id != skipped[0]["run_id"]
+    run = tracking.client(cfg.tracking.resolved_uri()).get_run(skipped[0]["run_id"])
+    assert run.info.status == "KILLED" and "raddiag.skipped" in run.data.tags

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,29 +111,42 @@ def _trial(params: dict[str, Any], *, base: dict[str, Any], ctx: dict[str, Any])
     from raddiag.tune import budget
 
     ledger = ctx.get("budget_ledger") or ""
+    trial_id = ray.tune.get_context().get_trial_id()
+    if ledger and budget.exhausted(ledger):  # started before Tune saw the budget spent
+        _idle_until_stopped(ledger)
+        return
+    trained = False
     try:
-        _run_trial(params, base=base, ctx=ctx)
+        trained = _run_trial(params, base=base, ctx=ctx, trial_id=trial_id, ledger=ledger)
     finally:
         if ledger:
-            budget.release(ledger, ray.tune.get_context().get_trial_id())
+            budget.release(ledger, trial_id)
+    if ledger and not trained:
+        _idle_until_stopped(ledger)
 
 
-def _run_trial(params: dict[str, Any], *, base: dict[str, Any], ctx: dict[str, Any]) -> None:
-    import ray.tune
+def _idle_until_stopped(ledger: str) -> None:
+    """A trial that trained nothing must not return: Tune rejects a trial's final result without
+    ``sweep.metric`` (strict metric checking) and would fail the sweep. The spent budget ends the
+    sweep, and Tune stops this trial (Optuna records it as pruned); if the ledger is gone (the
+    driver died), return."""
+    from raddiag.tune import budget
+
+    while budget.exhausted(ledger):
+        time.sleep(1)
+
+
+def _run_trial(params: dict[str, Any], *, base: dict[str, Any], ctx: dict[str, Any], trial_id: str, ledger: str) -> bool:
+    """The trial's TorchTrainer run and its child MLflow run; False when the budget denied it its
+    first epoch (it trained nothing)."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from raddiag import tracking
     from raddiag.storage.store import Store
     from raddiag.train.trainer import build_trainer, label_embeddings
 
-    from raddiag.tune import budget
-
     sampled = {k: v for k, v in params.items() if "." in k}
     cfg = with_overrides(RadDiagConfig.model_validate(base), sampled)
-    trial_id = ray.tune.get_context().get_trial_id()
-    ledger = ctx.get("budget_ledger") or ""
-    if ledger and budget.exhausted(ledger):  # Tune had not yet seen the last granted epochs
-        return
     name = f"{cfg.sweep.name}-{trial_id}"
     uri = ctx["mlflow_uri"]
     client = tracking.client(uri)
@@ -163,8 +177,9 @@ def _run_trial(params: dict[str, Any], *, base: dict[str, Any], ctx: dict[str, A
     if result.error is None and not result.metrics and not existing:  # denied its first epoch
         client.set_tag(run_id, "raddiag.skipped", "the trial-epoch budget was spent before its first epoch")
         client.set_terminated(run_id, "KILLED")
-        return
+        return False
     client.set_terminated(run_id, "FINISHED" if result.error is None else "FAILED")
+    return True
 
 
 class SweepError(RuntimeError):
@@ -255,15 +270,11 @@ def run_sweep(cfg: RadDiagConfig, verbose: bool = False, resume: bool = False, s
     trainable = tune.with_resources(
         tune.with_parameters(_trial, base=cfg.model_dump(mode="json"), ctx=ctx), {"CPU": cfg.sweep.trial_cpus}
     )
-    ledger_actor = None
     if resume:
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
-        if ledger:
-            ledger_actor = start_ledger(ledger, cfg.sweep.max_trial_epochs, _seed_budget(tuner))
     else:
-        if ledger:
-            ledger_actor = start_ledger(ledger, cfg.sweep.max_trial_epochs)
-        stoppers = [s for s in (TrialEpochBudget(cfg.sweep.max_trial_epochs, ledger=ledger) if ledger else None, stop) if s is not None]
+        budget_stop = TrialEpochBudget(cfg.sweep.max_trial_epochs, ledger=ledger) if ledger else None
+        stop = CombinedStopper(budget_stop, stop) if budget_stop and stop else budget_stop or stop
         sampler = (
             optuna.samplers.TPESampler(seed=cfg.sweep.seed, n_startup_trials=max(2, planned_trials(cfg) // 3))
             if cfg.sweep.searcher == "optuna"
@@ -290,10 +301,11 @@ def run_sweep(cfg: RadDiagConfig, verbose: bool = False, resume: bool = False, s
             ),
             run_config=tune.RunConfig(
                 name=cfg.sweep.name, storage_path=cfg.train.storage_path, verbose=1 if verbose else 0,
-                stop=(stoppers[0] if len(stoppers) == 1 else CombinedStopper(*stoppers)) if stoppers else None,
+                stop=stop,
                 callbacks=[LedgerCallback(ledger)] if ledger else None,
             ),
         )
+    ledger_actor = start_ledger(ledger, cfg.sweep.max_trial_epochs, _seed_budget(tuner) if resume else None) if ledger else None
     try:
         grid = tuner.fit()
     finally:
