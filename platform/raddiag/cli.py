@@ -399,6 +399,47 @@ def demo(
 
 
 @app.command()
+def ablate(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    output: Annotated[Optional[Path], typer.Option(help="Also write the table as JSON here (a .md beside it).")] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Train named arms × seeds as one Ray Tune grid (child MLflow runs under one parent) and print the
+    paper-shaped table: AUC/AP/F1 by head/medium/tail with 95% CIs and paired differences between arms."""
+    from raddiag.tune.ablate import AblationError, arm_configs, run_ablation
+
+    cfg = _config(config, set_)
+    try:
+        arms = arm_configs(cfg)
+    except ConfigError as exc:
+        raise UserError(str(exc), code=2) from None
+    runs = len(arms) * len(cfg.ablation.seeds)
+    console.print(
+        f"ablation {cfg.ablation.name}: {len(arms)} arms ({', '.join(arms)}) x seeds {cfg.ablation.seeds} = {runs} runs, "
+        f"{cfg.ablation.max_concurrent_trials} at a time"
+    )
+    try:
+        with _progress() as progress:
+            task = progress.add_task("synthesising cases (no store yet)", total=cfg.synth.n_cases, visible=False)
+
+            def synth_progress(done: int, total: int) -> None:
+                progress.update(task, completed=done, visible=True)
+
+            with console.status(f"training {runs} runs with Ray Tune (results under {cfg.train.storage_path})"):
+                result = run_ablation(cfg, verbose, progress=synth_progress)
+    except AblationError as exc:
+        raise UserError(str(exc)) from None
+    console.print(result.markdown, highlight=False, soft_wrap=True)
+    console.print(f"train seconds per run, by arm: {result.seconds_per_arm}")
+    console.print(f"MLflow parent run {result.parent_run_id} (artifacts ablation.json, ablation.md)")
+    if output:
+        output.write_text(json.dumps({**result.table.to_json(), "train_seconds_per_run": result.seconds_per_arm, "runs": result.runs}, indent=2))
+        output.with_suffix(".md").write_text(result.markdown + "\n")
+        console.print(f"table written to {output} and {output.with_suffix('.md')}")
+
+
+@app.command()
 def submit(
     jobspec: Annotated[Path, typer.Argument(help="Job spec YAML (with 'entrypoint'), or a config YAML from jobs/.")],
     address: Annotated[str, typer.Option(help="Ray Jobs API (dashboard) URL; default $RAY_API_SERVER_ADDRESS or http://127.0.0.1:8265.")] = "",

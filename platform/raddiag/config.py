@@ -38,16 +38,30 @@ class StoreConfig(_Strict):
 
 
 class SynthConfig(_Strict):
-    """Synthetic RP3D-like dataset (see ``raddiag synth``)."""
+    """Synthetic RP3D-like dataset (see ``raddiag synth``).
 
+    ``profile: benchmark`` is RP3D-LT (:mod:`raddiag.storage.benchmark`), the controlled long-tail
+    benchmark whose label text determines the lesions' appearance and whose evidence is split across
+    scans; ``basic`` is the earlier generator (:mod:`raddiag.storage.synth`), kept for storage tests.
+    """
+
+    profile: Literal["benchmark", "basic"] = "benchmark"
     n_cases: int = Field(default=400, ge=8)
     n_labels: int = Field(default=24, ge=4, description="disorder labels, 'Normal' included")
+    eval_prior_power: float = Field(
+        default=0.1, ge=0, le=1,
+        description="benchmark: validation/test label shares = training shares ** power (rescaled); 1 = same prior",
+    )
     image_size: int = Field(default=32, ge=8)
     max_depth: int = Field(default=8, ge=1, description="depth of 3D scans (2D scans have D=1)")
     max_scans: int = Field(default=3, ge=1, le=8)
     power_law: float = Field(default=1.0, gt=0, description="label frequency ~ rank^-power_law")
     val_fraction: float = Field(default=0.15, ge=0, lt=0.5)
     test_fraction: float = Field(default=0.25, ge=0, lt=0.5)
+    shuffle_train_labels: bool = Field(
+        default=False,
+        description="benchmark control: permute the label sets across training cases (images unchanged), so nothing is learnable",
+    )
     seed: int = 0
 
 
@@ -123,7 +137,11 @@ class KEConfig(_Strict):
     temperature_init: float = Field(default=0.07, gt=0, description="initial temperature; logit scale s = 1/T")
     learn_temperature: bool = Field(default=True, description="learn the logit scale s (else fixed at 1/T)")
     train_projection: bool = Field(default=True, description="train the text projection P (else frozen)")
-    prior_bias: bool = Field(default=False, description="add log(label prior) to the KE logits")
+    prior_bias: bool = Field(default=False, description="add log(label prior) to the KE logits (fixed, not learned)")
+    permute_table: bool = Field(
+        default=False,
+        description="control arm: permute the label-text table across labels (seeded by train.seed), so text no longer matches labels",
+    )
     cache_dir: str = Field(default="", description="'' = $RADDIAG_CACHE or ~/.cache/raddiag (fitted encoders)")
 
 
@@ -149,6 +167,13 @@ class ModelConfig(_Strict):
     vit_layers: int = Field(default=2, ge=1, description="ViT encoder: transformer layers per slice")
     vit_heads: int = Field(default=4, ge=1, description="ViT encoder: attention heads (divides embed_dim)")
     mlp_hidden: int = Field(default=0, ge=0, description="MLP head hidden width (0 = embed_dim)")
+    bias_init: Literal["prior", "zero"] = Field(
+        default="prior", description="per-label output bias (MLP and KE heads) starts at logit(training prior), or 0"
+    )
+    stem: Literal["imagenet", "small"] = Field(
+        default="imagenet",
+        description="CNN stem: imagenet = 7x7/2 conv + max-pool (/4); small = 3x3/1 conv, no pool (for images <= 64 px)",
+    )
     channels_last: bool = Field(default=False, description="run CNN backbones in channels_last memory format")
     activation_checkpointing: bool = Field(default=False, description="recompute activations in backward")
     compile: bool = Field(default=False, description="torch.compile the visual backbone")
@@ -293,6 +318,53 @@ class SweepConfig(_Strict):
         return space
 
 
+class AblationConfig(_Strict):
+    """``raddiag ablate``: named arms (config overlays) × seeds as one Ray Tune grid.
+
+    ``arms`` maps an arm name to dotted overrides applied on top of the rest of the config (e.g.
+    ``{"model.fusion": "late", "model.head": "mlp"}``); every arm is trained with every seed in
+    ``seeds`` (``train.seed``), selected on validation (best epoch), scored on the test split, and
+    compared with paired bootstrap CIs over seeds and test cases (:mod:`raddiag.stats`).
+    """
+
+    name: str = "raddiag-ablation"
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    arms: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    comparisons: list[list[str]] = Field(
+        default_factory=list, description="[A, B] pairs reported as A - B (default: each arm minus the one before it)"
+    )
+    n_bootstrap: int = Field(default=1000, ge=0)
+    max_concurrent_trials: int = Field(default=2, ge=1)
+
+    @field_validator("arms")
+    @classmethod
+    def _check_arms(cls, arms: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name, overrides in arms.items():
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", name):
+                raise ValueError(f"arm name {name!r}: use letters, digits and _ . + - only")
+            if not isinstance(overrides, dict):
+                raise ValueError(f"arm {name!r}: expected a mapping of dotted config keys to values")
+        return arms
+
+    @field_validator("comparisons")
+    @classmethod
+    def _check_pairs(cls, pairs: list[list[str]]) -> list[list[str]]:
+        for pair in pairs:
+            if len(pair) != 2:
+                raise ValueError(f"comparison {pair}: expected [A, B]")
+        return pairs
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """The (A, B) comparisons, validated against the arm names."""
+        names = list(self.arms)
+        pairs = [tuple(p) for p in self.comparisons] or list(zip(names[1:], names[:-1]))
+        for a, b in pairs:
+            for arm in (a, b):
+                if arm not in self.arms:
+                    raise ValueError(f"ablation.comparisons names arm {arm!r}, which is not in ablation.arms ({', '.join(names)})")
+        return pairs  # type: ignore[return-value]
+
+
 class TrackingConfig(_Strict):
     """MLflow tracking and registry. Default: a local sqlite file (no server to start)."""
 
@@ -341,6 +413,7 @@ class RadDiagConfig(_Strict):
     tracking: TrackingConfig = TrackingConfig()
     ray: RayConfig = RayConfig()
     promote: PromoteConfig = PromoteConfig()
+    ablation: AblationConfig = AblationConfig()
 
     def flat(self) -> dict[str, Any]:
         """Flattened ``{"a.b": value}`` view, used as MLflow params."""
@@ -352,7 +425,7 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in tree.items():
         path = f"{prefix}{key}"
-        if isinstance(value, dict) and value and path != "sweep.search_space":
+        if isinstance(value, dict) and value and path not in ("sweep.search_space", "ablation.arms"):
             out.update(flatten(value, path + "."))
         else:
             out[path] = value
@@ -406,7 +479,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "search_space":
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("search_space", "arms"):
             out[key] = _merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)

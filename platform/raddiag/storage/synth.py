@@ -145,12 +145,28 @@ def _label_probabilities(n_disorders: int, power: float) -> np.ndarray:
     return np.minimum(0.9, 0.85 * ranks**-power + 0.012)
 
 
+def label_vocabulary(cfg: SynthConfig) -> tuple[list[str], dict[str, str | None]]:
+    """(disorder names with ``Normal`` first, {name: ICD-10-CM category}) of ``cfg``'s profile."""
+    if cfg.profile == "benchmark":
+        from raddiag.storage.benchmark import benchmark_labels
+
+        labels: list[Any] = benchmark_labels(cfg.n_labels - 1)
+    else:
+        labels = synth_labels(cfg.n_labels - 1, cfg.seed)
+    return ["Normal"] + [l.name for l in labels], {"Normal": None, **{l.name: l.category for l in labels}}
+
+
 def iter_cases(cfg: SynthConfig) -> Iterator[dict[str, Any]]:
     """The synthetic cases of ``cfg`` in order, each with its rendered float32 scans. Deterministic.
 
     Yields {case_id, split, anatomy, disorders, icd10, scans: [{volume (D, H, W), key_slice,
-    modality, plane}]}; the label objects are available from :func:`synth_labels`.
+    modality, plane}]}. ``profile: benchmark`` delegates to :func:`raddiag.storage.benchmark.iter_cases`.
     """
+    if cfg.profile == "benchmark":
+        from raddiag.storage import benchmark
+
+        yield from benchmark.iter_cases(cfg)
+        return
     rng = np.random.default_rng(cfg.seed)
     labels = synth_labels(cfg.n_labels - 1, cfg.seed)
     probs = _label_probabilities(len(labels), cfg.power_law)
@@ -192,8 +208,8 @@ def iter_cases(cfg: SynthConfig) -> Iterator[dict[str, Any]]:
 def generate(
     cfg: SynthConfig, store: Store, progress: Callable[[int, int], None] | None = None
 ) -> Manifest:
-    """Generate ``cfg.n_cases`` cases into ``store`` and publish the manifest. Deterministic by seed."""
-    labels = synth_labels(cfg.n_labels - 1, cfg.seed)
+    """Generate ``cfg.n_cases`` cases into ``store`` and publish the manifest. Deterministic by seed.
+    The benchmark profile's specification goes into ``dataset.json`` (``benchmark``)."""
     case_rows, scan_rows = [], []
     for index, case in enumerate(iter_cases(cfg)):
         for scan in case["scans"]:
@@ -213,10 +229,15 @@ def generate(
             progress(index + 1, cfg.n_cases)
     cases = pd.DataFrame(case_rows)
     scans = pd.DataFrame(scan_rows).drop_duplicates(["scan_id", "case_id"])
-    names = ["Normal"] + [l.name for l in labels]
-    codes: dict[str, str | None] = {"Normal": None, **{l.name: l.category for l in labels}}
+    names, codes = label_vocabulary(cfg)
     table = label_table(cases, names, codes)
-    return store.publish(cases, scans, table, source=f"raddiag synth seed={cfg.seed} n_cases={cfg.n_cases}")
+    extra = None
+    if cfg.profile == "benchmark":
+        from raddiag.storage.benchmark import spec
+
+        extra = {"benchmark": spec(cfg)}
+    source = f"raddiag synth profile={cfg.profile} seed={cfg.seed} n_cases={cfg.n_cases}"
+    return store.publish(cases, scans, table, source=source, extra_info=extra)
 
 
 def write_rp3d_source(cfg: SynthConfig, out_dir: Path, foreign_root: str = "/home/authors/RP3D") -> list[Path]:
@@ -230,7 +251,7 @@ def write_rp3d_source(cfg: SynthConfig, out_dir: Path, foreign_root: str = "/hom
     out_dir = Path(out_dir)
     (out_dir / "data").mkdir(parents=True, exist_ok=True)
     (out_dir / "key").mkdir(exist_ok=True)
-    labels = synth_labels(cfg.n_labels - 1, cfg.seed)
+    names, _ = label_vocabulary(cfg)
     by_split: dict[str, dict[str, Any]] = {}
     number = 0
     for case in iter_cases(cfg):
@@ -264,7 +285,7 @@ def write_rp3d_source(cfg: SynthConfig, out_dir: Path, foreign_root: str = "/hom
             "key_slice": keys,
             "Samples": samples,
         }
-    vocabulary = {"Normal": 0, **{label.name: index + 1 for index, label in enumerate(labels)}}
+    vocabulary = {name: index for index, name in enumerate(names)}
     (out_dir / "disorder_label_dict.json").write_text(json.dumps(vocabulary, indent=1))
     paths = []
     for split in ("train", "val", "test"):

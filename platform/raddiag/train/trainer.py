@@ -12,12 +12,26 @@ from raddiag.config import RadDiagConfig
 
 
 def label_embeddings(cfg: RadDiagConfig, names: list[str], codes: list[str | None]) -> list[list[float]] | None:
-    """Label-text embeddings for the KE head (None for the MLP head), computed once per run."""
+    """Label-text embeddings for the KE head (None for the MLP head), computed once per run. With
+    ``model.ke.permute_table`` (a control arm) the rows are permuted across labels (a derangement
+    seeded by ``train.seed``): every label gets another label's text."""
     if cfg.model.head != "ke":
         return None
     from raddiag.knowledge import embed_labels
 
-    return np.asarray(embed_labels(names, cfg.model.ke, codes=codes), dtype=np.float32).tolist()
+    table = np.asarray(embed_labels(names, cfg.model.ke, codes=codes), dtype=np.float32)
+    if cfg.model.ke.permute_table:
+        table = table[derangement(len(table), cfg.train.seed)]
+    return table.tolist()
+
+
+def derangement(n: int, seed: int) -> np.ndarray:
+    """A seeded permutation of ``range(n)`` with no fixed point (n >= 2)."""
+    rng = np.random.default_rng([seed, 7])
+    while True:
+        order = rng.permutation(n)
+        if n < 2 or not np.any(order == np.arange(n)):
+            return order
 
 
 def build_trainer(

@@ -28,8 +28,9 @@ RESNET_LAYOUTS: dict[int, tuple[str, list[int]]] = {
 class ResNetBackbone(nn.Module):
     """MONAI :class:`~monai.networks.nets.ResNet` without its classifier, 2D or 3D.
 
-    Stage widths are ``width * (1, 2, 4, 8)`` (``width=64`` is the standard ResNet); the stem is the
-    standard 7x7 stride-2 conv + max-pool. ``norm="group"`` swaps BatchNorm for GroupNorm (independent
+    Stage widths are ``width * (1, 2, 4, 8)`` (``width=64`` is the standard ResNet); ``stem="imagenet"``
+    is the standard 7x7 stride-2 conv + max-pool (maps / 4), ``stem="small"`` a 3x3 stride-1 conv
+    without pooling, which keeps the detail of small images (32 px: 32x32 maps instead of 8x8). ``norm="group"`` swaps BatchNorm for GroupNorm (independent
     of batch composition). With ``checkpointing`` every residual block is recomputed in backward.
     """
 
@@ -41,6 +42,7 @@ class ResNetBackbone(nn.Module):
         norm: str = "batch",
         checkpointing: bool = False,
         channels_last: bool = False,
+        stem: str = "imagenet",
     ) -> None:
         super().__init__()
         if depth not in RESNET_LAYOUTS:
@@ -53,8 +55,9 @@ class ResNetBackbone(nn.Module):
             block_inplanes=[width, 2 * width, 4 * width, 8 * width],
             spatial_dims=spatial_dims,
             n_input_channels=1,
-            conv1_t_size=7,
-            conv1_t_stride=2,
+            conv1_t_size=7 if stem == "imagenet" else 3,
+            conv1_t_stride=2 if stem == "imagenet" else 1,
+            no_max_pool=stem != "imagenet",
             feed_forward=False,
             bias_downsample=False,
             norm=norm_arg,

@@ -9,20 +9,43 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class MLPHead(nn.Module):
-    """``Linear(E, hidden) -> GELU -> Dropout -> Linear(hidden, C)``."""
+def prior_logit(label_prior: torch.Tensor | None, num_labels: int) -> torch.Tensor:
+    """``log(p / (1 - p))`` of each label's training prior ``p`` (C,), clamped to [1e-4, 1 - 1e-4];
+    zeros without a prior. A head whose bias starts here predicts the base rate before any step,
+    instead of 0.5 for a label that 1 case in 100 carries."""
+    if label_prior is None:
+        return torch.zeros(num_labels)
+    prior = torch.as_tensor(label_prior, dtype=torch.float32).flatten()
+    if prior.shape[0] != num_labels:
+        raise ValueError(f"label_prior has {prior.shape[0]} entries but there are {num_labels} labels")
+    prior = prior.clamp(1e-4, 1 - 1e-4)
+    return (prior / (1 - prior)).log()
 
-    def __init__(self, dim: int, num_labels: int, hidden: int = 0, dropout: float = 0.0) -> None:
+
+class MLPHead(nn.Module):
+    """``Linear(E, hidden) -> GELU -> Dropout -> Linear(hidden, C)``; the last bias starts at
+    :func:`prior_logit` of ``bias_prior`` (C,) when given."""
+
+    def __init__(
+        self, dim: int, num_labels: int, hidden: int = 0, dropout: float = 0.0, bias_prior: torch.Tensor | None = None
+    ) -> None:
         super().__init__()
         hidden = hidden or dim
         self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, num_labels))
+        if bias_prior is not None:
+            with torch.no_grad():
+                self.net[-1].bias.copy_(prior_logit(bias_prior, num_labels))
 
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:
         return self.net(embedding)
 
 
 class KEHead(nn.Module):
-    """Knowledge-enhanced head: ``logits[b, c] = s * cos(f_b, P t_c) (+ log prior_c)``.
+    """Knowledge-enhanced head: ``logits[b, c] = s * cos(f_b, P t_c) + bias_c (+ log prior_c)``.
+
+    ``bias_c`` is a learned per-label bias that starts at :func:`prior_logit` of ``bias_prior`` (or
+    0); labels swapped in by :meth:`set_label_embeddings` get ``logit`` of their given prior, else the
+    mean learned bias.
 
     ``label_embeddings`` (C, T) are label text embeddings computed once (e.g. by
     :func:`raddiag.knowledge.embed_labels`) and held as a buffer; ``P`` is ``Linear(T, E)``, trainable
@@ -38,9 +61,11 @@ class KEHead(nn.Module):
         learn_temperature: bool = True,
         train_projection: bool = True,
         label_prior: torch.Tensor | None = None,
+        bias_prior: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         table = self._check_table(label_embeddings)
+        self.bias = nn.Parameter(prior_logit(bias_prior, table.shape[0]))
         self.register_buffer("label_embeddings", table)
         self.projection = nn.Linear(table.shape[1], dim)
         self.projection.requires_grad_(train_projection)
@@ -81,6 +106,9 @@ class KEHead(nn.Module):
             )
         device = self.label_embeddings.device
         self.label_embeddings = table.to(device)
+        with torch.no_grad():
+            bias = prior_logit(label_prior, table.shape[0]) if label_prior is not None else self.bias.mean().expand(table.shape[0])
+            self.bias = nn.Parameter(bias.clone().to(device))
         prior = self._log_prior(label_prior, table.shape[0])
         self.log_prior = None if prior is None else prior.to(device)
 
@@ -88,7 +116,7 @@ class KEHead(nn.Module):
         """``embedding`` (B, E) -> logits (B, C)."""
         classifier = self.projection(self.label_embeddings.to(self.projection.weight.dtype))  # (C, E)
         cosine = F.normalize(embedding, dim=-1) @ F.normalize(classifier, dim=-1).T.to(embedding.dtype)
-        logits = self.log_scale.exp() * cosine
+        logits = self.log_scale.exp() * cosine + self.bias.to(cosine.dtype)
         if self.log_prior is not None:
             logits = logits + self.log_prior
         return logits

@@ -49,12 +49,15 @@ class RadDiagNet(nn.Module):
             raise ValueError(f"num_labels must be >= 1, got {num_labels}")
         self.cfg = cfg
         dim = cfg.embed_dim
+        bias_prior = label_prior if cfg.bias_init == "prior" else None
         ckpt = cfg.activation_checkpointing
         if cfg.encoder == "vit":
             self.backbone: nn.Module = ViTBackbone(dim, cfg.vit_patch_size, cfg.vit_layers, cfg.vit_heads, cfg.dropout, ckpt)
         else:
             spatial_dims = 3 if cfg.encoder == "cnn3d" else 2
-            self.backbone = ResNetBackbone(spatial_dims, cfg.backbone_depth, cfg.width, cfg.norm, ckpt, cfg.channels_last)
+            self.backbone = ResNetBackbone(
+                spatial_dims, cfg.backbone_depth, cfg.width, cfg.norm, ckpt, cfg.channels_last, cfg.stem
+            )
         self.feature_proj = nn.Linear(self.backbone.out_dim, dim)
         if cfg.encoder != "cnn3d":
             self.slice_cls = nn.Parameter(torch.zeros(1, 1, dim))
@@ -82,10 +85,10 @@ class RadDiagNet(nn.Module):
             ke = cfg.ke
             self.head: nn.Module = KEHead(
                 dim, label_embeddings, ke.temperature_init, ke.learn_temperature, ke.train_projection,
-                label_prior if ke.prior_bias else None,
+                label_prior if ke.prior_bias else None, bias_prior,
             )
         else:
-            self.head = MLPHead(dim, num_labels, cfg.mlp_hidden, cfg.dropout)
+            self.head = MLPHead(dim, num_labels, cfg.mlp_hidden, cfg.dropout, bias_prior)
         if cfg.compile:
             self.backbone.compile(dynamic=True)
 

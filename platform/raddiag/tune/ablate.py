@@ -1,0 +1,234 @@
+"""``raddiag ablate``: named arms × seeds as one Ray Tune grid, and the paper-shaped table.
+
+Every (arm, seed) is a Tune trial: a ``TorchTrainer`` run of the arm's config (``ablation.arms``
+overlays on the rest of the config, ``train.seed`` = the seed) tracked as a child MLflow run of the
+ablation's parent run. The trial keeps the best epoch by ``train.metric`` on *validation*, then
+scores that checkpoint on the validation and test splits in-process and writes the scores beside the
+Tune experiment (``<storage_path>/<name>-scores/<arm>-s<seed>.npz``). The driver then builds the
+table with paired bootstrap CIs over seeds and test cases (:mod:`raddiag.stats`) and logs it to the
+parent run as ``ablation.json`` + ``ablation.md``. The test split is never used to select anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from raddiag.config import ConfigError, RadDiagConfig, with_overrides
+
+
+class AblationError(RuntimeError):
+    """An ablation could not run or produced incomplete results; the message says which and why."""
+
+
+@dataclass
+class AblationResult:
+    name: str
+    parent_run_id: str
+    table: Any  # raddiag.stats.AblationTable
+    markdown: str
+    runs: list[dict[str, Any]]
+    seconds_per_arm: dict[str, float]
+
+
+def arm_configs(cfg: RadDiagConfig) -> dict[str, RadDiagConfig]:
+    """Each arm's full config (validated now, before anything slow starts)."""
+    if not cfg.ablation.arms:
+        raise ConfigError("ablation.arms is empty: name at least one arm (see jobs/ablation.yaml)")
+    try:
+        cfg.ablation.pairs()
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    out = {}
+    for arm, overrides in cfg.ablation.arms.items():
+        try:
+            out[arm] = with_overrides(cfg, overrides)
+        except ConfigError as error:
+            raise ConfigError(f"ablation.arms.{arm}: {error}") from None
+    return out
+
+
+def scores_dir(cfg: RadDiagConfig) -> str:
+    return os.path.join(cfg.train.storage_path, f"{cfg.ablation.name}-scores")
+
+
+def ensure_store(cfg: RadDiagConfig, progress: Any = None) -> Any:
+    """The store's manifest; a missing store is synthesised from ``cfg.synth`` (a fresh clone
+    reproduces the benchmark). A benchmark store made with other settings is refused."""
+    from raddiag.storage.store import Store
+    from raddiag.storage.synth import generate
+
+    store = Store(cfg.store.url, cfg.store.endpoint_url)
+    info = store.info_or_none()
+    if info is None:
+        return generate(cfg.synth, store, progress)
+    manifest = store.manifest()
+    stored = info.get("benchmark")
+    if stored is not None and cfg.synth.profile == "benchmark":
+        from raddiag.storage.benchmark import spec
+
+        if stored != json.loads(json.dumps(spec(cfg.synth))):
+            raise AblationError(
+                f"store {cfg.store.url} holds benchmark {stored.get('version')} made with other synth settings "
+                f"(seed {stored.get('seed')}, splits {stored.get('splits')}) than this config: point store.url at a new "
+                "folder, or make the synth keys match the store"
+            )
+    return manifest
+
+
+def _score_checkpoint(cfg: RadDiagConfig, checkpoint_dir: str, manifest: Any) -> dict[str, np.ndarray]:
+    """Validation and test (labels, scores) of the checkpoint's best weights, in-process."""
+    import torch
+
+    from raddiag.data.pipeline import local_batches
+    from raddiag.serve.pyfunc import load_network
+    from raddiag.train.loop import predict_batch, to_tensors
+
+    model, meta = load_network(checkpoint_dir)
+    names = meta["label_names"]
+    torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
+    out: dict[str, np.ndarray] = {}
+    for split in ("val", "test"):
+        records = manifest.case_records(split)
+        labels, scores = [], []
+        for batch in local_batches(records, cfg, names, cfg.train.batch_size):
+            tensors = to_tensors(batch)
+            scores.append(predict_batch(model, tensors))
+            labels.append(batch["labels"])
+        out[f"{split}_labels"] = np.concatenate(labels).astype(np.uint8)
+        out[f"{split}_scores"] = np.concatenate(scores).astype(np.float32)
+        out[f"{split}_case_ids"] = np.array([r["case_id"] for r in records])
+    return out
+
+
+def _trial(params: dict[str, Any], *, base: dict[str, Any], ctx: dict[str, Any]) -> None:
+    """Tune function trainable: train one (arm, seed), score its best checkpoint, save the scores."""
+    import time
+
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from raddiag import tracking
+    from raddiag.metrics import evaluate_scores
+    from raddiag.storage.store import Store
+    from raddiag.train.trainer import build_trainer, label_embeddings
+
+    arm, seed = params["arm"], int(params["seed"])
+    root = RadDiagConfig.model_validate(base)
+    name = f"{root.ablation.name}-{arm}-s{seed}"
+    overrides = {**root.ablation.arms[arm], "train.seed": seed, "train.name": name}
+    cfg = with_overrides(root, overrides)
+    uri = ctx["mlflow_uri"]
+    client = tracking.client(uri)
+    run_id = tracking.start_child_run(
+        uri, ctx["experiment_id"], ctx["parent_run_id"], name,
+        tags={"raddiag.ablation": root.ablation.name, "raddiag.arm": arm, "raddiag.seed": str(seed), "raddiag.train_name": name},
+    )
+    tracking.log_params(uri, run_id, {**cfg.flat(), "ablation.arm": arm, **{f"arm.{k}": v for k, v in root.ablation.arms[arm].items()}})
+    manifest = Store(cfg.store.url, cfg.store.endpoint_url).manifest()
+    client.set_tag(run_id, "raddiag.dataset_version", manifest.version)
+    level = cfg.data.label_level
+    embeddings = label_embeddings(cfg, manifest.label_names(level), manifest.label_codes(level))
+    started = time.perf_counter()
+    trainer = build_trainer(cfg, name=name, mlflow_uri=uri, mlflow_run_id=run_id, embeddings=embeddings, callbacks=[TuneReportCallback()])
+    result = trainer.fit()
+    train_seconds = time.perf_counter() - started
+    if result.error is not None or result.checkpoint is None:
+        client.set_terminated(run_id, "FAILED")
+        raise AblationError(f"{name}: training failed: {result.error}")
+    client.set_tag(run_id, "raddiag.checkpoint", result.checkpoint.path)
+    with result.checkpoint.as_directory() as directory:
+        scores = _score_checkpoint(cfg, directory, manifest)
+    counts = manifest.train_counts(level)
+    report = evaluate_scores(scores["test_labels"], scores["test_scores"], counts, label_names=manifest.label_names(level))
+    tracking.log_epoch_metrics(
+        uri, run_id, {**{f"test_{k}": v for k, v in report.flat().items()}, "train_seconds": train_seconds}, step=0, probe="train_seconds"
+    )
+    os.makedirs(ctx["scores_dir"], exist_ok=True)
+    path = os.path.join(ctx["scores_dir"], f"{arm}-s{seed}.npz")
+    np.savez_compressed(path, train_counts=counts, train_seconds=train_seconds, run_id=run_id, **scores)
+    client.set_terminated(run_id, "FINISHED")
+
+
+def _parent_run(cfg: RadDiagConfig, uri: str, experiment_id: str, version: str) -> str:
+    from raddiag import tracking
+
+    client = tracking.client(uri)
+    run = client.create_run(
+        experiment_id, run_name=cfg.ablation.name,
+        tags={"raddiag.ablation": cfg.ablation.name, "raddiag.role": "ablation", "raddiag.dataset_version": version},
+    )
+    tracking.log_params(uri, run.info.run_id, cfg.flat())
+    return run.info.run_id
+
+
+def run_ablation(cfg: RadDiagConfig, verbose: bool = False, progress: Any = None) -> AblationResult:
+    """Train every arm × seed (one Tune grid), then tabulate and log the comparison."""
+    from ray import tune
+
+    from raddiag import tracking
+    from raddiag.runtime import init_ray
+    from raddiag.stats import paired_bootstrap
+
+    arms = arm_configs(cfg)  # config errors surface before Ray starts
+    path = os.path.join(cfg.train.storage_path, cfg.ablation.name)
+    if tune.Tuner.can_restore(path) or os.path.isdir(scores_dir(cfg)):
+        raise AblationError(f"ablation {cfg.ablation.name} already exists under {cfg.train.storage_path}: set ablation.name")
+    manifest = ensure_store(cfg, progress)
+    init_ray(cfg.ray, verbose)
+    experiment_id = tracking.setup(cfg.tracking)
+    uri = cfg.tracking.resolved_uri()
+    parent_run_id = _parent_run(cfg, uri, experiment_id, manifest.version)
+    ctx = {"mlflow_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent_run_id, "scores_dir": scores_dir(cfg)}
+    trainable = tune.with_resources(tune.with_parameters(_trial, base=cfg.model_dump(mode="json"), ctx=ctx), {"CPU": cfg.sweep.trial_cpus})
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"arm": tune.grid_search(list(arms)), "seed": tune.grid_search(list(cfg.ablation.seeds))},
+        tune_config=tune.TuneConfig(max_concurrent_trials=cfg.ablation.max_concurrent_trials),
+        run_config=tune.RunConfig(name=cfg.ablation.name, storage_path=cfg.train.storage_path, verbose=1 if verbose else 0),
+    )
+    grid = tuner.fit()
+    client = tracking.client(uri)
+    runs: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {arm: {} for arm in arms}
+    rows, missing, seconds = [], [], {arm: 0.0 for arm in arms}
+    counts = None
+    for arm in arms:
+        for seed in cfg.ablation.seeds:
+            file = os.path.join(scores_dir(cfg), f"{arm}-s{seed}.npz")
+            if not os.path.exists(file):
+                missing.append(f"{arm}/seed {seed}")
+                continue
+            with np.load(file, allow_pickle=False) as data:
+                runs[arm][seed] = (data["test_labels"], data["test_scores"])
+                counts = data["train_counts"]
+                seconds[arm] += float(data["train_seconds"])
+                rows.append({"arm": arm, "seed": seed, "run_id": str(data["run_id"]), "train_seconds": round(float(data["train_seconds"]), 1)})
+    if missing:
+        client.set_terminated(parent_run_id, "FAILED")
+        errors = [str(r.error).strip().splitlines()[-1] for r in grid if r.error is not None]
+        cause = f"; first error: {errors[0]}" if errors else ""
+        raise AblationError(f"ablation {cfg.ablation.name}: no scores for {', '.join(missing)}{cause}")
+    table = paired_bootstrap(runs, counts, cfg.ablation.pairs(), cfg.ablation.n_bootstrap, seed=0)
+    markdown = table.markdown()
+    seconds_per_arm = {arm: round(total / len(cfg.ablation.seeds), 1) for arm, total in seconds.items()}
+    document = {
+        "ablation": cfg.ablation.name, "dataset_version": manifest.version, "arms": cfg.ablation.arms,
+        "train_seconds_per_run": seconds_per_arm, "runs": rows, **table.to_json(),
+    }
+    with tempfile.TemporaryDirectory() as directory:
+        with open(os.path.join(directory, "ablation.json"), "w") as handle:
+            json.dump(document, handle, indent=2)
+        with open(os.path.join(directory, "ablation.md"), "w") as handle:
+            handle.write(f"# Ablation {cfg.ablation.name} (dataset {manifest.version})\n\n{markdown}\n")
+        client.log_artifacts(parent_run_id, directory)
+    for arm, groups in table.estimates.items():
+        for group, values in groups.items():
+            for metric, estimate in values.items():
+                if np.isfinite(estimate.mean):
+                    client.log_metric(parent_run_id, f"{arm}.test_{metric}_{group}", estimate.mean)
+    client.set_terminated(parent_run_id, "FINISHED")
+    return AblationResult(cfg.ablation.name, parent_run_id, table, markdown, rows, seconds_per_arm)
