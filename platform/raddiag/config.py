@@ -46,18 +46,18 @@ class SynthConfig(_Strict):
     """
 
     profile: Literal["benchmark", "basic"] = "benchmark"
-    n_cases: int = Field(default=400, ge=8)
-    n_labels: int = Field(default=24, ge=4, description="disorder labels, 'Normal' included")
+    n_cases: int = Field(default=1500, ge=8)
+    n_labels: int = Field(default=41, ge=4, description="disorder labels, 'Normal' included (benchmark: at most 41)")
     eval_prior_power: float = Field(
         default=0.1, ge=0, le=1,
         description="benchmark: validation/test label shares = training shares ** power (rescaled); 1 = same prior",
     )
     image_size: int = Field(default=32, ge=8)
-    max_depth: int = Field(default=8, ge=1, description="depth of 3D scans (2D scans have D=1)")
+    max_depth: int = Field(default=6, ge=1, description="depth of 3D scans (2D scans have D=1)")
     max_scans: int = Field(default=3, ge=1, le=8)
     power_law: float = Field(default=1.0, gt=0, description="label frequency ~ rank^-power_law")
-    val_fraction: float = Field(default=0.15, ge=0, lt=0.5)
-    test_fraction: float = Field(default=0.25, ge=0, lt=0.5)
+    val_fraction: float = Field(default=0.2, ge=0, lt=0.5)
+    test_fraction: float = Field(default=0.3, ge=0, lt=0.5)
     shuffle_train_labels: bool = Field(
         default=False,
         description="benchmark control: permute the label sets across training cases (images unchanged), so nothing is learnable",
@@ -111,7 +111,7 @@ class DataConfig(_Strict):
     """How cases are assembled from the store into fixed-shape batches ``(B, N, D, H, W)``."""
 
     n_image: int = Field(default=3, ge=1, le=8, description="max scans per case (N)")
-    depth: int = Field(default=8, ge=1, le=64, description="slices per scan after sampling (D)")
+    depth: int = Field(default=4, ge=1, le=64, description="slices per scan after sampling (D)")
     image_size: int = Field(default=32, ge=8, description="H = W fed to the model")
     label_level: Literal["disorder", "icd"] = "disorder"
     sampler: Literal["instance", "class_aware", "sqrt"] = "instance"
@@ -133,7 +133,7 @@ class KEConfig(_Strict):
     encoder_path: str = Field(default="", description="hf: model directory; trained: '' = train/cache in cache_dir")
     text_train_steps: int = Field(default=1500, ge=1, description="trained encoder: contrastive steps")
     template: str = Field(default="{name}. {description}", description="label text; {name} {code} {description}")
-    dim: int = Field(default=64, ge=8)
+    dim: int = Field(default=128, ge=8, description="text embedding size (tfidf: SVD components)")
     temperature_init: float = Field(default=0.07, gt=0, description="initial temperature; logit scale s = 1/T")
     learn_temperature: bool = Field(default=True, description="learn the logit scale s (else fixed at 1/T)")
     train_projection: bool = Field(default=True, description="train the text projection P (else frozen)")
@@ -158,7 +158,7 @@ class ModelConfig(_Strict):
     fusion: Literal["transformer", "late"] = "transformer"
     fusion_layers: int = Field(default=2, ge=1)
     fusion_heads: int = Field(default=4, ge=1)
-    head: Literal["mlp", "ke"] = "mlp"
+    head: Literal["mlp", "ke"] = Field(default="ke", description="ke: label-text embeddings are the classifier; mlp: a plain head")
     ke: KEConfig = KEConfig()
     dropout: float = Field(default=0.0, ge=0, lt=1)
     pretrained_weights: str | None = Field(default=None, description="local .pt state dict (model or backbone)")
@@ -240,9 +240,9 @@ class TrainConfig(_Strict):
     """Ray Train TorchTrainer settings and the optimisation schedule."""
 
     name: str = "raddiag-train"
-    epochs: int = Field(default=8, ge=1)
-    batch_size: int = Field(default=8, ge=1, description="cases per worker per step")
-    lr: float = Field(default=1e-3, gt=0)
+    epochs: int = Field(default=16, ge=1)
+    batch_size: int = Field(default=16, ge=1, description="cases per worker per step")
+    lr: float = Field(default=2e-3, gt=0)
     weight_decay: float = Field(default=1e-4, ge=0)
     warmup_fraction: float = Field(default=0.05, ge=0, lt=1)
     num_workers: int = Field(default=2, ge=1)
@@ -284,7 +284,7 @@ class SweepConfig(_Strict):
     mode: Literal["max", "min"] = "max"
     searcher: Literal["optuna", "random"] = "optuna"
     scheduler: Literal["asha", "none"] = "asha"
-    grace_period: int = Field(default=1, ge=1)
+    grace_period: int = Field(default=4, ge=1, description="ASHA: epochs every trial gets before it can be stopped")
     reduction_factor: int = Field(default=2, ge=2)
     seed: int = 0
     trial_cpus: float = Field(default=0.25, gt=0, description="logical CPUs held by each trial driver")
@@ -295,7 +295,7 @@ class SweepConfig(_Strict):
             "loss.asl_gamma_neg": {"uniform": [2.0, 6.0], "when": {"loss.type": "asl"}},
             "model.head": {"choice": ["mlp", "ke"]},
             "model.ke.temperature_init": {"loguniform": [0.03, 0.2], "when": {"model.head": "ke"}},
-            "train.lr": {"loguniform": [5e-4, 2.5e-3]},
+            "train.lr": {"loguniform": [1e-3, 4e-3]},
         }
     )
 

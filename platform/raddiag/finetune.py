@@ -64,11 +64,13 @@ def zeroshot_case(model_uri: str, folder: Path, labels: list[str], top_k: int = 
     with torch.no_grad():
         base = torch.sigmoid(net(*inputs)["logits"].float())[0]
         abnormal = float(1.0 - base[names.index("Normal")]) if "Normal" in names else None
+        trained = {key: value.clone() for key, value in net.head.state_dict().items()}
         net.set_label_embeddings(torch.tensor(embed_labels(labels, source.model.ke)))
         try:
             scores = torch.sigmoid(net(*inputs)["logits"].float())[0].numpy()
-        finally:
+        finally:  # the trained label table and its learned per-label biases come back exactly
             net.set_label_embeddings(original)
+            net.head.load_state_dict(trained)
     order = np.argsort(-scores)[:top_k]
     return {
         "abnormal_probability": abnormal,

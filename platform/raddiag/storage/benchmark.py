@@ -27,7 +27,8 @@ Specification (version :data:`BENCHMARK_VERSION`; written into the store's ``dat
   at the benchmark size and every tail label has a frequent sibling.
 - **Splits.** Training cases follow the long-tailed prior; validation and test cases follow a flatter
   prior (shares raised to ``synth.eval_prior_power``, rescaled to the same labels per case), as in
-  ImageNet-LT-style benchmarks, so that per-class AUC on rare classes rests on enough positives.
+  ImageNet-LT-style benchmarks, so that per-class AUC on rare classes rests on enough positives;
+  every label has at least :data:`MIN_EVAL_POSITIVES` positives per split (topped up at random).
 - **3D.** A volume's lesions peak at one slice (the key slice) and fade over σ = depth / 6 slices.
 
 The model-free checks that justify this design (pixel probes with all scans vs one scan, and the
@@ -45,7 +46,7 @@ import numpy as np
 
 from raddiag.config import SynthConfig
 
-BENCHMARK_VERSION = "rp3d-lt/2"
+BENCHMARK_VERSION = "rp3d-lt/3"
 #: ICD-10-CM blocks the labels come from, with the anatomy of their cases; block i has shape i.
 BLOCKS: tuple[tuple[str, str], ...] = (
     ("C30-C39", "Chest"),
@@ -63,6 +64,9 @@ LEAD_SHARE = (0.15, 0.022)
 TAIL_SHARE = (0.018, 0.003)
 MAX_LABELS_PER_CASE = 3
 INCIDENTAL_RATE = 0.4
+#: positives per label guaranteed in each evaluation split (at most a quarter of the split's cases):
+#: labels short of it are added to random cases of the split that have room
+MIN_EVAL_POSITIVES = {"val": 10, "test": 20}
 #: vertical range of a lesion in the morphology view (uniform: that view carries no slot)
 MORPH_Y = (0.15, 0.85)
 LESION_RADIUS = 0.1
@@ -255,6 +259,14 @@ def plan_cases(cfg: SynthConfig) -> list[tuple[str, list[int]]]:
         if index not in seen and train:
             room = [p for p in train if len(p[1]) < MAX_LABELS_PER_CASE]
             room[int(rng.integers(len(room)))][1].append(index)
+    for split, floor in MIN_EVAL_POSITIVES.items():  # every label evaluable on enough positives
+        cases = [hits for s, hits in plans if s == split]
+        floor = min(floor, len(cases) // 4)
+        for index in range(len(labels)):
+            short = floor - sum(index in hits for hits in cases)
+            room = [hits for hits in cases if index not in hits and len(hits) < MAX_LABELS_PER_CASE]
+            for pick in rng.permutation(len(room))[: max(0, short)]:
+                room[int(pick)].append(index)
     return plans
 
 
@@ -323,6 +335,7 @@ def spec(cfg: SynthConfig) -> dict[str, Any]:
             "morph": "sagittal CT/MRI: the block's shape on the midline at a random height (no slot, no side)",
         },
         "incidental_rate": INCIDENTAL_RATE,
+        "min_eval_positives": MIN_EVAL_POSITIVES,
         "labels": [
             {
                 "name": label.name, "code": label.code, "block": label.block, "shape": SHAPES[label.shape],

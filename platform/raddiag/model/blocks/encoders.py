@@ -45,6 +45,8 @@ class ResNetBackbone(nn.Module):
         stem: str = "imagenet",
     ) -> None:
         super().__init__()
+        if stem not in ("imagenet", "small"):
+            raise ValueError(f"ResNet stem {stem!r} not supported; use 'imagenet' or 'small'")
         if depth not in RESNET_LAYOUTS:
             raise ValueError(f"ResNet depth {depth} not supported; use one of {sorted(RESNET_LAYOUTS)}")
         block, layers = RESNET_LAYOUTS[depth]

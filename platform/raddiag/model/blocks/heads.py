@@ -11,8 +11,9 @@ from torch import nn
 
 def prior_logit(label_prior: torch.Tensor | None, num_labels: int) -> torch.Tensor:
     """``log(p / (1 - p))`` of each label's training prior ``p`` (C,), clamped to [1e-4, 1 - 1e-4];
-    zeros without a prior. A head whose bias starts here predicts the base rate before any step,
-    instead of 0.5 for a label that 1 case in 100 carries."""
+    zeros without a prior. An MLP head whose bias starts here predicts the base rate before any step
+    (instead of 0.5 for a label that 1 case in 100 carries); in the KE head the bias centres the
+    logits while the scaled cosine term still spreads them."""
     if label_prior is None:
         return torch.zeros(num_labels)
     prior = torch.as_tensor(label_prior, dtype=torch.float32).flatten()
@@ -44,8 +45,9 @@ class KEHead(nn.Module):
     """Knowledge-enhanced head: ``logits[b, c] = s * cos(f_b, P t_c) + bias_c (+ log prior_c)``.
 
     ``bias_c`` is a learned per-label bias that starts at :func:`prior_logit` of ``bias_prior`` (or
-    0); labels swapped in by :meth:`set_label_embeddings` get ``logit`` of their given prior, else the
-    mean learned bias.
+    0). With ``label_prior`` (a fixed ``log prior_c`` term) the bias starts at 0 instead, so the prior
+    is not counted twice. Labels swapped in by :meth:`set_label_embeddings` get the mean learned bias,
+    plus ``logit`` of their prior when given to a head without the fixed term.
 
     ``label_embeddings`` (C, T) are label text embeddings computed once (e.g. by
     :func:`raddiag.knowledge.embed_labels`) and held as a buffer; ``P`` is ``Linear(T, E)``, trainable
@@ -65,7 +67,7 @@ class KEHead(nn.Module):
     ) -> None:
         super().__init__()
         table = self._check_table(label_embeddings)
-        self.bias = nn.Parameter(prior_logit(bias_prior, table.shape[0]))
+        self.bias = nn.Parameter(prior_logit(None if label_prior is not None else bias_prior, table.shape[0]))
         self.register_buffer("label_embeddings", table)
         self.projection = nn.Linear(table.shape[1], dim)
         self.projection.requires_grad_(train_projection)
@@ -106,10 +108,14 @@ class KEHead(nn.Module):
             )
         device = self.label_embeddings.device
         self.label_embeddings = table.to(device)
+        fixed_prior = self.log_prior is not None
         with torch.no_grad():
-            bias = prior_logit(label_prior, table.shape[0]) if label_prior is not None else self.bias.mean().expand(table.shape[0])
+            if label_prior is not None and not fixed_prior:
+                bias = prior_logit(label_prior, table.shape[0])
+            else:
+                bias = self.bias.mean().expand(table.shape[0])
             self.bias = nn.Parameter(bias.clone().to(device))
-        prior = self._log_prior(label_prior, table.shape[0])
+        prior = self._log_prior(label_prior, table.shape[0]) if fixed_prior else None
         self.log_prior = None if prior is None else prior.to(device)
 
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:

@@ -89,6 +89,8 @@ class RadDiagNet(nn.Module):
             )
         else:
             self.head = MLPHead(dim, num_labels, cfg.mlp_hidden, cfg.dropout, bias_prior)
+            if cfg.bias_init == "zero":
+                nn.init.zeros_(self.head.net[-1].bias)
         if cfg.compile:
             self.backbone.compile(dynamic=True)
 
