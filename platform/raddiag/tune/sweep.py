@@ -286,7 +286,7 @@ def run_sweep(cfg: RadDiagConfig, verbose: bool = False, resume: bool = False, s
         )
         scheduler = (
             ASHAScheduler(
-                time_attr="training_iteration", max_t=cfg.train.epochs, grace_period=cfg.sweep.grace_period,
+                time_attr="training_iteration", max_t=cfg.train.epochs, grace_period=min(cfg.sweep.grace_period, cfg.train.epochs),
                 reduction_factor=cfg.sweep.reduction_factor,
             )
             if cfg.sweep.scheduler == "asha"
