@@ -145,3 +145,16 @@ def test_shuffled_training_labels_stay_at_chance(tmp_path: Path, ray_local) -> N
         aucs[shuffled] = result.metrics["val_auc_macro"]  # the last epoch, not the best one
     assert aucs[False] > 0.7, aucs
     assert abs(aucs[True] - 0.5) < 0.08, aucs
+
+
+def test_ablation_store_is_synthesised_once_and_a_different_spec_refused(tmp_path: Path) -> None:
+    from raddiag.config import load_config
+    from raddiag.tune.ablate import AblationError, ensure_store
+
+    sets = [*_tiny_benchmark(tmp_path), "synth.n_cases=40", "synth.image_size=16", "synth.max_depth=2"]
+    first = ensure_store(load_config(None, sets))  # no store yet: synthesised
+    assert first.info["benchmark"]["splits"] == {"train": 20, "val": 10, "test": 10}
+    again = ensure_store(load_config(None, sets))  # the same spec: reused as it is
+    assert again.version == first.version
+    with pytest.raises(AblationError, match="other synth settings"):
+        ensure_store(load_config(None, [*sets, "synth.seed=5"]))
