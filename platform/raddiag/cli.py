@@ -403,6 +403,7 @@ def ablate(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     output: Annotated[Optional[Path], typer.Option(help="Also write the table as JSON here (a .md beside it).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Keep the runs that already have scores, train the rest, tabulate.")] = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Train named arms × seeds as one Ray Tune grid (child MLflow runs under one parent) and print the
@@ -427,7 +428,7 @@ def ablate(
                 progress.update(task, completed=done, visible=True)
 
             with console.status(f"training {runs} runs with Ray Tune (results under {cfg.train.storage_path})"):
-                result = run_ablation(cfg, verbose, progress=synth_progress)
+                result = run_ablation(cfg, verbose, progress=synth_progress, resume=resume)
     except AblationError as exc:
         raise UserError(str(exc)) from None
     console.print(result.markdown, highlight=False, soft_wrap=True)

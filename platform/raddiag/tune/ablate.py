@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from typing import Any
@@ -117,7 +118,7 @@ def _trial(params: dict[str, Any], *, base: dict[str, Any], ctx: dict[str, Any])
     from raddiag.storage.store import Store
     from raddiag.train.trainer import build_trainer, label_embeddings
 
-    arm, seed = params["arm"], int(params["seed"])
+    arm, seed = params["run"]["arm"], int(params["run"]["seed"])
     root = RadDiagConfig.model_validate(base)
     name = f"{root.ablation.name}-{arm}-s{seed}"
     overrides = {**root.ablation.arms[arm], "train.seed": seed, "train.name": name}
@@ -154,10 +155,20 @@ def _trial(params: dict[str, Any], *, base: dict[str, Any], ctx: dict[str, Any])
     client.set_terminated(run_id, "FINISHED")
 
 
-def _parent_run(cfg: RadDiagConfig, uri: str, experiment_id: str, version: str) -> str:
+def _parent_run(cfg: RadDiagConfig, uri: str, experiment_id: str, version: str, resume: bool) -> str:
+    """The ablation's parent MLflow run: a new one, or with ``resume`` the latest of this name."""
     from raddiag import tracking
 
     client = tracking.client(uri)
+    if resume:
+        found = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`raddiag.ablation` = '{cfg.ablation.name}' and tags.`raddiag.role` = 'ablation'",
+            order_by=["attributes.start_time DESC"], max_results=1,
+        )
+        if found:
+            client.update_run(found[0].info.run_id, status="RUNNING")
+            return found[0].info.run_id
     run = client.create_run(
         experiment_id, run_name=cfg.ablation.name,
         tags={"raddiag.ablation": cfg.ablation.name, "raddiag.role": "ablation", "raddiag.dataset_version": version},
@@ -166,39 +177,66 @@ def _parent_run(cfg: RadDiagConfig, uri: str, experiment_id: str, version: str) 
     return run.info.run_id
 
 
-def run_ablation(cfg: RadDiagConfig, verbose: bool = False, progress: Any = None) -> AblationResult:
-    """Train every arm × seed (one Tune grid), then tabulate and log the comparison."""
+def _scores_file(cfg: RadDiagConfig, arm: str, seed: int) -> str:
+    return os.path.join(scores_dir(cfg), f"{arm}-s{seed}.npz")
+
+
+def metric_key(arm: str, metric: str, group: str) -> str:
+    """MLflow metric name of an arm's test metric (characters MLflow refuses, such as '+', become '_')."""
+    return re.sub(r"[^\w\-. :/]", "_", f"{arm}.test_{metric}_{group}")
+
+
+def _train_pending(cfg: RadDiagConfig, pending: list[dict[str, Any]], ctx: dict[str, Any], verbose: bool) -> list[str]:
+    """Train the pending (arm, seed) runs as one Tune grid; returns the trials' error lines."""
+    import time
+
     from ray import tune
 
+    name = cfg.ablation.name if not tune.Tuner.can_restore(os.path.join(cfg.train.storage_path, cfg.ablation.name)) else (
+        f"{cfg.ablation.name}-resumed-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
+    trainable = tune.with_resources(tune.with_parameters(_trial, base=cfg.model_dump(mode="json"), ctx=ctx), {"CPU": cfg.sweep.trial_cpus})
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"run": tune.grid_search(pending)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=cfg.ablation.max_concurrent_trials),
+        run_config=tune.RunConfig(name=name, storage_path=cfg.train.storage_path, verbose=1 if verbose else 0),
+    )
+    return [str(r.error).strip().splitlines()[-1] for r in tuner.fit() if r.error is not None]
+
+
+def run_ablation(cfg: RadDiagConfig, verbose: bool = False, progress: Any = None, resume: bool = False) -> AblationResult:
+    """Train every arm × seed (one Tune grid), then tabulate and log the comparison. With ``resume``
+    the runs whose scores exist are kept and only the others are trained (into the same parent run)."""
     from raddiag import tracking
     from raddiag.runtime import init_ray
     from raddiag.stats import paired_bootstrap
 
     arms = arm_configs(cfg)  # config errors surface before Ray starts
-    path = os.path.join(cfg.train.storage_path, cfg.ablation.name)
-    if tune.Tuner.can_restore(path) or os.path.isdir(scores_dir(cfg)):
-        raise AblationError(f"ablation {cfg.ablation.name} already exists under {cfg.train.storage_path}: set ablation.name")
+    exists = os.path.isdir(os.path.join(cfg.train.storage_path, cfg.ablation.name)) or os.path.isdir(scores_dir(cfg))
+    if exists and not resume:
+        raise AblationError(
+            f"ablation {cfg.ablation.name} already exists under {cfg.train.storage_path}: pass --resume to finish it, or set ablation.name"
+        )
+    if resume and not exists:
+        raise AblationError(f"ablation {cfg.ablation.name}: nothing to resume under {cfg.train.storage_path}")
     manifest = ensure_store(cfg, progress)
-    init_ray(cfg.ray, verbose)
     experiment_id = tracking.setup(cfg.tracking)
     uri = cfg.tracking.resolved_uri()
-    parent_run_id = _parent_run(cfg, uri, experiment_id, manifest.version)
+    parent_run_id = _parent_run(cfg, uri, experiment_id, manifest.version, resume)
     ctx = {"mlflow_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent_run_id, "scores_dir": scores_dir(cfg)}
-    trainable = tune.with_resources(tune.with_parameters(_trial, base=cfg.model_dump(mode="json"), ctx=ctx), {"CPU": cfg.sweep.trial_cpus})
-    tuner = tune.Tuner(
-        trainable,
-        param_space={"arm": tune.grid_search(list(arms)), "seed": tune.grid_search(list(cfg.ablation.seeds))},
-        tune_config=tune.TuneConfig(max_concurrent_trials=cfg.ablation.max_concurrent_trials),
-        run_config=tune.RunConfig(name=cfg.ablation.name, storage_path=cfg.train.storage_path, verbose=1 if verbose else 0),
-    )
-    grid = tuner.fit()
+    pending = [{"arm": arm, "seed": seed} for arm in arms for seed in cfg.ablation.seeds if not os.path.exists(_scores_file(cfg, arm, seed))]
+    errors: list[str] = []
+    if pending:
+        init_ray(cfg.ray, verbose)
+        errors = _train_pending(cfg, pending, ctx, verbose)
     client = tracking.client(uri)
     runs: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {arm: {} for arm in arms}
     rows, missing, seconds = [], [], {arm: 0.0 for arm in arms}
     counts = None
     for arm in arms:
         for seed in cfg.ablation.seeds:
-            file = os.path.join(scores_dir(cfg), f"{arm}-s{seed}.npz")
+            file = _scores_file(cfg, arm, seed)
             if not os.path.exists(file):
                 missing.append(f"{arm}/seed {seed}")
                 continue
@@ -209,9 +247,8 @@ def run_ablation(cfg: RadDiagConfig, verbose: bool = False, progress: Any = None
                 rows.append({"arm": arm, "seed": seed, "run_id": str(data["run_id"]), "train_seconds": round(float(data["train_seconds"]), 1)})
     if missing:
         client.set_terminated(parent_run_id, "FAILED")
-        errors = [str(r.error).strip().splitlines()[-1] for r in grid if r.error is not None]
         cause = f"; first error: {errors[0]}" if errors else ""
-        raise AblationError(f"ablation {cfg.ablation.name}: no scores for {', '.join(missing)}{cause}")
+        raise AblationError(f"ablation {cfg.ablation.name}: no scores for {', '.join(missing)}{cause} (rerun with --resume)")
     table = paired_bootstrap(runs, counts, cfg.ablation.pairs(), cfg.ablation.n_bootstrap, seed=0)
     markdown = table.markdown()
     seconds_per_arm = {arm: round(total / len(cfg.ablation.seeds), 1) for arm, total in seconds.items()}
@@ -225,10 +262,10 @@ def run_ablation(cfg: RadDiagConfig, verbose: bool = False, progress: Any = None
         with open(os.path.join(directory, "ablation.md"), "w") as handle:
             handle.write(f"# Ablation {cfg.ablation.name} (dataset {manifest.version})\n\n{markdown}\n")
         client.log_artifacts(parent_run_id, directory)
-    for arm, groups in table.estimates.items():
-        for group, values in groups.items():
-            for metric, estimate in values.items():
-                if np.isfinite(estimate.mean):
-                    client.log_metric(parent_run_id, f"{arm}.test_{metric}_{group}", estimate.mean)
+    metrics = {
+        metric_key(arm, metric, group): estimate.mean
+        for arm, groups in table.estimates.items() for group, values in groups.items() for metric, estimate in values.items()
+    }
+    tracking.log_epoch_metrics(uri, parent_run_id, metrics, step=0, probe=metric_key(table.arms[0], "auc", "all"))
     client.set_terminated(parent_run_id, "FINISHED")
     return AblationResult(cfg.ablation.name, parent_run_id, table, markdown, rows, seconds_per_arm)
