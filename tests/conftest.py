@@ -28,6 +28,8 @@ def tiny_overrides(tmp: Path) -> list[str]:
         "model.width=4",
         "train.epochs=2",
         "train.batch_size=8",
+        "train.num_workers=2",  # DDP is part of what the tiny chain exercises
+        "train.cpus_per_worker=0.5",
         f"train.storage_path={tmp / 'ray'}",
         f"tracking.tracking_uri=sqlite:///{tmp / 'mlflow.db'}",
         "tracking.experiment=tests",

@@ -46,7 +46,7 @@ class SynthConfig(_Strict):
     """
 
     profile: Literal["benchmark", "basic"] = "benchmark"
-    n_cases: int = Field(default=1500, ge=8)
+    n_cases: int = Field(default=1800, ge=8)
     n_labels: int = Field(default=41, ge=4, description="disorder labels, 'Normal' included (benchmark: at most 41)")
     eval_prior_power: float = Field(
         default=0.1, ge=0, le=1,
@@ -56,8 +56,8 @@ class SynthConfig(_Strict):
     max_depth: int = Field(default=6, ge=1, description="depth of 3D scans (2D scans have D=1)")
     max_scans: int = Field(default=3, ge=1, le=8)
     power_law: float = Field(default=1.0, gt=0, description="label frequency ~ rank^-power_law")
-    val_fraction: float = Field(default=0.2, ge=0, lt=0.5)
-    test_fraction: float = Field(default=0.3, ge=0, lt=0.5)
+    val_fraction: float = Field(default=0.15, ge=0, lt=0.5)
+    test_fraction: float = Field(default=0.25, ge=0, lt=0.5)
     shuffle_train_labels: bool = Field(
         default=False,
         description="benchmark control: permute the label sets across training cases (images unchanged), so nothing is learnable",
@@ -245,8 +245,8 @@ class TrainConfig(_Strict):
     lr: float = Field(default=2e-3, gt=0)
     weight_decay: float = Field(default=1e-4, ge=0)
     warmup_fraction: float = Field(default=0.05, ge=0, lt=1)
-    num_workers: int = Field(default=2, ge=1)
-    cpus_per_worker: float = Field(default=0.5, gt=0)
+    num_workers: int = Field(default=1, ge=1, description="DDP workers per run (1 on a small CPU machine: two runs side by side beat one run with 2 workers)")
+    cpus_per_worker: float = Field(default=1.0, gt=0, description="logical CPUs per worker (also its torch threads, at least 1)")
     resources_per_worker: dict[str, float] = Field(default_factory=dict, description="extra custom resources per worker")
     use_gpu: bool = False
     grad_accum_steps: int = Field(default=1, ge=1, description="micro-batches per optimiser step")
@@ -277,7 +277,7 @@ class SweepConfig(_Strict):
     """
 
     name: str = "raddiag-sweep"
-    num_samples: int = Field(default=4, ge=1, description="trials to start (with max_trial_epochs: the cap on trials)")
+    num_samples: int = Field(default=2, ge=1, description="trials to start (with max_trial_epochs: the cap on trials)")
     max_trial_epochs: int = Field(default=0, ge=0, description="budget in trial-epochs over all trials (0 = unlimited)")
     max_concurrent_trials: int = Field(default=0, ge=0, description="0 = derived from cluster CPUs")
     metric: str = "val_auc_macro"
