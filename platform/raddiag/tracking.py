@@ -81,6 +81,28 @@ def start_child_run(uri: str, experiment_id: str, parent_run_id: str, name: str,
     return client(uri).create_run(experiment_id, tags=all_tags, run_name=name).info.run_id
 
 
+def parent_run(
+    uri: str, experiment_id: str, role: str, name: str, version: str, params: dict[str, Any], resume: bool
+) -> str:
+    """The parent run of a sweep or ablation (``role``) named ``name``: with ``resume`` the latest
+    such run, set RUNNING again; else a new one tagged with the role, name and dataset version,
+    with ``params`` logged."""
+    mlflow_client = client(uri)
+    if resume:
+        found = mlflow_client.search_runs(
+            [experiment_id], filter_string=f"tags.`raddiag.{role}` = '{name}' and tags.`raddiag.role` = '{role}'",
+            order_by=["attributes.start_time DESC"], max_results=1,
+        )
+        if found:
+            mlflow_client.update_run(found[0].info.run_id, status="RUNNING")
+            return found[0].info.run_id
+    run = mlflow_client.create_run(
+        experiment_id, run_name=name, tags={f"raddiag.{role}": name, "raddiag.role": role, "raddiag.dataset_version": version}
+    )
+    log_params(uri, run.info.run_id, params)
+    return run.info.run_id
+
+
 def child_runs(uri: str, experiment_id: str, parent_run_id: str) -> list[Any]:
     return client(uri).search_runs(
         [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=10000

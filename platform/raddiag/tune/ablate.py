@@ -155,28 +155,6 @@ def _trial(params: dict[str, Any], *, base: dict[str, Any], ctx: dict[str, Any])
     client.set_terminated(run_id, "FINISHED")
 
 
-def _parent_run(cfg: RadDiagConfig, uri: str, experiment_id: str, version: str, resume: bool) -> str:
-    """The ablation's parent MLflow run: a new one, or with ``resume`` the latest of this name."""
-    from raddiag import tracking
-
-    client = tracking.client(uri)
-    if resume:
-        found = client.search_runs(
-            [experiment_id],
-            filter_string=f"tags.`raddiag.ablation` = '{cfg.ablation.name}' and tags.`raddiag.role` = 'ablation'",
-            order_by=["attributes.start_time DESC"], max_results=1,
-        )
-        if found:
-            client.update_run(found[0].info.run_id, status="RUNNING")
-            return found[0].info.run_id
-    run = client.create_run(
-        experiment_id, run_name=cfg.ablation.name,
-        tags={"raddiag.ablation": cfg.ablation.name, "raddiag.role": "ablation", "raddiag.dataset_version": version},
-    )
-    tracking.log_params(uri, run.info.run_id, cfg.flat())
-    return run.info.run_id
-
-
 def _scores_file(cfg: RadDiagConfig, arm: str, seed: int) -> str:
     return os.path.join(scores_dir(cfg), f"{arm}-s{seed}.npz")
 
@@ -223,7 +201,7 @@ def run_ablation(cfg: RadDiagConfig, verbose: bool = False, progress: Any = None
     manifest = ensure_store(cfg, progress)
     experiment_id = tracking.setup(cfg.tracking)
     uri = cfg.tracking.resolved_uri()
-    parent_run_id = _parent_run(cfg, uri, experiment_id, manifest.version, resume)
+    parent_run_id = tracking.parent_run(uri, experiment_id, "ablation", cfg.ablation.name, manifest.version, cfg.flat(), resume)
     ctx = {"mlflow_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent_run_id, "scores_dir": scores_dir(cfg)}
     pending = [{"arm": arm, "seed": seed} for arm in arms for seed in cfg.ablation.seeds if not os.path.exists(_scores_file(cfg, arm, seed))]
     errors: list[str] = []

@@ -212,27 +212,6 @@ def _optuna_storage(cfg: RadDiagConfig) -> Any:
     return optuna.storages.RDBStorage(f"sqlite:///{cfg.train.storage_path}/{cfg.sweep.name}.optuna.db")
 
 
-def _parent_run(cfg: RadDiagConfig, client: Any, experiment_id: str, version: str, resume: bool) -> str:
-    from raddiag import tracking
-
-    if resume:
-        runs = client.search_runs(
-            [experiment_id],
-            filter_string=f"tags.`raddiag.sweep` = '{cfg.sweep.name}' and tags.`raddiag.role` = 'sweep'",
-            order_by=["attributes.start_time DESC"], max_results=1,
-        )
-        if runs:
-            client.update_run(runs[0].info.run_id, status="RUNNING")
-            return runs[0].info.run_id
-    parent = client.create_run(
-        experiment_id,
-        run_name=cfg.sweep.name,
-        tags={"raddiag.sweep": cfg.sweep.name, "raddiag.role": "sweep", "raddiag.dataset_version": version},
-    )
-    tracking.log_params(cfg.tracking.resolved_uri(), parent.info.run_id, cfg.flat())
-    return parent.info.run_id
-
-
 def run_sweep(cfg: RadDiagConfig, verbose: bool = False, resume: bool = False, stop: Any = None) -> SweepResult:
     """Run the sweep (or, with ``resume``, continue the one named ``sweep.name`` after its driver
     died: finished trials are kept, unfinished ones resume from their last checkpoint into the same
@@ -264,7 +243,7 @@ def run_sweep(cfg: RadDiagConfig, verbose: bool = False, resume: bool = False, s
         raise SweepError(f"sweep {cfg.sweep.name}: nothing to resume at {path}")
     if not resume and exists:
         raise SweepError(f"sweep {cfg.sweep.name} already exists at {path}: pass --resume to continue it or set sweep.name")
-    parent_run_id = _parent_run(cfg, client, experiment_id, manifest.version, resume)
+    parent_run_id = tracking.parent_run(uri, experiment_id, "sweep", cfg.sweep.name, manifest.version, cfg.flat(), resume)
     ledger = ledger_name(path if "://" in path else os.path.abspath(path)) if cfg.sweep.max_trial_epochs else ""
     ctx = {"mlflow_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent_run_id, "budget_ledger": ledger}
     trainable = tune.with_resources(
