@@ -170,9 +170,9 @@ def _train_pending(cfg: RadDiagConfig, pending: list[dict[str, Any]], ctx: dict[
 
     from ray import tune
 
-    name = cfg.ablation.name if not tune.Tuner.can_restore(os.path.join(cfg.train.storage_path, cfg.ablation.name)) else (
-        f"{cfg.ablation.name}-resumed-{time.strftime('%Y%m%d-%H%M%S')}"
-    )
+    name = cfg.ablation.name  # a resumed ablation trains its missing runs in an experiment of its own
+    if os.path.isdir(os.path.join(cfg.train.storage_path, name)):
+        name = f"{name}-resumed-{time.strftime('%Y%m%d-%H%M%S')}"
     trainable = tune.with_resources(tune.with_parameters(_trial, base=cfg.model_dump(mode="json"), ctx=ctx), {"CPU": cfg.sweep.trial_cpus})
     tuner = tune.Tuner(
         trainable,
