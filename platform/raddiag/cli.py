@@ -331,6 +331,47 @@ def predict(
 
 
 @app.command()
+def score(
+    output: Annotated[str, typer.Option("--output", "-o", help="Folder for the Parquet parts: a local path or s3://bucket/prefix.")],
+    model: Annotated[str, typer.Option(help="Model URI (default: models:/<registered_model>@champion).")] = "",
+    split: Annotated[str, typer.Option(help="Split of the store to score.")] = "test",
+    actors: Annotated[int, typer.Option(help="Ray Data actors, each loading the model once.")] = 2,
+    cpus_per_actor: Annotated[float, typer.Option(help="CPUs reserved per actor (torch threads).")] = 1.0,
+    gpu: Annotated[bool, typer.Option("--gpu", help="One GPU per actor.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Cases per forward pass.")] = 8,
+    chunk_cases: Annotated[int, typer.Option(help="Cases per Parquet part (the unit of resume).")] = 64,
+    embeddings: Annotated[bool, typer.Option("--embeddings", help="Also write each case's fused embedding.")] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Batch-score a store split on Ray Data (an actor pool) into Parquet; re-run to resume."""
+    from raddiag.score import ScoreError, run_score
+
+    cfg = _config(config, set_)
+    if split not in ("train", "val", "test"):
+        raise UserError(f"--split {split!r}: expected train, val or test", code=2)
+    if actors < 1 or batch_size < 1 or chunk_cases < 1 or cpus_per_actor <= 0:
+        raise UserError("--actors, --batch-size and --chunk-cases must be >= 1 and --cpus-per-actor > 0", code=2)
+    uri = _model_uri(cfg, model)
+    try:
+        with _progress() as progress:
+            task = progress.add_task(f"scoring {split}", total=None)
+            result = run_score(
+                cfg, uri, split, output, actors=actors, cpus_per_actor=cpus_per_actor, use_gpu=gpu, batch_size=batch_size,
+                chunk_cases=chunk_cases, embeddings=embeddings, verbose=verbose,
+                progress=lambda done, total: progress.update(task, completed=done, total=total),
+            )
+    except ScoreError as exc:
+        raise UserError(str(exc), code=2) from None
+    resumed = f", {result.skipped_chunks} parts kept from an earlier run" if result.skipped_chunks else ""
+    console.print(
+        f"{result.n_cases} cases of {split} scored with {result.model_uri} in {result.seconds:.1f} s "
+        f"({result.cases_per_s:.1f} cases/s{resumed}) → {output}"
+    )
+
+
+@app.command()
 def finetune(
     model: Annotated[str, typer.Option(help="Source model URI (default: models:/<registered_model>@champion).")] = "",
     head: Annotated[Optional[str], typer.Option(help="Head for the new labels: mlp (new head) or ke (embed the new names); default: the source's.")] = None,
