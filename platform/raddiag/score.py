@@ -46,7 +46,15 @@ class ScoreResult:
     n_chunks: int
     skipped_chunks: int
     seconds: float
-    cases_per_s: float
+    cases_per_s: float  # new cases / wall seconds, Ray Data and actor start-up included
+    actor_seconds: float = 0.0  # summed time actors spent scoring and writing chunks
+    kept_cases: int = 0  # cases of chunks an earlier run had written (resume)
+
+    @property
+    def cases_per_actor_s(self) -> float:
+        """Steady-state throughput of one actor (start-up excluded)."""
+        scored = self.n_cases - self.kept_cases
+        return scored / self.actor_seconds if self.actor_seconds > 0 else 0.0
 
 
 @dataclass
@@ -290,7 +298,8 @@ def run_score(
     fs, root, done = _prepare_output(job, cfg.store.endpoint_url)
     todo = [i for i in range(len(chunks)) if i not in done]
     started = time.perf_counter()
-    scored = sum(len(chunks[i]) for i in done)
+    scored = kept = sum(len(chunks[i]) for i in done)
+    actor_seconds = 0.0
     if progress:
         progress(scored, job["n_cases"])
     if todo:
@@ -310,6 +319,7 @@ def run_score(
         )
         for row in dataset.iter_rows():
             scored += int(row["cases"])
+            actor_seconds += float(row["seconds"])
             if progress:
                 progress(scored, job["n_cases"])
     seconds = time.perf_counter() - started
@@ -319,6 +329,7 @@ def run_score(
     return ScoreResult(
         output=output, model_uri=job["model_uri"], split=split, n_cases=job["n_cases"], n_chunks=len(chunks),
         skipped_chunks=len(done), seconds=seconds, cases_per_s=new_cases / seconds if new_cases and seconds > 0 else 0.0,
+        actor_seconds=actor_seconds, kept_cases=kept,
     )
 
 
