@@ -122,6 +122,10 @@ class DataConfig(_Strict):
     cases_per_task: int = Field(default=16, ge=1, description="cases per Ray Data read task (each opens its own store)")
     max_gap_kb: int = Field(default=0, ge=0, description="merge ranged reads of chunks closer than this (0: adjacent chunks only)")
     data_cpus: float = Field(default=0.5, gt=0, description="logical CPUs for each Ray Data task")
+    eval_cache_mb: int = Field(
+        default=256, ge=0,
+        description="keep a worker's validation batches (uint8, deterministic) in memory after the first epoch when they fit in this many MB (0: read every epoch)",
+    )
 
 
 class KEConfig(_Strict):

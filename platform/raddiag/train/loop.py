@@ -203,6 +203,38 @@ def validate(model, dataset_batches, device) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([g[2] for g in gathered])[sort], np.concatenate([g[1] for g in gathered])[sort]
 
 
+class EvalBatches:
+    """A worker's validation batches, epoch after epoch.
+
+    Validation batches do not depend on the epoch (no sampling, mixing or augmentation), so when a
+    worker's share fits in ``data.eval_cache_mb`` they are read through Ray Data once, kept as uint8
+    tensors, and replayed on later epochs: the same batches, without a Ray Data start-up and a
+    store read per epoch. Larger shares are streamed every epoch.
+    """
+
+    def __init__(self, records: list[dict[str, Any]], cfg: RadDiagConfig, names: list[str], device: Any, *, rank: int, world: int) -> None:
+        from raddiag.data.pipeline import case_row_bytes
+
+        self.records, self.cfg, self.names, self.device, self.rank, self.world = records, cfg, names, device, rank, world
+        shard_cases = -(-len(records) // max(world, 1))
+        self.cacheable = shard_cases * case_row_bytes(cfg, names) <= cfg.data.eval_cache_mb * 2**20
+        self.cached: list[dict[str, torch.Tensor]] | None = None
+
+    def batches(self, epoch: int) -> Iterable[dict[str, Any]]:
+        from raddiag.data.pipeline import images_to_float, iter_batches, worker_dataset
+
+        if self.cached is not None:
+            return (images_to_float(dict(batch)) for batch in self.cached)
+        shard = worker_dataset(self.records, self.cfg, self.names, train=False, epoch=epoch, rank=self.rank, world=self.world)
+        if not self.cacheable:
+            return iter_batches(shard, self.cfg.train.batch_size, self.device)
+        self.cached = [
+            {key: value.clone() for key, value in batch.items()}  # own memory, not Ray's object store
+            for batch in iter_batches(shard, self.cfg.train.batch_size, self.device, to_float=False)
+        ]
+        return (images_to_float(dict(batch)) for batch in self.cached)
+
+
 def log_final_artifacts(uri: str, run_id: str, labels: np.ndarray, scores: np.ndarray, counts: np.ndarray, names: list[str], report: Any) -> None:
     """Long-tail plots (ROC by group, AUC vs frequency, calibration) and the label vocabulary."""
     import pandas as pd
@@ -299,6 +331,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
         return Prefetch(make, depth=cfg.train.prefetch_batches)
 
+    val_batches = EvalBatches(val_records, cfg, names, device, rank=rank, world=world)
     budget = loop_config.get("budget")
     upcoming = train_stream(progress.start_epoch) if progress.start_epoch < cfg.train.epochs else None
     batches = None
@@ -311,8 +344,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             metrics = train_epoch(model, observe.batches(batches), loss_fn, optimizer, scheduler, cfg, amp_dtype)
             if epoch + 1 < cfg.train.epochs:  # its Ray Data start-up overlaps this epoch's validation
                 upcoming = train_stream(epoch + 1)
-            val_shard = worker_dataset(val_records, cfg, names, train=False, epoch=epoch, rank=rank, world=world)
-            labels, scores = validate(model, iter_batches(val_shard, cfg.train.batch_size, device), device)
+            labels, scores = validate(model, val_batches.batches(epoch), device)
             report = evaluate_scores(labels, scores, counts, label_names=names)
             metrics.update({f"val_{key}": value for key, value in report.flat().items()})
             metrics.update({"epoch": epoch, "lr": scheduler.get_last_lr()[0], "epoch_time_s": time.perf_counter() - started})
