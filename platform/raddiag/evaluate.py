@@ -33,22 +33,15 @@ def load_pyfunc(model_uri: str) -> tuple[Any, Any]:
 
 def score_split(model: Any, wrapper: Any, manifest: Any, cfg: RadDiagConfig, split: str, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """(labels (n, C), scores (n, C)) for every case of ``split``, assembled with the model's own
-    data settings (scans, depth, size, label level) from the store of ``cfg``."""
-    from raddiag.data.pipeline import local_batches
-    from raddiag.schema import MODEL_INPUTS
+    data settings (scans, depth, size, label level) from the store of ``cfg`` — the scoring
+    function ``raddiag score`` runs in its actors (:func:`raddiag.score.score_records`)."""
+    from raddiag.score import model_eval_config, score_records
 
-    model_cfg = RadDiagConfig.model_validate(wrapper.meta["config"])
-    eval_cfg = model_cfg.model_copy(update={"store": cfg.store})
-    names = wrapper.label_names
     records = manifest.case_records(split)
     if not records:
         raise ValueError(f"store {cfg.store.url}: split {split!r} has no cases")
-    labels, scores = [], []
-    for batch in local_batches(records, eval_cfg, names, batch_size):
-        frame = model.predict({k: batch[k] for k in MODEL_INPUTS})
-        scores.append(frame[names].to_numpy())
-        labels.append(batch["labels"])
-    return np.concatenate(labels), np.concatenate(scores)
+    scored = score_records(wrapper.model, records, model_eval_config(wrapper.meta, cfg), wrapper.label_names, batch_size=batch_size)
+    return scored.labels.astype(np.float32), scored.scores
 
 
 def evaluate_model(model_uri: str, cfg: RadDiagConfig, split: str = "test", n_bootstrap: int = 0) -> Evaluation:
