@@ -203,7 +203,7 @@ REJECTS = [
     ("tab-conflict", "duplicate case id"),
     ("tab-good", "duplicate case id (first defined in cases.csv)"),
     ("tab-missing", "missing file"),
-    ("tab-sc", "flagged secondary_capture"),
+    ("tab-sc", "+secondary_capture: pixels may carry PHI"),
     ("tab-burned", "flagged burned_in_annotation"),
 ]
 
@@ -250,7 +250,7 @@ def test_table_formats_and_dicom_series(table_source, table_result) -> None:
 def test_flagged_dicom_kept_with_its_flag_when_asked(table_source, tmp_path: Path) -> None:
     result = ingest_table(table_source, Store(str(tmp_path / "s")), keep_flagged=True)
     flags = {case: list(f) for case, f in zip(result.manifest.scans["case_id"], result.manifest.scans["flags"]) if len(f)}
-    assert flags == {"tab-sc": ["secondary_capture"], "tab-burned": ["burned_in_annotation"]}
+    assert flags == {"tab-sc": ["burned_in_risk:colour", "secondary_capture"], "tab-burned": ["burned_in_annotation"]}
 
 
 def test_no_phi_in_store_manifest_or_logs(table_source, tmp_path: Path, capfd, caplog) -> None:

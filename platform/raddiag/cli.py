@@ -74,9 +74,11 @@ def synth(config: ConfigOpt = None, set_: SetOpt = None) -> None:
 
 
 def _print_manifest(manifest: Any, url: str) -> None:
+    from rich.markup import escape
+
     groups = manifest.labels[manifest.labels["level"] == "disorder"]["group"].value_counts().to_dict()
     console.print(
-        f"store [bold]{url}[/] version [bold]{manifest.version}[/]: {manifest.info['n_cases']} cases, "
+        f"store [bold]{escape(plain(url).plain)}[/] version [bold]{manifest.version}[/]: {manifest.info['n_cases']} cases, "
         f"{manifest.info['n_scans']} scans, splits {manifest.info['splits']}, disorder labels by group {groups}"
     )
 
@@ -130,7 +132,7 @@ def ingest(
             result = run_ingest(
                 list(sources), store, data_root=root, vocabulary=vocabulary, plan=plan, limits=limits,
                 val_fraction=ing.val_fraction, test_fraction=ing.test_fraction, seed=ing.seed,
-                keep_flagged=ing.keep_flagged, key_env=ing.deid_key_env, fmt=fmt, workers=workers,
+                keep_flagged=ing.keep_flagged, trust_pixels=tuple(ing.trust_pixels), key_env=ing.deid_key_env, fmt=fmt, workers=workers,
                 progress=lambda done, total: progress.update(task, completed=done, total=total),
             )
     except (IngestError, DeidKeyMissing) as exc:
@@ -145,6 +147,18 @@ def ingest(
     _print_manifest(result.manifest, url)
 
 
+def plain(value: Any, limit: int = 300) -> Any:
+    """User-supplied text (case ids, paths, reasons) as an inert rich ``Text``: no markup is
+    interpreted (``[/oops]``, ``[link=...]``), control characters (ANSI/OSC escapes) are shown as
+    ``?``, and long values are cut."""
+    import re
+
+    from rich.text import Text
+
+    text = re.sub(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", "?", str(value))
+    return Text(text if len(text) <= limit else text[: limit - 1] + "…")
+
+
 def _print_rejected(rejected: Any, limit: int = 50) -> None:
     if rejected.empty:
         return
@@ -154,7 +168,7 @@ def _print_rejected(rejected: Any, limit: int = 50) -> None:
     for column in ("source", "case_id", "item", "reason"):
         table.add_column(column, overflow="fold")
     for row in rejected.head(limit).itertuples(index=False):
-        table.add_row(row.source, row.case_id, row.item, row.reason)
+        table.add_row(plain(row.source), plain(row.case_id), plain(row.item), plain(row.reason))
     console.print(table)
     if len(rejected) > limit:
         console.print(f"... and {len(rejected) - limit} more")

@@ -79,7 +79,11 @@ class IngestConfig(_Strict):
     val_fraction: float = Field(default=0.15, ge=0, lt=0.5, description="for cases without a given split")
     test_fraction: float = Field(default=0.25, ge=0, lt=0.5, description="for cases without a given split")
     seed: int = 0
-    keep_flagged: bool = Field(default=False, description="keep DICOM flagged burned-in/secondary capture (else quarantine)")
+    keep_flagged: bool = Field(default=False, description="keep every DICOM flagged as possibly showing PHI in its pixels (else quarantine)")
+    trust_pixels: list[Literal["US", "colour"]] = Field(
+        default_factory=list,
+        description="accept the burned_in_risk flag of these kinds (US, colour) — only for exports known to be free of burned-in text",
+    )
     deid_key_env: str = Field(default="RADDIAG_DEID_KEY", description="env var holding the DICOM keyed-hash secret")
 
     @field_validator("ct_window")

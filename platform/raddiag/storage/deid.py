@@ -122,15 +122,37 @@ def _floats(value: Any) -> list[float]:
         return []
 
 
+#: Photometric interpretations of colour images: screen captures, ultrasound and photographs, which
+#: commonly carry burned-in text (patient name, dates, institution) in their pixels.
+COLOUR_PHOTOMETRICS = ("RGB", "YBR", "PALETTE")
+
+
 def flags_of(ds: Any) -> list[str]:
-    """``burned_in_annotation`` and/or ``secondary_capture`` when the header says so."""
+    """Why the pixels of ``ds`` may show PHI (empty when nothing suggests it).
+
+    - ``burned_in_annotation``: the header says ``BurnedInAnnotation: YES``;
+    - ``secondary_capture``: a secondary-capture SOP class or a ``ConversionType`` (screenshots);
+    - ``burned_in_risk:US`` / ``burned_in_risk:colour``: ultrasound, or a colour/palette image, whose
+      header does not state ``BurnedInAnnotation: NO`` — the usual carriers of burned-in text.
+      Only the header is read: the pixels are not searched for text (no OCR).
+    """
     flags = []
-    if str(getattr(ds, "BurnedInAnnotation", "")).strip().upper() == "YES":
+    burned = str(getattr(ds, "BurnedInAnnotation", "")).strip().upper()
+    if burned == "YES":
         flags.append("burned_in_annotation")
     sop_class = str(getattr(ds, "SOPClassUID", ""))
     if sop_class in SECONDARY_CAPTURE_SOP_CLASSES or getattr(ds, "ConversionType", None):
         flags.append("secondary_capture")
+    if burned != "NO":
+        if str(getattr(ds, "Modality", "") or "").upper() == "US" or sop_class.startswith(US_SOP_CLASS_PREFIXES):
+            flags.append("burned_in_risk:US")
+        if str(getattr(ds, "PhotometricInterpretation", "") or "").upper().startswith(COLOUR_PHOTOMETRICS):
+            flags.append("burned_in_risk:colour")
     return flags
+
+
+#: Ultrasound image storage SOP classes (single and multi-frame, retired versions included).
+US_SOP_CLASS_PREFIXES = ("1.2.840.10008.5.1.4.1.1.6", "1.2.840.10008.5.1.4.1.1.3")
 
 
 def deidentify(headers: list[Any], key: bytes, depth: int) -> DicomMeta:
@@ -142,8 +164,13 @@ def deidentify(headers: list[Any], key: bytes, depth: int) -> DicomMeta:
     first = headers[0]
     code = str(getattr(first, "Modality", "") or "").upper()
     orientation = _floats(getattr(first, "ImageOrientationPatient", None))
-    pixel = _floats(getattr(first, "PixelSpacing", None))[:2]
-    slice_spacing = _slice_gap(headers) or _floats(getattr(first, "SpacingBetweenSlices", None))[:1] or _floats(getattr(first, "SliceThickness", None))[:1]
+    measures = _shared_pixel_measures(first)  # enhanced CT/MR: spacing lives in the functional groups
+    pixel = _floats(getattr(first, "PixelSpacing", None))[:2] or _floats(measures.get("PixelSpacing"))[:2]
+    slice_spacing = (
+        _slice_gap(headers) or _floats(getattr(first, "SpacingBetweenSlices", None))[:1]
+        or _floats(getattr(first, "SliceThickness", None))[:1]
+        or _floats(measures.get("SpacingBetweenSlices"))[:1] or _floats(measures.get("SliceThickness"))[:1]
+    )
     spacing = (slice_spacing[:1] or [0.0]) + (pixel if len(pixel) == 2 else [0.0, 0.0]) if (pixel or slice_spacing) else []
     modality = canonical_modality(code)
     if depth > 1 or modality in ("CT", "MRI"):
@@ -162,6 +189,18 @@ def deidentify(headers: list[Any], key: bytes, depth: int) -> DicomMeta:
         series_key=keyed_hash(str(getattr(first, "SeriesInstanceUID", "") or ""), key, "series"),
         flags=flags,
     )
+
+
+def _shared_pixel_measures(ds: Any) -> Any:
+    """``SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]`` of an enhanced (multi-frame)
+    image, else of its first frame's per-frame groups; ``{}`` when absent."""
+    for groups in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        try:
+            group = getattr(ds, groups)[0]
+            return group.PixelMeasuresSequence[0]
+        except (AttributeError, IndexError, KeyError, TypeError):
+            continue
+    return {}
 
 
 def _slice_gap(headers: list[Any]) -> list[float]:

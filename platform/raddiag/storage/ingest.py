@@ -90,17 +90,35 @@ class IngestResult:
     scans_per_second: float
 
 
+#: Sanity limits on labels (a case beyond them is quarantined with the reason).
+MAX_LABEL_CHARS = 256
+MAX_LABELS_PER_CASE = 256
+MAX_REASON_CHARS = 300
+
+
 def _reject(source: str, case_id: str, item: str, reason: str) -> dict[str, str]:
-    return {"source": source, "case_id": case_id, "item": item, "reason": reason}
+    if len(reason) > MAX_REASON_CHARS:
+        reason = reason[: MAX_REASON_CHARS - 1] + "…"
+    return {"source": source, "case_id": case_id[:MAX_LABEL_CHARS], "item": item[:1024], "reason": reason}
 
 
 # ---- paths ------------------------------------------------------------------------------------------
-def resolve_in_root(raw: str, root: Path) -> tuple[Path | None, str]:
+def _usable(path: Path) -> tuple[Path | None, str]:
+    """Only regular files and folders are read (a FIFO or device named ``x.npy`` would block)."""
+    if not path.exists():
+        return None, "missing file"
+    if not (path.is_file() or path.is_dir()):
+        return None, "not a regular file or folder"
+    return path, ""
+
+
+def resolve_in_root(raw: str, root: Path, relocate: bool = True) -> tuple[Path | None, str]:
     """Resolve a source path against the data root; returns (path, problem).
 
-    Relative paths are joined to the root; an absolute path inside the root is used as is, else its
-    trailing components are looked up under the root (the RP3D json names the authors' machine).
-    Anything whose real path (symlinks followed) leaves the root is refused.
+    Relative paths are joined to the root; an absolute path inside the root is used as is, else
+    (``relocate``, the RP3D json: it names the authors' machine) its trailing components are looked
+    up under the root; without ``relocate`` (a case table) it is refused. Anything whose real path
+    (symlinks followed) leaves the root is refused; only regular files and folders are used.
     """
     root_real = os.path.realpath(root)
     given = Path(raw)
@@ -113,16 +131,18 @@ def resolve_in_root(raw: str, root: Path) -> tuple[Path | None, str]:
         candidate = root / given
         if not inside(candidate):
             return None, "path escapes the data root"
-        return (candidate, "") if candidate.exists() else (None, "missing file")
+        return _usable(candidate)
     if inside(given):
-        return (given, "") if given.exists() else (None, "missing file")
+        return _usable(given)
+    if not relocate:
+        return None, "absolute path outside the data root (give it relative to --data-root, or set ingest.data_root)"
     parts = [p for p in given.parts[1:] if p not in ("", ".")]
     if ".." in parts:
         return None, "path escapes the data root"
     for keep in range(min(len(parts), 4), 0, -1):
         candidate = root.joinpath(*parts[-keep:])
         if candidate.exists():
-            return (candidate, "") if inside(candidate) else (None, "path escapes the data root")
+            return _usable(candidate) if inside(candidate) else (None, "path escapes the data root")
     return None, "missing file"
 
 
@@ -174,7 +194,9 @@ def parse_rp3d(json_path: Path, root: Path, split: str | None = None) -> tuple[l
     try:
         data = json.loads(json_path.read_text(), object_pairs_hook=_pairs_no_duplicates)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise IngestError(f"{json_path}: not a readable RP3D json ({type(exc).__name__}: {exc})") from None
+        raise IngestError(f"{json_path}: not a readable RP3D json ({type(exc).__name__}: {str(exc)[:200]})") from None
+    except RecursionError:
+        raise IngestError(f"{json_path}: not a readable RP3D json (nested too deeply)") from None
     if not isinstance(data, dict):
         raise IngestError(f"{json_path}: expected an object of cases keyed by URL, got {type(data).__name__}")
     rejected = [_reject(source, rp3d_case_id(k), "", "duplicate case id in the json") for k in data.pop("__duplicate_keys__", [])]
@@ -185,43 +207,72 @@ def parse_rp3d(json_path: Path, root: Path, split: str | None = None) -> tuple[l
         if not isinstance(case, dict) or not isinstance(case.get("Samples"), list):
             rejected.append(_reject(source, case_id, "", "malformed case: no Samples list"))
             continue
-        spec = CaseSpec(case_id=case_id, source=source, split=split, anatomy=str(case.get("Anatomy") or ""))
-        key_slices = case.get("key_slice") or []
-        for sample_index, sample in enumerate(case["Samples"]):
-            if not isinstance(sample, dict):
-                continue
-            for name in sample.get("articles") or []:
-                if name not in spec.disorders:
-                    spec.disorders.append(str(name))
-            for code in sample.get("icd10s") or []:
-                if code not in spec.icd10:
-                    spec.icd10.append(str(code))
-            modalities = sample.get("image_modality") or sample.get("image_modalitys") or []
-            for image_index, raw in enumerate(sample.get("image_data_path") or []):
-                path, problem = resolve_in_root(str(raw), root)
-                key_raw = _at(sample.get("image_key_path"), image_index, "")
-                key_path = resolve_in_root(str(key_raw), root)[0] if key_raw else None
-                json_key = _at(key_slices, sample_index, {})
-                json_key = json_key.get(f"image_{image_index}") if isinstance(json_key, dict) else None
-                spec.scans.append(
-                    ScanSpec(
-                        item=_short(str(raw)),
-                        path=path,
-                        modality=str(_at(modalities, image_index, "") or ""),
-                        plane=str(_at(sample.get("plane_projection"), image_index, "") or "").lower(),
-                        aux_modality=str(_at(sample.get("aux_modality"), image_index, "") or ""),
-                        key_slice=int(json_key) if isinstance(json_key, (int, float)) else None,
-                        key_path=key_path,
-                        problem=problem,
-                    )
-                )
-        cases.append(spec)
+        try:
+            cases.append(_rp3d_case(case, case_id, source, split, root))
+        except _Malformed as exc:
+            rejected.append(_reject(source, case_id, "", f"malformed case: {exc}"))
     return cases, rejected
+
+
+class _Malformed(ValueError):
+    """A field of one RP3D case has the wrong type or value (the case is quarantined)."""
+
+
+def _strings(sample: dict[str, Any], field: str) -> list[str]:
+    value = sample.get(field)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _Malformed(f"{field} must be a list of strings")
+    return value
+
+
+def _key_slice_value(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if not np.isfinite(value) or abs(value) > 2**31:
+        raise _Malformed(f"key_slice {value!r} is not a slice index")
+    return int(value)
+
+
+def _rp3d_case(case: dict[str, Any], case_id: str, source: str, split: str | None, root: Path) -> CaseSpec:
+    spec = CaseSpec(case_id=case_id, source=source, split=split, anatomy=str(case.get("Anatomy") or "")[:MAX_LABEL_CHARS])
+    key_slices = case.get("key_slice") or []
+    for sample_index, sample in enumerate(case["Samples"]):
+        if not isinstance(sample, dict):
+            continue
+        for name in _strings(sample, "articles"):
+            if name not in spec.disorders:
+                spec.disorders.append(name)
+        for code in _strings(sample, "icd10s"):
+            if code not in spec.icd10:
+                spec.icd10.append(code)
+        modalities = sample.get("image_modality") or sample.get("image_modalitys") or []
+        for image_index, raw in enumerate(_strings(sample, "image_data_path")):
+            path, problem = resolve_in_root(str(raw), root)
+            key_raw = _at(sample.get("image_key_path"), image_index, "")
+            key_path = resolve_in_root(str(key_raw), root)[0] if key_raw else None
+            json_key = _at(key_slices, sample_index, {})
+            json_key = json_key.get(f"image_{image_index}") if isinstance(json_key, dict) else None
+            spec.scans.append(
+                ScanSpec(
+                    item=_short(str(raw)),
+                    path=path,
+                    modality=str(_at(modalities, image_index, "") or ""),
+                    plane=str(_at(sample.get("plane_projection"), image_index, "") or "").lower(),
+                    aux_modality=str(_at(sample.get("aux_modality"), image_index, "") or ""),
+                    key_slice=_key_slice_value(json_key),
+                    key_path=key_path,
+                    problem=problem,
+                )
+            )
+    return spec
 
 
 # ---- case table CSV ------------------------------------------------------------------------------------
 def _split_labels(text: str) -> list[str]:
-    return [part.strip() for part in re.split(r"[;|]", text or "") if part.strip()]
+    """Label names of a table cell, separated by ``;`` (storage/README.md)."""
+    return [part.strip() for part in (text or "").split(";") if part.strip()]
 
 
 def parse_table(csv_path: Path, root: Path, key: Callable[[], bytes]) -> tuple[list[CaseSpec], list[dict[str, str]]]:
@@ -240,7 +291,7 @@ def parse_table(csv_path: Path, root: Path, key: Callable[[], bytes]) -> tuple[l
     conflicted: set[str] = set()
     for row in table.to_dict("records"):
         raw = row["path"].strip()
-        path, problem = resolve_in_root(raw, root) if raw else (None, "empty path")
+        path, problem = resolve_in_root(raw, root, relocate=False) if raw else (None, "empty path")
         case_id = row["case_id"].strip()
         if not case_id and path is not None and _is_dicom(path):
             try:
@@ -268,7 +319,7 @@ def parse_table(csv_path: Path, root: Path, key: Callable[[], bytes]) -> tuple[l
                 modality=row["modality"].strip(),
                 plane=row["plane"].strip().lower(),
                 aux_modality=row.get("aux_modality", "").strip(),
-                key_slice=int(key_text) if key_text.lstrip("-").isdigit() else None,
+                key_slice=int(key_text) if re.fullmatch(r"-?[0-9]{1,9}", key_text) else None,
                 problem=problem,
             )
         )
@@ -283,13 +334,36 @@ def _is_dicom(path: Path) -> bool:
 
 
 def _dicom_files(path: Path) -> list[Path]:
-    if path.is_dir():
-        return sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-    return [path]
+    """The regular files of a DICOM folder (or the file itself) that stay inside the folder."""
+    if not path.is_dir():
+        return [path]
+    folder = os.path.realpath(path)
+    return sorted(
+        p for p in path.iterdir()
+        if p.is_file() and not p.name.startswith(".") and os.path.realpath(p).startswith(folder + os.sep)
+    )
+
+
+def _folder_headers(path: Path) -> tuple[list[tuple[Path, Any]], list[str]]:
+    """Headers of the readable DICOM files of ``path``; what was skipped and why (a README, a
+    .zip, a symlink leaving the folder must not reject the whole folder)."""
+    if not path.is_dir():
+        return read_dicom_headers([path]), []
+    skipped = [f"{p.name}: symlink or special file leaving the folder, skipped" for p in sorted(path.iterdir())
+               if not p.name.startswith(".") and p not in set(_dicom_files(path))]
+    headers = []
+    for file in _dicom_files(path):
+        try:
+            headers.extend(read_dicom_headers([file]))
+        except BadInput as exc:
+            skipped.append(f"{exc}, skipped")
+    if not headers:
+        raise BadInput("no readable DICOM file in the folder" + (f" ({skipped[0]})" if skipped else ""))
+    return headers, skipped
 
 
 def _dicom_case_id(path: Path, key: Callable[[], bytes]) -> str:
-    headers = read_dicom_headers(_dicom_files(path)[:1])
+    headers, _ = _folder_headers(path)
     study = str(getattr(headers[0][1], "StudyInstanceUID", "") or "")
     if not study:
         raise BadInput("DICOM without StudyInstanceUID and no case_id given")
@@ -330,6 +404,13 @@ class _Context:
     limits: Limits
     keep_flagged: bool
     key: Callable[[], bytes]
+    trust_pixels: tuple[str, ...] = ()
+
+    def blocking_flags(self, flags: list[str]) -> list[str]:
+        """The flags that quarantine a scan (``burned_in_risk:<kind>`` of a trusted kind excepted)."""
+        if self.keep_flagged:
+            return []
+        return [f for f in flags if not (f.startswith("burned_in_risk:") and f.split(":", 1)[1] in self.trust_pixels)]
 
 
 def _read_key_slice(spec: ScanSpec) -> int | None:
@@ -374,15 +455,20 @@ def _ingest_scan(ctx: _Context, case: CaseSpec, spec: ScanSpec) -> tuple[list[di
         if not _is_dicom(spec.path):
             volume = read_volume(spec.path, ctx.limits)
             return [_store_volume(ctx, case.case_id, volume.data, _read_key_slice(spec), volume.spacing, base)], []
-        rows, rejected = [], []
-        series = group_series(read_dicom_headers(_dicom_files(spec.path)))
+        headers, skipped = _folder_headers(spec.path)
+        rejected = [_reject(case.source, case.case_id, spec.item, reason) for reason in skipped]
+        rows = []
+        series = group_series(headers)
         for number, paths in enumerate(series.values()):
             item = spec.item if len(series) == 1 else f"{spec.item} (series {number + 1} of {len(series)})"
             try:
                 data, headers = read_dicom_series(paths, ctx.limits)
                 meta = deid.deidentify(headers, ctx.key(), data.shape[0]).stored()
-                if meta["flags"] and not ctx.keep_flagged:
-                    raise BadInput(f"flagged {'+'.join(meta['flags'])}: pixels may carry PHI (ingest.keep_flagged=true keeps it)")
+                if blocking := ctx.blocking_flags(meta["flags"]):
+                    raise BadInput(
+                        f"flagged {'+'.join(blocking)}: pixels may carry PHI "
+                        "(ingest.trust_pixels=[US,colour] or ingest.keep_flagged=true keeps it)"
+                    )
                 check_values(data)
                 meta.update({k: v for k, v in base.items() if v})
                 rows.append(_store_volume(ctx, case.case_id, data, spec.key_slice, meta.pop("spacing"), meta))
@@ -396,7 +482,12 @@ def _ingest_scan(ctx: _Context, case: CaseSpec, spec: ScanSpec) -> tuple[list[di
 def _ingest_case(ctx: _Context, case: CaseSpec) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     rows, rejected = [], []
     for spec in case.scans:
-        scan_rows, scan_rejected = _ingest_scan(ctx, case, spec)
+        try:
+            scan_rows, scan_rejected = _ingest_scan(ctx, case, spec)
+        except (OSError, MemoryError) as exc:  # per scan: unreadable file, too large to hold
+            scan_rows, scan_rejected = [], [_reject(case.source, case.case_id, spec.item, f"cannot read the scan ({type(exc).__name__})")]
+        except Exception as exc:  # a reader bug must cost one scan, not the run (no message: it may quote PHI)
+            scan_rows, scan_rejected = [], [_reject(case.source, case.case_id, spec.item, f"unexpected error reading the scan ({type(exc).__name__})")]
         rows.extend(scan_rows)
         rejected.extend(scan_rejected)
     unique = {(r["scan_id"]): r for r in rows}
@@ -439,6 +530,10 @@ def _screen_cases(cases: list[CaseSpec], vocabulary: list[str] | None) -> tuple[
             reason = f"duplicate case id (first defined in {seen[case.case_id]})"
         elif not case.disorders:
             reason = "no disorder labels (label a normal case 'Normal')"
+        elif len(case.disorders) + len(case.icd10) > MAX_LABELS_PER_CASE:
+            reason = f"{len(case.disorders) + len(case.icd10)} labels on one case (at most {MAX_LABELS_PER_CASE})"
+        elif any(len(n) > MAX_LABEL_CHARS for n in [*case.disorders, *case.icd10]):
+            reason = f"a label name longer than {MAX_LABEL_CHARS} characters"
         elif known is not None and (unknown := [n for n in case.disorders if n not in known]):
             reason = f"unknown label name(s) {unknown} (not in the label vocabulary)"
         elif bad := _unknown_icd(case.icd10):
@@ -457,12 +552,13 @@ def _screen_cases(cases: list[CaseSpec], vocabulary: list[str] | None) -> tuple[
 
 def _labels(cases: pd.DataFrame, vocabulary: list[str] | None) -> pd.DataFrame:
     counts: dict[str, int] = {}
-    pairs: dict[tuple[str, str], int] = {}
+    pairs: dict[str, dict[str, int]] = {}  # name -> code -> cases carrying both
     for row in cases.itertuples(index=False):
         for name in row.disorders:
             counts[name] = counts.get(name, 0) + 1
+            by_code = pairs.setdefault(name, {})
             for code in row.icd10:
-                pairs[(name, code)] = pairs.get((name, code), 0) + 1
+                by_code[code] = by_code.get(code, 0) + 1
     if vocabulary is not None:
         rank = {name: index for index, name in enumerate(vocabulary)}
         names = sorted(counts, key=lambda n: (rank[n], n))
@@ -470,7 +566,7 @@ def _labels(cases: pd.DataFrame, vocabulary: list[str] | None) -> pd.DataFrame:
         names = sorted(counts, key=lambda n: (n != "Normal", -counts[n], n))
     codes: dict[str, str | None] = {}
     for name in names:
-        best = sorted(((-c, code) for (n, code), c in pairs.items() if n == name))
+        best = sorted((-c, code) for code, c in pairs.get(name, {}).items())
         codes[name] = best[0][1] if best and name != "Normal" else None
     return label_table(cases, names, codes)
 
@@ -487,6 +583,7 @@ def run_ingest(
     test_fraction: float = 0.25,
     seed: int = 0,
     keep_flagged: bool = False,
+    trust_pixels: tuple[str, ...] = (),
     key_env: str = deid.DEFAULT_KEY_ENV,
     fmt: str = "auto",
     workers: int = 1,
@@ -500,7 +597,7 @@ def run_ingest(
         key()  # fail fast (a misuse), before any pixel is read
     cases, problems = _screen_cases(sorted(cases, key=lambda c: (c.case_id, c.source)), vocabulary)
     rejected.extend(problems)
-    ctx = _Context(store, plan, limits, keep_flagged, key)
+    ctx = _Context(store, plan, limits, keep_flagged, key, tuple(trust_pixels))
     store.group()  # create the group once, before worker threads write arrays
     case_rows, scan_rows = [], []
     done = 0

@@ -210,14 +210,27 @@ def group_series(headers: list[tuple[Path, Any]]) -> dict[str, list[Path]]:
     return series
 
 
+def _instance_number(ds: Any) -> float:
+    try:
+        return float(getattr(ds, "InstanceNumber", 0) or 0)
+    except (TypeError, ValueError):
+        return 0.0
+
+
 def _slice_position(ds: Any) -> float:
-    """Position along the slice normal (ImagePositionPatient · normal); InstanceNumber as fallback."""
-    orientation = getattr(ds, "ImageOrientationPatient", None)
-    position = getattr(ds, "ImagePositionPatient", None)
-    if orientation is not None and position is not None and len(orientation) == 6:
-        row, col = np.asarray(orientation[:3], float), np.asarray(orientation[3:], float)
-        return float(np.dot(np.cross(row, col), np.asarray(position, float)))
-    return float(getattr(ds, "InstanceNumber", 0) or 0)
+    """Position along the slice normal (ImagePositionPatient · normal); InstanceNumber when either
+    tag is absent or malformed (not numbers, wrong count)."""
+    try:
+        orientation = getattr(ds, "ImageOrientationPatient", None)
+        position = getattr(ds, "ImagePositionPatient", None)
+        if orientation is not None and position is not None and len(orientation) == 6 and len(position) == 3:
+            row, col = np.asarray(orientation[:3], float), np.asarray(orientation[3:], float)
+            value = float(np.dot(np.cross(row, col), np.asarray(position, float)))
+            if np.isfinite(value):
+                return value
+    except (TypeError, ValueError):
+        pass
+    return _instance_number(ds)
 
 
 def _rescale(ds: Any) -> tuple[float, float]:
@@ -228,7 +241,54 @@ def _rescale(ds: Any) -> tuple[float, float]:
         if "PixelValueTransformationSequence" in shared:
             transform = shared.PixelValueTransformationSequence[0]
             slope, intercept = transform.get("RescaleSlope"), transform.get("RescaleIntercept")
-    return float(slope if slope not in (None, "") else 1.0), float(intercept if intercept not in (None, "") else 0.0)
+    try:
+        values = float(slope if slope not in (None, "") else 1.0), float(intercept if intercept not in (None, "") else 0.0)
+    except (TypeError, ValueError):
+        raise BadInput("RescaleSlope/RescaleIntercept are not numbers") from None
+    if not all(np.isfinite(values)) or values[0] == 0:
+        raise BadInput("RescaleSlope/RescaleIntercept out of range (slope 0 or not finite)")
+    return values
+
+
+#: SOP classes that hold no image to train on (segmentations, structured reports, presentation
+#: states, RT objects, raw data, encapsulated documents), and their Modality codes.
+NON_IMAGE_SOP_PREFIXES = (
+    "1.2.840.10008.5.1.4.1.1.66",   # raw data, spatial registration, fiducials, segmentation (.66.4)
+    "1.2.840.10008.5.1.4.1.1.88",   # structured reports, key object selection
+    "1.2.840.10008.5.1.4.1.1.11",   # presentation states
+    "1.2.840.10008.5.1.4.1.1.481",  # RT structure sets, plans, doses, records
+    "1.2.840.10008.5.1.4.1.1.104",  # encapsulated PDF/CDA
+    "1.2.840.10008.5.1.4.1.1.9",    # waveforms (ECG, audio)
+)
+NON_IMAGE_MODALITIES = frozenset({"SEG", "SR", "PR", "KO", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "REG", "DOC", "ECG", "AU"})
+
+
+def check_image_object(ds: Any) -> None:
+    """Refuse DICOM objects that are not images (a SEG is a mask, an SR a document)."""
+    sop = str(getattr(ds, "SOPClassUID", "") or "")
+    modality = str(getattr(ds, "Modality", "") or "").upper()
+    if sop.startswith(NON_IMAGE_SOP_PREFIXES) or modality in NON_IMAGE_MODALITIES:
+        what = modality or sop
+        raise BadInput(f"not an image to train on ({what} object); only image SOP classes are ingested")
+
+
+def _to_grey(ds: Any, raw: np.ndarray) -> np.ndarray:
+    """Pixels as a viewer shows them, grey, float32: PALETTE COLOR through its LUT, colour to
+    luminance, MONOCHROME1 inverted (its lowest value is displayed white)."""
+    photometric = str(getattr(ds, "PhotometricInterpretation", "") or "").upper()
+    pixels = raw
+    if photometric == "PALETTE COLOR":
+        from pydicom.pixels import apply_color_lut
+
+        pixels = apply_color_lut(raw, ds)
+    pixels = pixels.astype(np.float32)
+    if photometric.startswith(("RGB", "YBR", "PALETTE")) and pixels.shape[-1] == 3:
+        pixels = pixels[..., 0] if _equal_channels(pixels) else pixels @ np.array([0.299, 0.587, 0.114], np.float32)
+    if photometric == "MONOCHROME1":
+        bits = int(getattr(ds, "BitsStored", 0) or 0)
+        signed = int(getattr(ds, "PixelRepresentation", 0) or 0) == 1
+        pixels = ((2.0**bits - 1) - pixels) if bits and not signed else -pixels
+    return pixels
 
 
 def read_dicom_series(paths: list[Path], limits: Limits = Limits()) -> tuple[np.ndarray, list[Any]]:
@@ -241,28 +301,44 @@ def read_dicom_series(paths: list[Path], limits: Limits = Limits()) -> tuple[np.
     import pydicom
 
     headers = read_dicom_headers(paths)
-    rows = {int(getattr(ds, "Rows", 0) or 0) for _, ds in headers}
-    cols = {int(getattr(ds, "Columns", 0) or 0) for _, ds in headers}
+    for _, ds in headers:
+        check_image_object(ds)
+    try:
+        rows = {int(getattr(ds, "Rows", 0) or 0) for _, ds in headers}
+        cols = {int(getattr(ds, "Columns", 0) or 0) for _, ds in headers}
+        frames = sum(int(getattr(ds, "NumberOfFrames", 1) or 1) for _, ds in headers)
+    except (TypeError, ValueError):
+        raise BadInput("Rows/Columns/NumberOfFrames are not numbers") from None
     if len(rows) != 1 or len(cols) != 1:
         raise BadInput(f"series mixes image sizes {sorted(rows)}x{sorted(cols)}")
-    frames = sum(int(getattr(ds, "NumberOfFrames", 1) or 1) for _, ds in headers)
     check_shape((frames, rows.pop(), cols.pop()), limits, "DICOM series")
-    headers.sort(key=lambda item: (_slice_position(item[1]), int(getattr(item[1], "InstanceNumber", 0) or 0)))
+    headers.sort(key=lambda item: (_slice_position(item[1]), _instance_number(item[1])))
     slices = []
-    for path, _ in headers:
+    for path, header in headers:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 ds = pydicom.dcmread(str(path))
-                pixels = ds.pixel_array.astype(np.float32)
+                raw = ds.pixel_array
         except Exception as exc:  # missing/truncated pixel data, unsupported transfer syntax
-            raise BadInput(f"{path.name}: undecodable DICOM pixel data ({type(exc).__name__})") from None
-        if str(getattr(ds, "PhotometricInterpretation", "")).startswith(("RGB", "YBR")) and pixels.shape[-1] == 3:
-            pixels = pixels[..., 0] if _equal_channels(pixels) else pixels @ np.array([0.299, 0.587, 0.114], np.float32)
+            raise BadInput(f"{path.name}: {_undecodable(header, exc)}") from None
+        try:
+            pixels = _to_grey(ds, raw)
+        except (AttributeError, KeyError, TypeError, ValueError, IndexError) as exc:  # e.g. a broken palette
+            raise BadInput(f"{path.name}: cannot render its pixels ({type(exc).__name__})") from None
         slope, intercept = _rescale(ds)
         pixels = pixels * slope + intercept
         slices.append(pixels if pixels.ndim == 3 else pixels[None])
     return np.ascontiguousarray(np.concatenate(slices).astype(np.float32)), [ds for _, ds in headers]
+
+
+def _undecodable(ds: Any, exc: Exception) -> str:
+    """Why pixel data could not be decoded; names the missing decoder for a compressed syntax."""
+    syntax = getattr(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None), "name", "")
+    text = str(exc)
+    if syntax and any(word in text.lower() for word in ("plugin", "decoder", "no pixel data handler", "missing required dependencies")):
+        return f"no decoder for {syntax} here (install pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg)"
+    return f"undecodable DICOM pixel data{f' ({syntax})' if syntax else ''} ({type(exc).__name__})"
 
 
 # ---- dispatch ---------------------------------------------------------------------------------------
