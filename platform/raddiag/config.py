@@ -244,10 +244,25 @@ class LossConfig(_Strict):
     key_slice_weight: float = Field(default=0.001, ge=0, description="weight of the key-slice attention loss")
 
 
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._ +-]{0,99}")
+
+
+def run_name(value: str) -> str:
+    """A run/sweep/ablation name: it becomes a folder under ``train.storage_path`` and an MLflow
+    tag, so no path separators, no '..', no quotes or control characters."""
+    if not _NAME.fullmatch(value) or ".." in value:
+        raise ValueError(
+            "use 1-100 letters, digits, spaces or . _ + - (starting with a letter or digit; no '/', '..' or quotes)"
+        )
+    return value
+
+
 class TrainConfig(_Strict):
     """Ray Train TorchTrainer settings and the optimisation schedule."""
 
     name: str = "raddiag-train"
+
+    _name = field_validator("name")(classmethod(lambda cls, v: run_name(v)))
     epochs: int = Field(default=16, ge=1)
     batch_size: int = Field(default=16, ge=1, description="cases per worker per step")
     lr: float = Field(default=2e-3, gt=0)
@@ -285,6 +300,8 @@ class SweepConfig(_Strict):
     """
 
     name: str = "raddiag-sweep"
+
+    _name = field_validator("name")(classmethod(lambda cls, v: run_name(v)))
     num_samples: int = Field(default=2, ge=1, description="trials to start (with max_trial_epochs: the cap on trials)")
     max_trial_epochs: int = Field(default=0, ge=0, description="budget in trial-epochs over all trials (0 = unlimited)")
     max_concurrent_trials: int = Field(default=0, ge=0, description="0 = derived from cluster CPUs")
@@ -336,6 +353,8 @@ class AblationConfig(_Strict):
     """
 
     name: str = "raddiag-ablation"
+
+    _name = field_validator("name")(classmethod(lambda cls, v: run_name(v)))
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     arms: dict[str, dict[str, Any]] = Field(default_factory=dict)
     comparisons: list[list[str]] = Field(
@@ -453,15 +472,91 @@ def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+#: Bounds on YAML read from users: aliases ("billion laughs": a 1 KB file of nested aliases expands
+#: to gigabytes), the expanded size, and how much of a bad value an error message echoes.
+MAX_YAML_ALIASES = 100
+MAX_YAML_NODES = 200_000
+MAX_SHOWN = 80
+
+
+def cut(text: str, limit: int = MAX_SHOWN) -> str:
+    """``text`` cut to ``limit`` characters (with an ellipsis)."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def shown(value: Any, limit: int = MAX_SHOWN) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for error messages (never echo a whole input)."""
+    if isinstance(value, (dict, list)) and _expanded_size(value, limit=10_000) >= 10_000:
+        return f"<{type(value).__name__} too large to show>"
+    return cut(repr(value), limit)
+
+
+def _expanded_size(value: Any, limit: int = MAX_YAML_NODES) -> int:
+    """Nodes of ``value`` with shared (aliased) sub-trees counted every time they appear; stops
+    counting past ``limit`` (memoised per object, so a nested-alias bomb costs linear time)."""
+    memo: dict[int, int] = {}
+
+    def size(node: Any) -> int:
+        if not isinstance(node, (dict, list)):
+            return 1
+        if id(node) in memo:
+            return memo[id(node)]
+        memo[id(node)] = limit  # a cycle counts as too large
+        children = node.values() if isinstance(node, dict) else node
+        total = 1
+        for child in children:
+            total += size(child)
+            if total >= limit:
+                break
+        memo[id(node)] = min(total, limit)
+        return memo[id(node)]
+
+    return size(value)
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses documents with more than :data:`MAX_YAML_ALIASES` aliases."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self.aliases = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.events.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_YAML_ALIASES:
+                raise yaml.YAMLError(f"more than {MAX_YAML_ALIASES} YAML aliases (refused: alias expansion bomb?)")
+        return super().compose_node(parent, index)
+
+
+def safe_load(text: str, what: str) -> Any:
+    """``yaml.safe_load`` with bounded aliases and expanded size; ``ConfigError`` naming ``what``."""
+    loader = _BoundedLoader(text)
+    try:
+        data = loader.get_single_data()
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" (line {line + 1})" if line is not None else ""
+        detail = str(exc) if "aliases" in str(exc) else "invalid YAML"
+        raise ConfigError(f"{what}: {detail}{where}") from None
+    finally:
+        loader.dispose()
+    if _expanded_size(data) >= MAX_YAML_NODES:
+        raise ConfigError(f"{what}: expands to more than {MAX_YAML_NODES} values (refused)")
+    return data
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """``"train.lr=3e-4"`` -> ``("train.lr", 0.0003)``; the value is parsed as a YAML scalar/list."""
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.lr=3e-4")
+        raise ConfigError(f"--set {shown(text)}: expected KEY=VALUE, e.g. --set train.lr=3e-4")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        value = safe_load(raw, f"--set {cut(key)}") if raw.strip() else ""
+    except ConfigError as exc:
+        if "refused" in str(exc):
+            raise
         value = raw
     if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
         value = float(value)  # YAML 1.1 reads "3e-4" as a string
@@ -470,13 +565,12 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"config file {path}: not found") from None
-    except yaml.YAMLError as exc:
-        line = getattr(getattr(exc, "problem_mark", None), "line", None)
-        where = f" (line {line + 1})" if line is not None else ""
-        raise ConfigError(f"config file {path}: invalid YAML{where}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path}: cannot be read ({type(exc).__name__})") from None
+    data = safe_load(text, f"config file {path}")
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -496,13 +590,13 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 def _describe(error: ValidationError, origin: str) -> str:
     first = error.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    key = cut(".".join(str(p) for p in first["loc"]) or "(top level)", 120)
     if first["type"] == "extra_forbidden":
         return f"{origin}: unknown config key '{key}'"
     value = first.get("input")
-    shown = "" if isinstance(value, dict) else f" (got {value!r})"
-    msg = first["msg"].removeprefix("Value error, ")
-    return f"{origin}: config key '{key}': {msg}{shown}"
+    got = "" if isinstance(value, dict) else f" (got {shown(value)})"
+    msg = cut(first["msg"].removeprefix("Value error, "), 200)
+    return f"{origin}: config key '{key}': {msg}{got}"
 
 
 def build_config(tree: dict[str, Any], origin: str = "config") -> RadDiagConfig:

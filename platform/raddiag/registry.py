@@ -44,7 +44,7 @@ def find_sweep(cfg: RadDiagConfig, sweep_name: str) -> Any:
     experiment_id = tracking.setup(cfg.tracking)
     runs = tracking.client(cfg.tracking.resolved_uri()).search_runs(
         [experiment_id],
-        filter_string=f"tags.`raddiag.sweep` = '{sweep_name}' and tags.`raddiag.role` = 'sweep'",
+        filter_string=f"tags.`raddiag.sweep` = {tracking.quoted(sweep_name)} and tags.`raddiag.role` = 'sweep'",
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )

@@ -90,7 +90,7 @@ def parent_run(
     mlflow_client = client(uri)
     if resume:
         found = mlflow_client.search_runs(
-            [experiment_id], filter_string=f"tags.`raddiag.{role}` = '{name}' and tags.`raddiag.role` = '{role}'",
+            [experiment_id], filter_string=f"tags.`raddiag.{role}` = {quoted(name)} and tags.`raddiag.role` = {quoted(role)}",
             order_by=["attributes.start_time DESC"], max_results=1,
         )
         if found:
@@ -103,9 +103,19 @@ def parent_run(
     return run.info.run_id
 
 
+def quoted(value: str) -> str:
+    """``value`` as a string literal of an MLflow search filter (never build one from raw text)."""
+    value = str(value)
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise ValueError(f"{value[:80]!r}: contains both quote characters; cannot be searched for in MLflow")
+
+
 def child_runs(uri: str, experiment_id: str, parent_run_id: str) -> list[Any]:
     return client(uri).search_runs(
-        [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=10000
+        [experiment_id], filter_string=f"tags.mlflow.parentRunId = {quoted(parent_run_id)}", max_results=10000
     )
 
 

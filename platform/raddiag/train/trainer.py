@@ -106,7 +106,7 @@ def run_train(cfg: RadDiagConfig, verbose: bool = False) -> TrainResult:
     level = cfg.data.label_level
     embeddings = label_embeddings(cfg, manifest.label_names(level), manifest.label_codes(level))
     existing = tracking.client(uri).search_runs(
-        [experiment_id], filter_string=f"tags.`raddiag.train_name` = '{cfg.train.name}'", max_results=1
+        [experiment_id], filter_string=f"tags.`raddiag.train_name` = {tracking.quoted(cfg.train.name)}", max_results=1
     )
     if existing:  # re-running the same name resumes the same run
         run_id = existing[0].info.run_id

@@ -151,7 +151,7 @@ def _run_trial(params: dict[str, Any], *, base: dict[str, Any], ctx: dict[str, A
     uri = ctx["mlflow_uri"]
     client = tracking.client(uri)
     existing = client.search_runs(
-        [ctx["experiment_id"]], filter_string=f"tags.`raddiag.trial_id` = '{trial_id}' and tags.mlflow.parentRunId = '{ctx['parent_run_id']}'"
+        [ctx["experiment_id"]], filter_string=f"tags.`raddiag.trial_id` = {tracking.quoted(trial_id)} and tags.mlflow.parentRunId = {tracking.quoted(ctx['parent_run_id'])}"
     )
     if existing:
         run_id = existing[0].info.run_id
