@@ -124,7 +124,7 @@ def ingest(
     url = store_url or cfg.store.url
     store = Store(url, cfg.store.endpoint_url)
     plan = Plan(ing.image_size, ing.max_depth, ing.dtype, tuple(ing.ct_window) if ing.ct_window else None)
-    limits = Limits(max_side=ing.max_side, max_depth=max(ing.max_side, 4096), max_voxels=ing.max_voxels)
+    limits = Limits(max_side=ing.max_side, max_depth=max(ing.max_side, 4096), max_voxels=ing.max_voxels, max_bytes=ing.memory_mb * 2**20 // workers)
     try:
         vocabulary = load_vocabulary(vocab_path) if vocab_path else None
         with _progress() as progress:

@@ -76,6 +76,7 @@ class IngestConfig(_Strict):
     ct_window: list[float] | None = Field(default=None, description="[centre, width] HU window for CT before min-max")
     max_side: int = Field(default=8192, ge=16, description="refuse images with a side larger than this (bomb guard)")
     max_voxels: int = Field(default=2**28, ge=1024, description="refuse scans with more voxels than this (bomb guard)")
+    memory_mb: int = Field(default=4096, ge=64, description="memory budget of an ingest, shared by its workers: a scan that would need more than memory_mb / workers to decode is quarantined")
     val_fraction: float = Field(default=0.15, ge=0, lt=0.5, description="for cases without a given split")
     test_fraction: float = Field(default=0.25, ge=0, lt=0.5, description="for cases without a given split")
     seed: int = 0
