@@ -95,3 +95,25 @@ def test_trusted_pixel_kinds_are_kept_with_their_flag(hostile: dict, tmp_path: P
     both = run_ingest([table], Store(str(tmp_path / "b")), data_root=hostile["root"], plan=Plan(16, 4), trust_pixels=("US", "colour"))
     assert both.n_cases == 2
     assert all("burned_in_risk:US" in list(f) for f in both.manifest.scans["flags"])
+
+
+def test_unparseable_sources_and_huge_label_rows_fail_cleanly(tmp_path: Path) -> None:
+    """A json nested 200k deep cannot be parsed by anyone: one line naming the file (the run's
+    source is unreadable), not a RecursionError; 5 million labels on one row: quarantined quickly."""
+    from raddiag.storage.ingest import IngestError, parse_rp3d, run_ingest
+    from raddiag.storage.preprocess import Plan
+    from raddiag.storage.store import Store
+
+    deep = tmp_path / "deep.json"
+    deep.write_text('{"https://radiopaedia.org/cases/x": ' + "[" * 200_000 + "]" * 200_000 + "}")
+    with pytest.raises(IngestError, match="deep.json: not a readable RP3D json"):
+        parse_rp3d(deep, tmp_path)
+    np.save(tmp_path / "v.npy", np.random.default_rng(0).random((8, 8, 2), dtype=np.float32))
+    labels = ";".join(f"l{i}" for i in range(5_000_000))
+    (tmp_path / "t.csv").write_text(f"case_id,path,modality,plane,labels,split\nmany,v.npy,CT,axial,{labels},\nok,v.npy,CT,axial,Normal,\n")
+    started = time.monotonic()
+    result = run_ingest([tmp_path / "t.csv"], Store(str(tmp_path / "s")), plan=Plan(8, 2))
+    assert time.monotonic() - started < 30
+    assert result.n_cases == 1
+    reason = result.rejected.set_index("case_id").loc["many", "reason"]
+    assert "5000000 labels on one case" in reason
