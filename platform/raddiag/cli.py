@@ -32,6 +32,21 @@ VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray/MLfl
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from raddiag import __version__
+
+        print(f"raddiag {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[Optional[bool], typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version and exit.")] = None,
+) -> None:
+    """RadDiag platform: ingest radiology data into a Zarr store, train and sweep on Ray, track and promote in MLflow."""
+
+
 class UserError(Exception):
     """An error caused by the user's input: :func:`main` prints ``Error: <message>``, exits ``code``."""
 
@@ -298,17 +313,42 @@ def _print_promotion(result: Any) -> None:
 
 
 def _model_uri(cfg: RadDiagConfig, model: str) -> str:
-    """``--model`` or the registered model's ``@champion`` (tracking set up for ``models:/`` URIs)."""
+    """``--model`` or the registered model's ``@champion``, checked against the tracking server:
+    a local sqlite database that does not exist is not created (running outside the project
+    folder), and a registered model or alias that is not there is named with the URI searched."""
     from raddiag import tracking
 
+    uri = model or f"models:/{cfg.tracking.registered_model}@champion"
+    tracking_uri = cfg.tracking.resolved_uri()
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).exists():
+        raise UserError(
+            f"no MLflow database at {tracking_uri.removeprefix('sqlite:///')} (run from the project folder, "
+            "or set tracking.tracking_uri / MLFLOW_TRACKING_URI)", code=2,
+        )
     tracking.setup(cfg.tracking)
-    return model or f"models:/{cfg.tracking.registered_model}@champion"
+    if uri.startswith("models:/"):
+        name, _, alias = uri.removeprefix("models:/").partition("@")
+        client = tracking.client(tracking_uri)
+        try:
+            if alias:
+                client.get_model_version_by_alias(name, alias)
+            else:
+                client.get_registered_model(name.split("/")[0])
+        except Exception as exc:
+            if not known_failure(exc):
+                raise
+            raise UserError(f"{uri}: not found in the MLflow registry at {tracking_uri} (promote a model first: raddiag promote)") from None
+    return uri
 
 
-def _case_dir(case: Path) -> Path:
-    if not case.is_dir():
-        raise UserError(f"{case}: not a directory (expected a case folder of scans)", code=2)
-    return case
+def _read_case(case: Path) -> list[dict[str, Any]]:
+    """The case folder's scans, read before any model is loaded (bad input: one line, exit 2)."""
+    from raddiag.predict import load_case_folder
+
+    try:
+        return load_case_folder(case)
+    except ValueError as exc:
+        raise UserError(str(exc), code=2) from None
 
 
 def _print_ranked(rows: list[dict[str, Any]], title: str) -> None:
@@ -335,9 +375,11 @@ def predict(
     from raddiag.predict import predict_case
 
     cfg = _config(config, set_)
-    _case_dir(case)
+    if top_k < 1:
+        raise UserError(f"--top-k {top_k}: expected a positive number of labels", code=2)
+    scans = _read_case(case)
     uri = _model_uri(cfg, model)
-    ranked = predict_case(uri, case, top_k)
+    ranked = predict_case(uri, case, top_k, scans=scans)
     if as_json:
         print(json.dumps({"model": uri, "case": str(case), "top_k": ranked}, indent=2))
         return
@@ -421,7 +463,9 @@ def zeroshot(
     from raddiag.finetune import read_label_list, zeroshot_case
 
     cfg = _config(config, set_)
-    _case_dir(case)
+    if top_k < 1:
+        raise UserError(f"--top-k {top_k}: expected a positive number of labels", code=2)
+    scans = _read_case(case)
     try:
         names = read_label_list(labels, labels_file)
     except FileNotFoundError as exc:
@@ -430,7 +474,7 @@ def zeroshot(
         raise UserError("zeroshot: give label names with --labels or --labels-file", code=2)
     uri = _model_uri(cfg, model)
     try:
-        result = zeroshot_case(uri, case, names, top_k)
+        result = zeroshot_case(uri, case, names, top_k, scans=scans)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     if as_json:
@@ -680,22 +724,32 @@ def knowledge_evaluate(
         console.print(f"results written to {output}")
 
 
+#: Failures that are the user's to fix, by (module prefix, class name): printed as one line, exit 1.
+#: Matched by name so that ``main`` imports none of these modules (mlflow alone costs ~2 s), and
+#: ``raddiag --help`` stays fast.
+KNOWN_FAILURES = {
+    ("raddiag.storage.store", "StoreError"), ("raddiag.registry", "PromotionError"), ("raddiag.config", "ConfigError"),
+    ("mlflow.exceptions", "MlflowException"), ("raddiag.tune.sweep", "SweepError"), ("raddiag.score", "ScoreError"),
+}
+
+
+def known_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is (a subclass of) one of :data:`KNOWN_FAILURES`."""
+    return any((cls.__module__, cls.__name__) in KNOWN_FAILURES for cls in type(exc).__mro__)
+
+
 def main() -> None:
     """Console-script entry: known failures (missing store, refused promotion) print one line."""
     from raddiag.runtime import quiet
 
     quiet(verbose=bool({"-v", "--verbose"} & set(sys.argv[1:])))  # before mlflow configures logging
-    from mlflow.exceptions import MlflowException
-
-    from raddiag.registry import PromotionError
-    from raddiag.storage.store import StoreError
-    from raddiag.tune.sweep import SweepError
-
     try:
         app()
     except UserError as exc:
         err.print(f"Error: {exc}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(exc.exit_code)
-    except (StoreError, PromotionError, ConfigError, MlflowException, SweepError) as exc:
+    except Exception as exc:
+        if not known_failure(exc):
+            raise
         err.print(f"Error: {exc}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(1)

@@ -42,7 +42,7 @@ def finetune(cfg: RadDiagConfig, model_uri: str, head: str | None = None, verbos
     return result
 
 
-def zeroshot_case(model_uri: str, folder: Path, labels: list[str], top_k: int = 10) -> dict[str, Any]:
+def zeroshot_case(model_uri: str, folder: Path, labels: list[str], top_k: int = 10, scans: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Scores of ``labels`` (any names) for one case folder, plus P(abnormal) = 1 - P(Normal)."""
     import torch
 
@@ -52,12 +52,13 @@ def zeroshot_case(model_uri: str, folder: Path, labels: list[str], top_k: int = 
 
     if not labels:
         raise ValueError("zeroshot: give at least one label name")
+    scans = scans if scans is not None else load_case_folder(folder)  # a bad case fails before the model loads
     _, wrapper = load_pyfunc(model_uri)
     net = wrapper.model
     source = RadDiagConfig.model_validate(wrapper.meta["config"])
     if source.model.head != "ke":
         raise ValueError(f"model {model_uri} was trained with model.head={source.model.head!r}; zero-shot needs the KE head")
-    arrays = {k: torch.as_tensor(v) for k, v in case_arrays(load_case_folder(folder), source.data).items()}
+    arrays = {k: torch.as_tensor(v) for k, v in case_arrays(scans, source.data).items()}
     inputs = (arrays["images"].float(), arrays["scan_mask"].bool(), arrays["slice_mask"].bool(), arrays["modality_ids"].long())
     names = list(wrapper.label_names)
     original = torch.tensor(np.asarray(wrapper.meta["label_embeddings"], dtype=np.float32))

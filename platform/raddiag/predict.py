@@ -18,10 +18,28 @@ from raddiag.schema import canonical_modality
 from raddiag.storage.readers import SCAN_SUFFIXES, BadInput, read_dicom_series, read_volume, suffix_of
 
 
-def load_case_folder(folder: Path) -> list[dict[str, Any]]:
-    """Scans of a case folder: [{name, volume (D, H, W) float32, modality, plane}]."""
+def _sidecar(folder: Path) -> dict[str, Any]:
+    """``case.json``'s ``scans`` mapping (file name -> {modality, plane}); ValueError naming the file."""
     sidecar = folder / "case.json"
-    described = json.loads(sidecar.read_text()).get("scans", {}) if sidecar.exists() else {}
+    if not sidecar.exists():
+        return {}
+    try:
+        data = json.loads(sidecar.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ValueError(f"{sidecar}: not readable JSON ({type(exc).__name__}); expected {{\"scans\": {{\"file\": {{\"modality\": \"CT\", \"plane\": \"axial\"}}}}}}") from None
+    scans = data.get("scans", {}) if isinstance(data, dict) else None
+    if not isinstance(scans, dict) or not all(isinstance(v, dict) for v in scans.values()):
+        raise ValueError(f"{sidecar}: expected {{\"scans\": {{\"<file>\": {{\"modality\": ..., \"plane\": ...}}}}}}")
+    return scans
+
+
+def load_case_folder(folder: Path) -> list[dict[str, Any]]:
+    """Scans of a case folder: [{name, volume (D, H, W) float32, modality, plane}]. Every problem
+    (not a folder, no scan, an unreadable scan or case.json) is a ValueError naming the input —
+    raised before any model is loaded."""
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: not a directory (expected a case folder of scans)")
+    described = _sidecar(folder)
     files = sorted(p for p in folder.iterdir() if p.is_file() and suffix_of(p) in SCAN_SUFFIXES)
     scans = []
     dicoms = [p for p in files if suffix_of(p) == ".dcm"]
@@ -30,11 +48,20 @@ def load_case_folder(folder: Path) -> list[dict[str, Any]]:
             volume, headers = read_dicom_series(dicoms)
             modality = canonical_modality(str(getattr(headers[0], "Modality", "CT") or "CT"))
             scans.append({"name": "dicom-series", "volume": volume, "modality": modality, "plane": "axial"})
-        volumes = [(path, read_volume(path).data) for path in files if suffix_of(path) != ".dcm"]
-    except BadInput as exc:
+    except BadInput as exc:  # the reason names the DICOM file
         raise ValueError(f"{folder}: {exc}") from None
+    volumes = []
+    for path in files:
+        if suffix_of(path) == ".dcm":
+            continue
+        try:
+            volumes.append((path, read_volume(path).data))
+        except BadInput as exc:
+            raise ValueError(f"{path}: {exc}") from None
+        except (OSError, MemoryError) as exc:
+            raise ValueError(f"{path}: cannot be read ({type(exc).__name__})") from None
     for path, volume in volumes:
-        info = described.get(path.name, {})
+        info = {k: str(v) for k, v in described.get(path.name, {}).items()}
         default_modality = "CT" if volume.shape[0] > 1 else "X-ray"
         scans.append(
             {
@@ -77,13 +104,17 @@ def case_arrays(scans: list[dict[str, Any]], data_cfg: Any) -> dict[str, np.ndar
     return {k: case[k][None] for k in MODEL_INPUTS}
 
 
-def predict_case(model_uri: str, folder: Path, top_k: int = 5) -> list[dict[str, Any]]:
-    """Top-k labels with probabilities for one case folder."""
+def predict_case(model_uri: str, folder: Path, top_k: int = 5, scans: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Top-k labels with probabilities for one case folder (read first: a bad case fails before
+    the model is loaded; pass ``scans`` from :func:`load_case_folder` to read it yourself)."""
     from raddiag.config import RadDiagConfig
     from raddiag.evaluate import load_pyfunc
 
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    scans = scans if scans is not None else load_case_folder(folder)
     model, wrapper = load_pyfunc(model_uri)
     data_cfg = RadDiagConfig.model_validate(wrapper.meta["config"]).data
-    frame = model.predict(case_arrays(load_case_folder(folder), data_cfg))
+    frame = model.predict(case_arrays(scans, data_cfg))
     probs = frame.iloc[0].sort_values(ascending=False)[:top_k]
     return [{"label": str(label), "probability": float(p)} for label, p in probs.items()]
