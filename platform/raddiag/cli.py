@@ -448,6 +448,47 @@ def finetune(
     console.print(f"run {result.run_id} (from {uri}): {shown}\ncheckpoint: {result.checkpoint_path}")
 
 
+@app.command("import-checkpoint")
+def import_checkpoint(
+    checkpoint: Annotated[Path, typer.Argument(help="Official RadDiag weights: pytorch_model.bin, *.safetensors, or the folder holding them.")],
+    labels: Annotated[Path, typer.Option("--labels", help="The label dictionary the checkpoint was trained with (JSON name->index, e.g. disorder_label_dict.json, or one name per line).")],
+    preset: Annotated[str, typer.Option(help="Architecture preset the weights belong to.")] = "rp3d_reference",
+    name: Annotated[str, typer.Option("--name", help="Registered model name (default: tracking.registered_model).")] = "",
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Map an official RadDiag checkpoint onto our network and register it in MLflow (then finetune/score/predict from it)."""
+    from raddiag.reference import PRESETS, CheckpointError, import_checkpoint as do_import, resolve_checkpoint
+
+    if preset not in PRESETS:
+        raise UserError(f"--preset {preset!r}: expected one of {', '.join(PRESETS)}", code=2)
+    try:
+        cfg = load_config(config, set_, base=PRESETS[preset])
+    except ConfigError as exc:
+        raise UserError(str(exc), code=2) from None
+    names, _ = _read_label_file(labels)
+    try:
+        resolve_checkpoint(checkpoint)
+        with console.status(f"mapping {checkpoint.name} onto the {preset} preset"):
+            result = do_import(cfg, checkpoint, names, name or cfg.tracking.registered_model, preset)
+    except CheckpointError as exc:
+        raise UserError(str(exc), code=2) from None
+    if as_json:
+        print(json.dumps({"model": result.uri, "run_id": result.run_id, "mapped": result.mapped, "num_labels": result.num_labels,
+                          "sha256": result.sha256, "unused": [list(row) for row in result.unused]}, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"official tensors not used ({sum(row[1] for row in result.unused)}); {result.mapped} mapped")
+    for column in ("official key", "count", "why"):
+        table.add_column(column)
+    for pattern, count, why in result.unused:
+        table.add_row(plain(pattern), str(count), why)
+    console.print(table)
+    console.print(f"registered {result.uri} ({result.num_labels} labels, sha256 {result.sha256[:12]}…, run {result.run_id})")
+
+
 @app.command()
 def zeroshot(
     case: Annotated[Path, typer.Argument(help="A case folder of scans (as for predict).")],

@@ -167,6 +167,17 @@ class ModelConfig(_Strict):
     fusion: Literal["transformer", "late"] = "transformer"
     fusion_layers: int = Field(default=2, ge=1)
     fusion_heads: int = Field(default=4, ge=1)
+    transformer: Literal["prenorm", "rp3d"] = Field(
+        default="prenorm",
+        description="slice/fusion transformer layer: prenorm = x+attn(LN(x)), x+GELU-MLP(LN(x)); rp3d = the official "
+        "RadDiag layer: x+attn(x), x+ReLU-FF(norm(x)), norm by unbiased std + 1e-6 (needed to load its weights)",
+    )
+    ff_ratio: float = Field(default=4.0, gt=0, le=16, description="transformer feed-forward width / embed_dim (official RadDiag: 1)")
+    feature_proj: bool = Field(
+        default=True,
+        description="project backbone features to embed_dim with a Linear; false feeds them as they are "
+        "(embed_dim must equal the backbone width, e.g. 2048 for ResNet-50 at width 64)",
+    )
     head: Literal["mlp", "ke"] = Field(default="ke", description="ke: label-text embeddings are the classifier; mlp: a plain head")
     ke: KEConfig = KEConfig()
     dropout: float = Field(default=0.0, ge=0, lt=1)
@@ -192,6 +203,15 @@ class ModelConfig(_Strict):
         for name in ("slice_heads", "fusion_heads", "vit_heads"):
             if self.embed_dim % getattr(self, name):
                 raise ValueError(f"model.embed_dim ({self.embed_dim}) must be divisible by model.{name}")
+        if not self.feature_proj:
+            if self.encoder == "vit":
+                raise ValueError("model.feature_proj=false needs a CNN encoder (the ViT encoder already has embed_dim)")
+            out = 8 * self.width * (4 if self.backbone_depth == 50 else 1)
+            if out != self.embed_dim:
+                raise ValueError(
+                    f"model.feature_proj=false feeds the backbone's {out} features unprojected, but model.embed_dim="
+                    f"{self.embed_dim}; set model.embed_dim={out} or model.feature_proj=true"
+                )
         return self
 
 
@@ -608,9 +628,11 @@ def build_config(tree: dict[str, Any], origin: str = "config") -> RadDiagConfig:
         raise ConfigError(_describe(exc, origin)) from None
 
 
-def load_config(paths: list[Path] | None = None, overrides: list[str] | None = None) -> RadDiagConfig:
-    """Defaults <- YAML files (in order) <- ``KEY=VALUE`` overrides."""
-    tree: dict[str, Any] = {}
+def load_config(
+    paths: list[Path] | None = None, overrides: list[str] | None = None, base: dict[str, Any] | None = None
+) -> RadDiagConfig:
+    """Defaults <- ``base`` (a preset tree) <- YAML files (in order) <- ``KEY=VALUE`` overrides."""
+    tree: dict[str, Any] = copy.deepcopy(base) if base else {}
     origin = "defaults"
     for path in paths or []:
         tree = _merge(tree, _read_yaml(Path(path)))

@@ -81,9 +81,13 @@ class MaskedTransformer(nn.Module):
     when asked, the last layer's CLS (token 0) attention over tokens 1..L-1, (B, L-1), else ``None``.
     """
 
-    def __init__(self, dim: int, heads: int, layers: int, dropout: float = 0.0, checkpointing: bool = False) -> None:
+    def __init__(
+        self, dim: int, heads: int, layers: int, dropout: float = 0.0, checkpointing: bool = False, ff_ratio: float = 4.0
+    ) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(MaskedTransformerLayer(dim, heads, dropout=dropout) for _ in range(layers))
+        self.layers = nn.ModuleList(
+            MaskedTransformerLayer(dim, heads, mlp_ratio=ff_ratio, dropout=dropout) for _ in range(layers)
+        )
         self.norm = nn.LayerNorm(dim)
         self.checkpointing = checkpointing
 

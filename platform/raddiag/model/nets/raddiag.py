@@ -23,6 +23,7 @@ from raddiag.config import ModelConfig
 from raddiag.model.blocks.attention import MaskedTransformer
 from raddiag.model.blocks.encoders import ResNetBackbone, ViTBackbone
 from raddiag.model.blocks.heads import KEHead, MLPHead
+from raddiag.model.blocks.rp3d import RP3DTransformer
 from raddiag.schema import NUM_MODALITY_IDS
 
 log = logging.getLogger(__name__)
@@ -58,20 +59,21 @@ class RadDiagNet(nn.Module):
             self.backbone = ResNetBackbone(
                 spatial_dims, cfg.backbone_depth, cfg.width, cfg.norm, ckpt, cfg.channels_last, cfg.stem
             )
-        self.feature_proj = nn.Linear(self.backbone.out_dim, dim)
+        self.feature_proj: nn.Module = nn.Linear(self.backbone.out_dim, dim) if cfg.feature_proj else nn.Identity()
+        transformer = RP3DTransformer if cfg.transformer == "rp3d" else MaskedTransformer
         if cfg.encoder != "cnn3d":
             self.slice_cls = nn.Parameter(torch.zeros(1, 1, dim))
             self.slice_pos = nn.Parameter(torch.zeros(1, cfg.max_depth, dim))
-            self.slice_transformer = MaskedTransformer(dim, cfg.slice_heads, cfg.slice_layers, cfg.dropout, ckpt)
+            self.slice_transformer = transformer(dim, cfg.slice_heads, cfg.slice_layers, cfg.dropout, ckpt, cfg.ff_ratio)
             nn.init.trunc_normal_(self.slice_cls, std=0.02)
             nn.init.trunc_normal_(self.slice_pos, std=0.02)
         if cfg.fusion == "transformer":
             self.modality_embedding = nn.Embedding(NUM_MODALITY_IDS, dim, padding_idx=0)
             self.fusion_cls = nn.Parameter(torch.zeros(1, 1, dim))
-            self.fusion = MaskedTransformer(dim, cfg.fusion_heads, cfg.fusion_layers, cfg.dropout, ckpt)
+            self.fusion = transformer(dim, cfg.fusion_heads, cfg.fusion_layers, cfg.dropout, ckpt, cfg.ff_ratio)
             nn.init.trunc_normal_(self.fusion_cls, std=0.02)
-        else:
-            self.scan_norm = nn.LayerNorm(dim)
+        else:  # the official late-fusion model classifies the slice transformer's output as it is
+            self.scan_norm = nn.Identity() if cfg.transformer == "rp3d" else nn.LayerNorm(dim)
         if cfg.head == "ke":
             if label_embeddings is None:
                 raise ValueError(
