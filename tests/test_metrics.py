@@ -32,7 +32,7 @@ from raddiag.metrics import (
     print_report,
 )
 
-FPRS = {"r01": 0.01, "r05": 0.05, "r10": 0.1}
+FPRS = {"r01": 0.01, "r05": 0.05, "r10": 0.1, "r20": 0.2, "r50": 0.5}
 
 
 # ----------------------------------------------------------------------------- reference
@@ -114,7 +114,7 @@ def test_honest_variant_matches_sklearn():
     val = random_split(rng, 90, 20, ties=True)
     report = evaluate_scores(y, s, np.full(20, 50), val_true=val[0], val_score=val[1])
     assert_matches_reference(report, y, s, val)
-    assert {"f1_val", "mcc_val", "r01_val", "r05_val", "r10_val"} <= set(report.per_class.columns)
+    assert {"f1_val", "mcc_val", "r01_val", "r05_val", "r10_val", "r20_val", "r50_val"} <= set(report.per_class.columns)
 
 
 @settings(max_examples=60, deadline=None)
@@ -413,7 +413,8 @@ def test_flat_keys_and_json():
     assert back["counts"]["head"]["n_skipped"] == 2
     assert len(back["per_class"]) == 10 and back["per_class"][0]["auc"] is None
     assert set(back["per_class"][2]) >= {"label", "group", "train_count", "n_pos", "auc", "ap", "f1", "mcc",
-                                          "threshold", "r01", "r05", "r10", "r01_interp", "r05_interp", "r10_interp"}
+                                          "threshold", "r01", "r05", "r10", "r20", "r50", "r01_interp", "r05_interp", "r10_interp",
+                                          "r20_interp", "r50_interp"}
 
 
 def test_table_is_shaped_like_the_paper():
@@ -421,13 +422,14 @@ def test_table_is_shaped_like_the_paper():
     y, s = random_split(rng, 80, 9)
     report = evaluate_scores(y, s, np.repeat([200, 60, 3], 3), n_bootstrap=10)
     text = _render(report)
-    for header in ("Group", "AUC", "AP", "F1", "MCC", "R@.01", "R@.05", "R@.1"):
+    for header in ("Group", "AUC", "AP", "F1", "MCC", "R@.01", "R@.05", "R@.1", "R@.2", "R@.5"):
         assert header in text
-    rows = [line.split() for line in text.splitlines() if line.split()[:1] in (["head"], ["medium"], ["tail"], ["all"])]
+    rows = [line.split() for line in text.splitlines()
+            if line.split()[:1] in (["head"], ["medium"], ["tail"], ["all"]) and "/" in line.split()[1]]  # not the caption
     assert [row[0] for row in rows] == ["head", "medium", "tail", "all"]
     tail = rows[2]
     assert tail[1] == "3/3"
-    paper_columns = ("auc", "ap", "f1", "mcc", "r01", "r05", "r10")
+    paper_columns = ("auc", "ap", "f1", "mcc", "r01", "r05", "r10", "r20", "r50")
     assert tail[2:] == [f"{100 * report.summary['tail'][m]:.2f}" for m in paper_columns]
     lo, hi = report.ci["tail"]["auc"]
     assert f"{100 * lo:.2f}–" in text and f"{100 * hi:.2f}" in text

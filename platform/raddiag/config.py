@@ -263,6 +263,11 @@ class LossConfig(_Strict):
     )
     ldam_scale: float = Field(default=1.0, gt=0, le=64, description="ldam: logit scale s applied after the margin")
     key_slice_weight: float = Field(default=0.001, ge=0, description="weight of the key-slice attention loss")
+    key_slice_form: Literal["raddiag", "official"] = Field(
+        default="raddiag",
+        description="raddiag: sigma = real slices / 16, KL(a||g) + KL(g||a) over scans with > 1 slice; official: the "
+        "released code's sigma = padded depth / 16 and the mean of the two directions (half the weight)",
+    )
 
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._ +-]{0,99}")
@@ -303,6 +308,12 @@ class TrainConfig(_Strict):
     metric: str = Field(default="val_auc_macro", description="validation metric for early stopping and the best model")
     storage_path: str = ".raddiag/ray_results"
     seed: int = 0
+    fraction: float = Field(
+        default=1.0, gt=0, le=1,
+        description="train on this fraction of the training split (stratified by each case's rarest label, seeded by "
+        "fraction_seed): the paper's data-efficiency experiments",
+    )
+    fraction_seed: int = Field(default=0, description="seed of the train.fraction subset")
 
 
 class SweepConfig(_Strict):
@@ -413,6 +424,37 @@ class AblationConfig(_Strict):
         return pairs  # type: ignore[return-value]
 
 
+class EvalConfig(_Strict):
+    """How evaluation (validation during training, ``evaluate``, ``ablate``, reports) groups classes."""
+
+    grouping: Literal["counts", "rank"] = Field(
+        default="counts",
+        description="counts: head/medium/tail by training cases (head_min, medium_min); rank: fixed slices of the "
+        "frequency-sorted label list, as the official RadDiag evaluation (rank_cuts)",
+    )
+    head_min: int = Field(default=100, ge=1, description="counts: training cases of a head class")
+    medium_min: int = Field(default=30, ge=1, description="counts: training cases of a medium class")
+    rank_cuts_disorder: tuple[int, int] = Field(default=(85, 555), description="rank: head = [:a], medium = [a:b] (disorders)")
+    rank_cuts_icd: tuple[int, int] = Field(default=(165, 395), description="rank: head = [:a], medium = [a:b] (ICD-10-CM)")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "EvalConfig":
+        if self.medium_min > self.head_min:
+            raise ValueError(f"eval.medium_min ({self.medium_min}) must not exceed eval.head_min ({self.head_min})")
+        for name in ("rank_cuts_disorder", "rank_cuts_icd"):
+            a, b = getattr(self, name)
+            if not 0 <= a <= b:
+                raise ValueError(f"eval.{name} must be [head, medium] with 0 <= head <= medium, got [{a}, {b}]")
+        return self
+
+    def groups(self, train_counts: Any, level: str) -> tuple[Any, str]:
+        """(group per class, description) for ``train_counts`` (C,) of label level ``level``."""
+        from raddiag.metrics import groups_for
+
+        cuts = self.rank_cuts_icd if level == "icd" else self.rank_cuts_disorder
+        return groups_for(train_counts, self.grouping, head_min=self.head_min, medium_min=self.medium_min, cuts=cuts)
+
+
 class TrackingConfig(_Strict):
     """MLflow tracking and registry. Default: a local sqlite file (no server to start)."""
 
@@ -458,6 +500,7 @@ class RadDiagConfig(_Strict):
     loss: LossConfig = LossConfig()
     train: TrainConfig = TrainConfig()
     sweep: SweepConfig = SweepConfig()
+    eval: EvalConfig = EvalConfig()
     tracking: TrackingConfig = TrackingConfig()
     ray: RayConfig = RayConfig()
     promote: PromoteConfig = PromoteConfig()

@@ -63,8 +63,9 @@ def evaluate_model(model_uri: str, cfg: RadDiagConfig, split: str = "test", n_bo
     val_true = val_score = None
     if split != "val" and manifest.case_records("val"):
         val_true, val_score = score_split(model, wrapper, manifest, cfg, "val")
+    groups, rule = cfg.eval.groups(manifest.train_counts(level), level)
     report = evaluate_scores(
         labels, scores, manifest.train_counts(level), label_names=names, val_true=val_true, val_score=val_score,
-        n_bootstrap=n_bootstrap, seed=cfg.train.seed,
+        n_bootstrap=n_bootstrap, seed=cfg.train.seed, groups=groups, grouping=rule,
     )
     return Evaluation(model_uri=model_uri, split=split, dataset_version=manifest.version, report=report, n_cases=len(labels))

@@ -10,7 +10,7 @@ auc          area under the ROC curve (ties handled as in scikit-learn)
 ap           average precision, ``Σ (R_k - R_{k-1}) P_k`` (scikit-learn's definition)
 f1           max F1 over all thresholds; ties go to the lowest threshold (as the paper's code)
 mcc          Matthews correlation at that F1-max ``threshold`` (predict ``score >= threshold``)
-r01 r05 r10  TPR at the ROC point whose FPR is nearest 0.01 / 0.05 / 0.1, on scikit-learn's
+r01 ... r50  TPR at the ROC point whose FPR is nearest 0.01 / 0.05 / 0.1 / 0.2 / 0.5 (the official evaluation), on scikit-learn's
              ``roc_curve`` (``drop_intermediate=True``), first point on ties -- exactly the paper.
              Beware: when the nearest FPR is a vertical run (e.g. FPR 0 with few negatives) the
              first point is its bottom, so a perfect ranking can score 0; see ``r*_interp``
@@ -52,21 +52,57 @@ __all__ = [
     "calibration_bins",
     "evaluate_scores",
     "group_of_counts",
+    "group_of_rank",
+    "groups_for",
     "interpolated_roc",
     "print_report",
 ]
 
 GROUPS = ("head", "medium", "tail")
 #: FPR operating points for recall, and the column suffix used for each.
-FPR_POINTS: tuple[tuple[str, float], ...] = (("01", 0.01), ("05", 0.05), ("10", 0.1))
+FPR_POINTS: tuple[tuple[str, float], ...] = (("01", 0.01), ("05", 0.05), ("10", 0.1), ("20", 0.2), ("50", 0.5))
 #: Columns of the paper's table, in order.
-PAPER_METRICS = ("auc", "ap", "f1", "mcc", "r01", "r05", "r10")
-METRICS = PAPER_METRICS + ("r01_interp", "r05_interp", "r10_interp")
+PAPER_METRICS = ("auc", "ap", "f1", "mcc", "r01", "r05", "r10", "r20", "r50")
+METRICS = PAPER_METRICS + tuple(f"r{suffix}_interp" for suffix, _ in FPR_POINTS)
 #: Honest (validation-threshold) metrics, present when validation scores are given.
-VAL_METRICS = ("f1_val", "mcc_val", "r01_val", "r05_val", "r10_val")
-_HEADERS = {"auc": "AUC", "ap": "AP", "f1": "F1", "mcc": "MCC", "r01": "R@.01", "r05": "R@.05", "r10": "R@.1"}
+VAL_METRICS = ("f1_val", "mcc_val") + tuple(f"r{suffix}_val" for suffix, _ in FPR_POINTS)
+_HEADERS = {
+    "auc": "AUC", "ap": "AP", "f1": "F1", "mcc": "MCC", "r01": "R@.01", "r05": "R@.05", "r10": "R@.1", "r20": "R@.2", "r50": "R@.5",
+}
 #: Elements (classes × cases) processed per block; bounds memory at a few hundred MB.
 _BLOCK_ELEMENTS = 1 << 21
+
+
+def group_of_rank(train_counts: np.ndarray, cuts: tuple[int, int]) -> np.ndarray:
+    """Group name per class from its rank in the frequency-sorted label list (the official RadDiag
+    evaluation: disorders ``[:85]`` head, ``[85:555]`` medium, ``[555:]`` tail; ICD ``165``/``395``).
+
+    Classes are ranked by training count, most frequent first (ties: label order, as in a label
+    dictionary sorted by frequency). Returns an object array of strings (C,)."""
+    counts = np.asarray(train_counts)
+    head, medium = cuts
+    if not 0 <= head <= medium:
+        raise ValueError(f"rank cuts must satisfy 0 <= head <= medium, got {cuts}")
+    rank = np.empty(counts.shape[0], dtype=np.int64)
+    rank[np.argsort(-counts, kind="stable")] = np.arange(counts.shape[0])
+    groups = np.full(counts.shape, "tail", dtype=object)
+    groups[rank < medium] = "medium"
+    groups[rank < head] = "head"
+    return groups
+
+
+def groups_for(train_counts: np.ndarray, grouping: str = "counts", *, head_min: int = 100, medium_min: int = 30,
+               cuts: tuple[int, int] = (85, 555)) -> tuple[np.ndarray, str]:
+    """(group per class, a one-line description for reports) by training-count thresholds or by rank."""
+    if grouping == "rank":
+        return group_of_rank(train_counts, cuts), (
+            f"head = the {cuts[0]} most frequent labels, medium ranks {cuts[0] + 1}-{cuts[1]}, tail the rest (official grouping)"
+        )
+    if grouping != "counts":
+        raise ValueError(f"grouping must be counts or rank, got {grouping!r}")
+    return group_of_counts(train_counts, head_min=head_min, medium_min=medium_min), (
+        f"head >= {head_min}, medium {medium_min}-{head_min - 1}, tail < {medium_min} training cases"
+    )
 
 
 def group_of_counts(train_counts: np.ndarray, *, head_min: int = 100, medium_min: int = 30) -> np.ndarray:
@@ -324,6 +360,7 @@ class MetricReport:
     head_min: int = 100
     medium_min: int = 30
     draws: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
+    grouping: str = ""  # how classes were grouped, for captions ("" = the head_min/medium_min thresholds)
 
     @staticmethod
     def _key(group: str) -> str:
@@ -352,7 +389,7 @@ class MetricReport:
             {
                 "n_cases": self.n_cases,
                 "n_classes": int(len(self.per_class)),
-                "groups": {"head_min": self.head_min, "medium_min": self.medium_min},
+                "groups": {"head_min": self.head_min, "medium_min": self.medium_min, "rule": self.grouping or "counts"},
                 "fpr_points": [x for _, x in FPR_POINTS],
                 "n_bootstrap": self.n_bootstrap,
                 "seed": self.seed,
@@ -377,8 +414,8 @@ class MetricReport:
 
         columns = {
             "paper": PAPER_METRICS,
-            "interp": ("auc", "ap", "f1", "mcc", "r01_interp", "r05_interp", "r10_interp"),
-            "honest": ("auc", "ap", "f1_val", "mcc_val", "r01_val", "r05_val", "r10_val"),
+            "interp": ("auc", "ap", "f1", "mcc") + tuple(f"r{suffix}_interp" for suffix, _ in FPR_POINTS),
+            "honest": ("auc", "ap") + VAL_METRICS,
         }.get(variant)
         if columns is None:
             raise ValueError(f"table variant must be paper, interp or honest; got {variant!r}")
@@ -413,8 +450,8 @@ class MetricReport:
         skipped = sum(self.counts[g]["n_skipped"] for g in GROUPS)
         table.caption = (
             f"{self.n_cases} cases; {skipped} class(es) skipped (no positive or no negative case in the split); "
-            f"head >= {self.head_min}, medium {self.medium_min}-{self.head_min - 1}, tail < {self.medium_min} "
-            "training cases" + (f"; 95% CI: {self.n_bootstrap} bootstrap resamples of cases, median-centred pivotal intervals" if self.ci else "")
+            + (self.grouping or f"head >= {self.head_min}, medium {self.medium_min}-{self.head_min - 1}, tail < {self.medium_min} training cases")
+            + (f"; 95% CI: {self.n_bootstrap} bootstrap resamples of cases, median-centred pivotal intervals" if self.ci else "")
         )
         return table
 
@@ -457,6 +494,8 @@ def evaluate_scores(
     label_names: list[str] | None = None,
     head_min: int = 100,
     medium_min: int = 30,
+    groups: np.ndarray | None = None,
+    grouping: str = "",
 ) -> MetricReport:
     """Per-class metrics and head/medium/tail/all macro means for one split.
 
@@ -464,7 +503,9 @@ def evaluate_scores(
     ``val_true``/``val_score`` (n_val, C): validation split for the honest threshold variant.
     ``n_bootstrap`` > 0 adds 95% percentile CIs of the group means; resample b draws case indices
     ``rng.integers(0, n, n)`` from ``rng = np.random.default_rng(seed)`` (validation thresholds
-    stay fixed). ``head_min``/``medium_min`` set the group boundaries on ``train_counts``.
+    stay fixed). ``head_min``/``medium_min`` set the group boundaries on ``train_counts``, unless
+    ``groups`` (C,) gives each class's group (e.g. :func:`groups_for` by rank) with ``grouping``
+    describing the rule for the report.
     """
     truth, score = _as_inputs(y_true, y_score, "evaluate_scores")
     n_cases, n_classes = truth.shape
@@ -477,7 +518,10 @@ def evaluate_scores(
         raise ValueError("give both val_true and val_score, or neither")
     if n_bootstrap < 0:
         raise ValueError(f"n_bootstrap must be >= 0, got {n_bootstrap}")
-    groups = group_of_counts(counts, head_min=head_min, medium_min=medium_min)
+    if groups is None:
+        groups = group_of_counts(counts, head_min=head_min, medium_min=medium_min)
+    elif len(groups := np.asarray(groups, dtype=object)) != n_classes or not set(groups) <= set(GROUPS):
+        raise ValueError(f"groups must name one of {GROUPS} for each of the {n_classes} classes")
     group_index = np.array([GROUPS.index(g) for g in groups], dtype=np.intp)
 
     val = None
@@ -578,6 +622,7 @@ def evaluate_scores(
         seed=seed,
         head_min=head_min,
         medium_min=medium_min,
+        grouping=grouping,
     )
 
 

@@ -56,6 +56,7 @@ def roc_by_group(
     *,
     head_min: int = 100,
     medium_min: int = 30,
+    groups: np.ndarray | None = None,
 ) -> Path:
     """Macro-averaged ROC curve per group (mean TPR of the group's classes on a common FPR grid),
     with a 95% percentile band over ``n_bootstrap`` case resamples (0 = no band).
@@ -63,7 +64,7 @@ def roc_by_group(
     ``y_true``/``y_score`` (n, C), ``train_counts`` (C,). Classes without both labels are left out.
     """
     truth = np.asarray(y_true)
-    groups = group_of_counts(train_counts, head_min=head_min, medium_min=medium_min)
+    groups = group_of_counts(train_counts, head_min=head_min, medium_min=medium_min) if groups is None else np.asarray(groups)
     if groups.shape[0] != truth.shape[1]:
         raise ValueError(f"train_counts has {groups.shape[0]} classes, y_true {truth.shape[1]}")
     curves = _group_means(interpolated_roc(truth, y_score, _FPR_GRID), groups)

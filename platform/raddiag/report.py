@@ -278,9 +278,10 @@ def _plots_from_checkpoint(cfg: RadDiagConfig, checkpoint: str, scratch: str) ->
     records = Store(cfg.store.url, cfg.store.endpoint_url).manifest().case_records("val")
     _, scores, labels = predict(model, local_batches(records, model_cfg, meta["label_names"], 8))
     counts = np.asarray(meta["train_counts"])
-    report = evaluate_scores(labels, scores, counts, label_names=meta["label_names"])
+    groups, rule = model_cfg.eval.groups(counts, model_cfg.data.label_level)
+    report = evaluate_scores(labels, scores, counts, label_names=meta["label_names"], groups=groups, grouping=rule)
     out = {}
-    out["roc_by_group.png"] = plots.roc_by_group(labels, scores, counts, Path(scratch, "roc.png"), n_bootstrap=50)
+    out["roc_by_group.png"] = plots.roc_by_group(labels, scores, counts, Path(scratch, "roc.png"), n_bootstrap=50, groups=groups)
     out["auc_vs_frequency.png"] = plots.auc_vs_frequency(report, Path(scratch, "auc.png"))
     return {name: base64.b64encode(Path(path).read_bytes()).decode("ascii") for name, path in out.items()}
 

@@ -126,10 +126,12 @@ def paired_bootstrap(
     n_bootstrap: int = 1000,
     seed: int = 0,
     metrics: tuple[str, ...] = TABLE_METRICS,
+    groups: np.ndarray | None = None,
 ) -> AblationTable:
     """The ablation table of ``runs`` (arm -> seed -> (truth (n, C) 0/1, scores (n, C))), every run
     scored on the same n test cases with the same labels. ``comparisons``: (A, B) pairs whose
-    difference A - B is reported. Groups come from ``train_counts`` (C,) (head >= 100, tail < 30)."""
+    difference A - B is reported. Groups come from ``train_counts`` (C,) (head >= 100, tail < 30)
+    unless ``groups`` (C,) names each class's group (e.g. ``cfg.eval.groups``)."""
     arms = list(runs)
     if not arms:
         raise ValueError("paired_bootstrap needs at least one arm")
@@ -145,7 +147,7 @@ def paired_bootstrap(
         for s in seeds:
             if runs[arm][s][0].shape != truth.shape or not np.array_equal(runs[arm][s][0], truth):
                 raise ValueError(f"arm {arm!r} seed {s}: test labels differ from the first run's (not the same test cases)")
-    groups = group_of_counts(np.asarray(train_counts))
+    groups = group_of_counts(np.asarray(train_counts)) if groups is None else np.asarray(groups)
     n_cases = truth.shape[0]
     sorted_runs = {arm: {s: _Sorted(*runs[arm][s]) for s in seeds} for arm in arms}
 

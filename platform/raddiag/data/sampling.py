@@ -36,3 +36,54 @@ def epoch_order(label_matrix: np.ndarray, strategy: str, power: float, seed: int
     classes = rng.choice(len(probs), size=n_cases, p=probs)
     picks = rng.random(n_cases)
     return np.array([members[c][int(u * len(members[c]))] for c, u in zip(classes, picks)], dtype=np.int64)
+
+
+def stratified_fraction(records: list[dict], fraction: float, seed: int, level: str = "disorder") -> list[dict]:
+    """A seeded subset of ``round(fraction * n)`` training case records, stratified by each case's
+    rarest label (its least frequent label in ``records``; cases without labels form one stratum).
+
+    Each stratum keeps ``floor(fraction * size)`` cases, and the slots left by rounding go to the
+    strata with the largest remainders (ties broken by the seeded generator), so the subset has
+    exactly the target size and every label's share is kept as far as whole cases allow. The result
+    keeps the input order. ``fraction >= 1`` returns ``records`` unchanged.
+    """
+    if fraction >= 1.0 or not records:
+        return records
+    if fraction <= 0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    key = "icd10" if level == "icd" else "disorders"
+    freq: dict[str, int] = {}
+    for record in records:
+        for label in set(record[key]):
+            freq[label] = freq.get(label, 0) + 1
+    strata: dict[str, list[int]] = {}
+    for index, record in enumerate(records):
+        labels = record[key]
+        stratum = min(labels, key=lambda label: (freq[label], label)) if labels else ""
+        strata.setdefault(stratum, []).append(index)
+    rng = np.random.default_rng(seed)
+    names = sorted(strata)
+    exact = np.array([fraction * len(strata[name]) for name in names])
+    take = np.floor(exact).astype(np.int64)
+    left = int(round(fraction * len(records))) - int(take.sum())
+    if left > 0:
+        remainder = exact - take
+        order = np.lexsort((rng.random(len(names)), -remainder))  # largest remainder first, seeded ties
+        take[order[:left]] += 1
+    chosen: list[int] = []
+    for name, k in zip(names, take):
+        if k:
+            chosen.extend(rng.choice(strata[name], size=int(k), replace=False).tolist())
+    return [records[i] for i in sorted(chosen)]
+
+
+def label_counts(records: list[dict], names: list[str], level: str = "disorder") -> np.ndarray:
+    """Cases per label (C,) among ``records``, in the order of ``names`` (unknown labels ignored)."""
+    key = "icd10" if level == "icd" else "disorders"
+    index = {name: i for i, name in enumerate(names)}
+    counts = np.zeros(len(names), dtype=np.int64)
+    for record in records:
+        for label in set(record[key]):
+            if label in index:
+                counts[index[label]] += 1
+    return counts

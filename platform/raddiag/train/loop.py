@@ -40,13 +40,17 @@ def forward(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str,
 
 
 def compute_losses(
-    out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], loss_fn: torch.nn.Module, key_slice_weight: float
+    out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], loss_fn: torch.nn.Module, key_slice_weight: float,
+    key_slice_form: str = "raddiag", max_depth: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """``{"loss", "cls_loss", "key_slice_loss"}`` for one batch (loss = cls + w * key-slice)."""
     from raddiag.model import key_slice_loss
 
     cls_loss = loss_fn(out["logits"].float(), batch["labels"].float())
-    ks_loss = key_slice_loss(out["slice_attention"].float(), batch["key_slice"], batch["slice_mask"], batch["scan_mask"])
+    ks_loss = key_slice_loss(
+        out["slice_attention"].float(), batch["key_slice"], batch["slice_mask"], batch["scan_mask"],
+        form=key_slice_form, max_depth=max_depth,
+    )
     return {"loss": cls_loss + key_slice_weight * ks_loss, "cls_loss": cls_loss, "key_slice_loss": ks_loss}
 
 
@@ -61,6 +65,8 @@ def train_step(
     *,
     accumulate: int = 1,
     step: bool = True,
+    key_slice_form: str = "raddiag",
+    max_depth: int | None = None,
 ) -> dict[str, float]:
     """One micro-batch: forward, loss / ``accumulate``, backward; when ``step``, clip, optimiser and
     scheduler step and zero the gradients. Returns the (unscaled) loss terms as floats."""
@@ -68,7 +74,7 @@ def train_step(
     device_type = batch["images"].device.type
     with torch.autocast(device_type=device_type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
         out = forward(model, batch)
-        losses = compute_losses(out, batch, loss_fn, key_slice_weight)
+        losses = compute_losses(out, batch, loss_fn, key_slice_weight, key_slice_form, max_depth)
     (losses["loss"] / accumulate).backward()
     if step:
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=5.0)
@@ -175,7 +181,8 @@ def train_epoch(model, batches, loss_fn, optimizer, scheduler, cfg: RadDiagConfi
         pending += 1
         terms = train_step(
             model, batch, loss_fn, optimizer, scheduler, cfg.loss.key_slice_weight, amp_dtype,
-            accumulate=accumulate, step=pending == accumulate,
+            accumulate=accumulate, step=pending == accumulate, key_slice_form=cfg.loss.key_slice_form,
+            max_depth=cfg.model.max_depth,
         )
         pending %= accumulate
         for key, value in terms.items():
@@ -243,14 +250,13 @@ def log_final_artifacts(uri: str, run_id: str, labels: np.ndarray, scores: np.nd
 
     client = tracking.client(uri)
     with tempfile.TemporaryDirectory() as directory:
-        plots.roc_by_group(labels, scores, counts, os.path.join(directory, "roc_by_group.png"))
+        groups = report.per_class["group"].to_numpy()
+        plots.roc_by_group(labels, scores, counts, os.path.join(directory, "roc_by_group.png"), groups=groups)
         plots.auc_vs_frequency(report, os.path.join(directory, "auc_vs_frequency.png"))
         plots.calibration(labels, scores, os.path.join(directory, "calibration.png"))
         client.log_artifacts(run_id, directory, artifact_path="plots")
     with tempfile.TemporaryDirectory() as directory:
-        from raddiag.metrics import group_of_counts
-
-        vocab = pd.DataFrame({"label": names, "train_count": counts, "group": group_of_counts(counts)})
+        vocab = pd.DataFrame({"label": names, "train_count": counts, "group": groups})
         vocab.to_csv(os.path.join(directory, "label_vocabulary.csv"), index=False)
         report.per_class.to_csv(os.path.join(directory, "val_per_class.csv"), index=False)
         client.log_artifacts(run_id, directory, artifact_path="labels")
@@ -275,6 +281,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     from raddiag import tracking
     from raddiag.data.pipeline import Prefetch, device_augment, iter_batches, worker_dataset
+    from raddiag.data.sampling import label_counts, stratified_fraction
     from raddiag.losses import build_loss
     from raddiag.metrics import evaluate_scores
     from raddiag.model import build_model
@@ -292,12 +299,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     manifest = Store(cfg.store.url, cfg.store.endpoint_url).manifest()
     level = cfg.data.label_level
     names, counts = manifest.label_names(level), manifest.train_counts(level)
+    groups, rule = cfg.eval.groups(counts, level)  # head/medium/tail of the validation metrics
     train_records, val_records = manifest.case_records("train"), manifest.case_records("val")
+    train_records = stratified_fraction(train_records, cfg.train.fraction, cfg.train.fraction_seed, level)
+    fit_counts = counts if cfg.train.fraction >= 1 else label_counts(train_records, names, level)  # prior, loss weights
     n_train = len(train_records)
 
     embeddings = loop_config.get("label_embeddings")
     table = torch.tensor(np.asarray(embeddings, dtype=np.float32)) if embeddings is not None else None
-    prior = torch.tensor(np.maximum(counts, 1) / max(n_train, 1), dtype=torch.float32)
+    prior = torch.tensor(np.maximum(fit_counts, 1) / max(n_train, 1), dtype=torch.float32)
     model = build_model(cfg.model, len(names), label_embeddings=table, label_prior=prior)
     model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
@@ -305,7 +315,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     micro_batches = max(1, math.ceil(per_rank / cfg.train.batch_size))
     steps_per_epoch = math.ceil(micro_batches / cfg.train.grad_accum_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(steps_per_epoch * cfg.train.epochs, cfg.train.warmup_fraction))
-    loss_fn = build_loss(cfg.loss, counts, n_train).to(device)
+    loss_fn = build_loss(cfg.loss, fit_counts, n_train).to(device)
     amp_dtype = torch.bfloat16 if (cfg.train.amp and device.type == "cuda") else None
     progress = restore(ray.train.get_checkpoint(), model, optimizer, scheduler)
     sign = -1.0 if "loss" in cfg.train.metric else 1.0  # losses are minimised, scores maximised
@@ -345,7 +355,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if epoch + 1 < cfg.train.epochs:  # its Ray Data start-up overlaps this epoch's validation
                 upcoming = train_stream(epoch + 1)
             labels, scores = validate(model, val_batches.batches(epoch), device)
-            report = evaluate_scores(labels, scores, counts, label_names=names)
+            report = evaluate_scores(labels, scores, counts, label_names=names, groups=groups, grouping=rule)
             metrics.update({f"val_{key}": value for key, value in report.flat().items()})
             metrics.update({"epoch": epoch, "lr": scheduler.get_last_lr()[0], "epoch_time_s": time.perf_counter() - started})
             observe.epoch(metrics)

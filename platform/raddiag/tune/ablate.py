@@ -145,7 +145,10 @@ def _trial(params: dict[str, Any], *, base: dict[str, Any], ctx: dict[str, Any])
     with result.checkpoint.as_directory() as directory:
         scores = _score_checkpoint(cfg, directory, manifest)
     counts = manifest.train_counts(level)
-    report = evaluate_scores(scores["test_labels"], scores["test_scores"], counts, label_names=manifest.label_names(level))
+    groups, rule = cfg.eval.groups(counts, level)
+    report = evaluate_scores(
+        scores["test_labels"], scores["test_scores"], counts, label_names=manifest.label_names(level), groups=groups, grouping=rule
+    )
     tracking.log_epoch_metrics(
         uri, run_id, {**{f"test_{k}": v for k, v in report.flat().items()}, "train_seconds": train_seconds}, step=0, probe="train_seconds"
     )
@@ -227,7 +230,8 @@ def run_ablation(cfg: RadDiagConfig, verbose: bool = False, progress: Any = None
         client.set_terminated(parent_run_id, "FAILED")
         cause = f"; first error: {errors[0]}" if errors else ""
         raise AblationError(f"ablation {cfg.ablation.name}: no scores for {', '.join(missing)}{cause} (rerun with --resume)")
-    table = paired_bootstrap(runs, counts, cfg.ablation.pairs(), cfg.ablation.n_bootstrap, seed=0)
+    groups, _ = cfg.eval.groups(counts, cfg.data.label_level)
+    table = paired_bootstrap(runs, counts, cfg.ablation.pairs(), cfg.ablation.n_bootstrap, seed=0, groups=groups)
     markdown = table.markdown()
     seconds_per_arm = {arm: round(total / len(cfg.ablation.seeds), 1) for arm, total in seconds.items()}
     document = {
