@@ -8,6 +8,7 @@ a typo fails loudly. Errors are raised as :class:`ConfigError` with one line nam
 from __future__ import annotations
 
 import copy
+import math
 import os
 import re
 from pathlib import Path
@@ -102,9 +103,25 @@ class AugmentConfig(_Strict):
     noise_p: float = Field(default=0.15, ge=0, le=1)
     contrast_p: float = Field(default=0.15, ge=0, le=1)
     elastic_p: float = Field(default=0.0, ge=0, le=1)
+    rotate: float = Field(default=0.2, ge=0, le=math.pi, description="affine: in-plane rotation in radians, +-")
+    translate: float = Field(default=2.0, ge=0, description="affine: shift in pixels, +- (official: 10 at 256 px)")
+    scale: float = Field(default=0.1, ge=0, lt=1, description="affine: zoom 1 +- scale per axis")
+    shear: float = Field(default=0.0, ge=0, lt=1, description="affine: shear +- (official: 0.2)")
+    elastic_sigma: tuple[float, float] = Field(default=(5.0, 7.0), description="elastic: smoothing sigma of the displacement field, pixels")
+    elastic_magnitude: tuple[float, float] = Field(default=(1.0, 2.0), description="elastic: displacement magnitude, pixels (official: 10-20 at 256 px)")
+    noise_std: float = Field(default=0.03, ge=0, le=1, description="noise: std drawn in [0, noise_std] per scan (official: 0.07)")
+    gamma: tuple[float, float] = Field(default=(0.7, 1.5), description="contrast: gamma range (official: 0.5-1.5)")
     on: Literal["workers", "device"] = Field(
         default="workers", description="where training augmentation runs: Ray Data tasks (CPU) or the training device"
     )
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "AugmentConfig":
+        for name in ("elastic_sigma", "elastic_magnitude", "gamma"):
+            low, high = getattr(self, name)
+            if not 0 < low <= high:
+                raise ValueError(f"data.augment.{name} must be [low, high] with 0 < low <= high, got [{low}, {high}]")
+        return self
 
     @property
     def enabled(self) -> bool:
