@@ -428,6 +428,24 @@ def score(
 
 
 @app.command()
+def embed(
+    output: Annotated[str, typer.Option("--output", "-o", help="Folder for the Parquet parts: a local path or s3://bucket/prefix.")],
+    model: Annotated[str, typer.Option(help="Model URI (default: models:/<registered_model>@champion).")] = "",
+    split: Annotated[str, typer.Option(help="Split of the store to embed.")] = "test",
+    actors: Annotated[int, typer.Option(help="Ray Data actors, each loading the model once.")] = 2,
+    gpu: Annotated[bool, typer.Option("--gpu", help="One GPU per actor.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Cases per forward pass.")] = 8,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Feature extraction: each case's fused embedding (column ``embedding``) for a store split, as Parquet
+    (``raddiag score --embeddings``; read it back with ``raddiag.score.read_scores``)."""
+    score(output=output, model=model, split=split, actors=actors, cpus_per_actor=1.0, gpu=gpu, batch_size=batch_size,
+          chunk_cases=64, embeddings=True, config=config, set_=set_, verbose=verbose)
+
+
+@app.command()
 def finetune(
     model: Annotated[str, typer.Option(help="Source model URI (default: models:/<registered_model>@champion).")] = "",
     head: Annotated[Optional[str], typer.Option(help="Head for the new labels: mlp (new head) or ke (embed the new names); default: the source's.")] = None,
