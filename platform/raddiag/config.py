@@ -213,7 +213,10 @@ class ModelConfig(_Strict):
     )
     channels_last: bool = Field(default=False, description="run CNN backbones in channels_last memory format")
     activation_checkpointing: bool = Field(default=False, description="recompute activations in backward")
-    compile: bool = Field(default=False, description="torch.compile the visual backbone")
+    compile: bool = Field(
+        default=False,
+        description="training: torch.compile the whole forward (dynamic shapes, one graph without breaks; served models stay eager)",
+    )
 
     @model_validator(mode="after")
     def _heads_divide_dim(self) -> "ModelConfig":

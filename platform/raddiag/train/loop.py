@@ -36,7 +36,11 @@ def lr_lambda(total_steps: int, warmup_fraction: float):
 
 
 def forward(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return model(*(batch[key] for key in MODEL_INPUTS))
+    """The network on a batch. The real-slice/scan indices are computed here, outside the network, so
+    a compiled forward (``model.compile``) has no data-dependent shape and no graph break."""
+    from raddiag.model.nets.raddiag import real_index
+
+    return model(*(batch[key] for key in MODEL_INPUTS), *real_index(batch["scan_mask"], batch["slice_mask"]))
 
 
 def compute_losses(
@@ -285,6 +289,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from raddiag.losses import build_loss
     from raddiag.metrics import evaluate_scores
     from raddiag.model import build_model
+    from raddiag.model.nets.raddiag import compile_model
     from raddiag.observability import TrainMetrics
     from raddiag.storage.store import Store
     from raddiag.tune.budget import claim_epoch
@@ -309,6 +314,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     table = torch.tensor(np.asarray(embeddings, dtype=np.float32)) if embeddings is not None else None
     prior = torch.tensor(np.maximum(fit_counts, 1) / max(n_train, 1), dtype=torch.float32)
     model = build_model(cfg.model, len(names), label_embeddings=table, label_prior=prior)
+    if cfg.model.compile:
+        compile_model(model)  # the whole forward, one graph; compiled at the first step
     model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     per_rank = n_train // world  # equal shards: every rank runs the same number of DDP steps

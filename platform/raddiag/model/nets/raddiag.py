@@ -9,6 +9,16 @@ Only real slices (``resnet``/``vit``) or real scans (``cnn3d``) are gathered and
 backbone, in one batched call; results are scattered back into zero-filled tensors. Padded content
 therefore never reaches the output, and nothing loops over slices or scans in Python. The fusion
 transformer has no position embedding, so the output does not depend on the order of the scans.
+
+Gathers and scatters use index tensors (:func:`real_index`: the flat positions of the real slices in
+``B*N*D`` and of the real scans in ``B*N``), not boolean-mask indexing. Given those indices the
+forward has no data-dependent shape: the number of real slices ``R`` and scans ``S`` are the lengths
+of input tensors, so ``torch.compile`` traces it as one graph, without breaks, and ``R``/``S`` stay
+symbolic (no recompilation as the fill of a batch changes). The training loop computes the indices
+outside the compiled region (see :func:`compile_model`); without them ``forward`` computes them
+itself (``nonzero``: the one data-dependent step). Either way the backbone sees exactly the real
+slices, as before: padding costs no backbone compute, and BatchNorm statistics and outputs are those
+of the boolean-mask formulation, bit for bit.
 """
 
 from __future__ import annotations
@@ -27,6 +37,26 @@ from raddiag.model.blocks.rp3d import RP3DTransformer
 from raddiag.schema import NUM_MODALITY_IDS
 
 log = logging.getLogger(__name__)
+
+
+def real_index(scan_mask: torch.Tensor, slice_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(slice_index, scan_index)``: flat positions of the real slices in ``B*N*D`` (R,) and of the
+    real scans in ``B*N`` (S,), int64, in row-major order (the order of boolean-mask indexing).
+
+    ``scan_mask`` (B, N), ``slice_mask`` (B, N, D); a slice counts only in a real scan. This is the
+    forward's one data-dependent step: compute it on the host masks (no device sync) or outside
+    compiled code and pass the result to :meth:`RadDiagNet.forward`. Outside compiled code the
+    lengths are marked dynamic, so a compiled forward keeps ``R`` and ``S`` symbolic from its first
+    call (every other dimension is a configuration constant and stays static).
+    """
+    scan_mask = torch.as_tensor(scan_mask).bool()
+    slice_mask = torch.as_tensor(slice_mask).bool() & scan_mask[..., None]
+    slice_index = torch.arange(slice_mask.numel(), device=slice_mask.device)[slice_mask.flatten()]
+    scan_index = torch.arange(scan_mask.numel(), device=scan_mask.device)[scan_mask.flatten()]
+    if not torch.compiler.is_compiling():
+        torch._dynamo.maybe_mark_dynamic(slice_index, 0)
+        torch._dynamo.maybe_mark_dynamic(scan_index, 0)
+    return slice_index, scan_index
 
 
 class RadDiagNet(nn.Module):
@@ -93,47 +123,45 @@ class RadDiagNet(nn.Module):
             self.head = MLPHead(dim, num_labels, cfg.mlp_hidden, cfg.dropout, bias_prior)
             if cfg.bias_init == "zero":
                 nn.init.zeros_(self.head.net[-1].bias)
-        if cfg.compile:
-            self.backbone.compile(dynamic=True)
 
     # ------------------------------------------------------------------ encoders
     def _encode_slices(
-        self, images: torch.Tensor, scan_mask: torch.Tensor, slice_mask: torch.Tensor
+        self, images: torch.Tensor, slice_mask: torch.Tensor, slice_index: torch.Tensor, scan_index: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """2D backbone on every real slice + slice transformer -> (B, N, E) scans, (B, N, D) attention."""
+        """2D backbone on every real slice + slice transformer -> (B, N, E) scans, (B, N, D) attention.
+
+        ``slice_mask`` (B, N, D) already excludes padded scans; ``slice_index`` (R,) and
+        ``scan_index`` (S,) come from :func:`real_index`.
+        """
         b, n, d = slice_mask.shape
         if d > self.cfg.max_depth:
             raise ValueError(f"images have D={d} slices but model.max_depth={self.cfg.max_depth}; raise model.max_depth")
-        slice_mask = slice_mask & scan_mask[..., None]
-        real = images[slice_mask]  # (R, H, W): every real slice of the batch, one backbone call
+        real = images.reshape(b * n * d, *images.shape[3:]).index_select(0, slice_index)  # (R, H, W): one backbone call
         features = self.feature_proj(self.backbone(real[:, None]))  # (R, E)
-        tokens = features.new_zeros(b, n, d, features.shape[-1])
-        tokens[slice_mask] = features
-        scans = scan_mask  # (B, N)
-        tokens = tokens[scans] + self.slice_pos[:, :d]  # (S, D, E): real scans only
-        masks = slice_mask[scans]  # (S, D)
+        dim = features.shape[-1]
+        tokens = features.new_zeros(b * n * d, dim).index_copy(0, slice_index, features)
+        tokens = tokens.view(b * n, d, dim).index_select(0, scan_index) + self.slice_pos[:, :d]  # (S, D, E): real scans
+        masks = slice_mask.reshape(b * n, d).index_select(0, scan_index)  # (S, D)
         cls = self.slice_cls.expand(tokens.shape[0], -1, -1).to(tokens.dtype)
         sequence = torch.cat([cls, tokens], dim=1)
         key_mask = torch.cat([masks.new_ones(masks.shape[0], 1), masks], dim=1)
         encoded, attention = self.slice_transformer(sequence, key_mask, return_cls_attention=True)
-        scan_embeddings = encoded.new_zeros(b, n, encoded.shape[-1])
-        scan_embeddings[scans] = encoded[:, 0]
-        slice_attention = attention.new_zeros(b, n, d)
-        slice_attention[scans] = attention
-        return scan_embeddings, slice_attention
+        scan_embeddings = encoded.new_zeros(b * n, encoded.shape[-1]).index_copy(0, scan_index, encoded[:, 0])
+        slice_attention = attention.new_zeros(b * n, d).index_copy(0, scan_index, attention)
+        return scan_embeddings.view(b, n, -1), slice_attention.view(b, n, d)
 
     def _encode_volumes(
-        self, images: torch.Tensor, scan_mask: torch.Tensor, slice_mask: torch.Tensor
+        self, images: torch.Tensor, slice_mask: torch.Tensor, scan_index: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """3D backbone on every real scan (padded slices zeroed) -> (B, N, E), uniform (B, N, D)."""
-        b, n, _ = slice_mask.shape
-        slice_mask = slice_mask & scan_mask[..., None]
-        volumes = images[scan_mask] * slice_mask[scan_mask][..., None, None].to(images.dtype)  # (S, D, H, W)
+        b, n, d = slice_mask.shape
+        real = slice_mask.reshape(b * n, d).index_select(0, scan_index)  # (S, D)
+        volumes = images.reshape(b * n, *images.shape[2:]).index_select(0, scan_index)
+        volumes = volumes * real[..., None, None].to(images.dtype)  # (S, D, H, W)
         features = self.feature_proj(self.backbone(volumes[:, None]))  # (S, E)
-        scan_embeddings = features.new_zeros(b, n, features.shape[-1])
-        scan_embeddings[scan_mask] = features
+        scan_embeddings = features.new_zeros(b * n, features.shape[-1]).index_copy(0, scan_index, features)
         counts = slice_mask.sum(-1, keepdim=True).clamp(min=1)
-        return scan_embeddings, slice_mask.to(features.dtype) / counts
+        return scan_embeddings.view(b, n, -1), slice_mask.to(features.dtype) / counts
 
     # ------------------------------------------------------------------ fusion
     def _fuse(self, scans: torch.Tensor, scan_mask: torch.Tensor, modality_ids: torch.Tensor) -> torch.Tensor:
@@ -155,20 +183,32 @@ class RadDiagNet(nn.Module):
 
     # ------------------------------------------------------------------ API
     def forward(
-        self, images: torch.Tensor, scan_mask: torch.Tensor, slice_mask: torch.Tensor, modality_ids: torch.Tensor
+        self,
+        images: torch.Tensor,
+        scan_mask: torch.Tensor,
+        slice_mask: torch.Tensor,
+        modality_ids: torch.Tensor,
+        slice_index: torch.Tensor | None = None,
+        scan_index: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """See the class docstring for shapes."""
+        """See the class docstring for shapes. ``slice_index``/``scan_index``: :func:`real_index` of
+        the masks, computed by the caller (no data-dependent step in the forward then) or, when both
+        are None, here."""
         if images.ndim != 5 or images.shape[:3] != slice_mask.shape or scan_mask.shape != images.shape[:2]:
             raise ValueError(
                 "expected images (B, N, D, H, W), scan_mask (B, N), slice_mask (B, N, D); got "
                 f"{tuple(images.shape)}, {tuple(scan_mask.shape)}, {tuple(slice_mask.shape)}"
             )
+        if (slice_index is None) != (scan_index is None):
+            raise ValueError("pass both slice_index and scan_index (raddiag.model.nets.raddiag.real_index) or neither")
         scan_mask = scan_mask.bool()
-        slice_mask = slice_mask.bool()
+        slice_mask = slice_mask.bool() & scan_mask[..., None]
+        if slice_index is None or scan_index is None:
+            slice_index, scan_index = real_index(scan_mask, slice_mask)
         if self.cfg.encoder == "cnn3d":
-            scans, slice_attention = self._encode_volumes(images, scan_mask, slice_mask)
+            scans, slice_attention = self._encode_volumes(images, slice_mask, scan_index)
         else:
-            scans, slice_attention = self._encode_slices(images, scan_mask, slice_mask)
+            scans, slice_attention = self._encode_slices(images, slice_mask, slice_index, scan_index)
         embedding = self._fuse(scans, scan_mask, modality_ids)
         return {"logits": self.head(embedding), "slice_attention": slice_attention, "embedding": embedding}
 
@@ -227,6 +267,22 @@ def load_pretrained(model: RadDiagNet, path: str) -> dict[str, int]:
     counts = {"loaded": len(loadable), "skipped": skipped, "missing": len(own) - len(loadable)}
     log.info("loaded %s from %s", counts, path)
     return counts
+
+
+def compile_model(model: RadDiagNet, **options: object) -> RadDiagNet:
+    """``model.compile``: :func:`torch.compile` the whole forward of ``model`` in place (its state-dict
+    keys are unchanged).
+
+    Call the compiled model with :func:`real_index`'s indices (the training loop does): the forward
+    is then one graph without breaks, and the number of real slices ``R`` and scans ``S`` are
+    symbolic from the first call, so a new fill does not recompile; the image shape, ``N`` and ``D``
+    are configuration constants and stay static (a different batch size, e.g. an epoch's last
+    batch, recompiles once with ``B`` dynamic; train and eval are two graphs). Without the indices
+    the index step (``nonzero``) breaks the graph; the result is still correct. ``options`` go to
+    ``torch.compile`` (e.g. ``backend="aot_eager", fullgraph=True`` in the tests).
+    """
+    model.compile(**options)
+    return model
 
 
 def build_model(
