@@ -58,7 +58,7 @@ def zeroshot_case(model_uri: str, folder: Path, labels: list[str], top_k: int = 
     source = RadDiagConfig.model_validate(wrapper.meta["config"])
     if source.model.head != "ke":
         raise ValueError(f"model {model_uri} was trained with model.head={source.model.head!r}; zero-shot needs the KE head")
-    arrays = {k: torch.as_tensor(v) for k, v in case_arrays(scans, source.data).items()}
+    arrays = {k: torch.as_tensor(v) for k, v in case_arrays(scans, source.data, wrapper.meta.get("plan")).items()}
     inputs = (arrays["images"].float(), arrays["scan_mask"].bool(), arrays["slice_mask"].bool(), arrays["modality_ids"].long())
     names = list(wrapper.label_names)
     original = torch.tensor(np.asarray(wrapper.meta["label_embeddings"], dtype=np.float32))

@@ -76,18 +76,37 @@ def load_case_folder(folder: Path) -> list[dict[str, Any]]:
     return scans
 
 
-def case_arrays(scans: list[dict[str, Any]], data_cfg: Any) -> dict[str, np.ndarray]:
-    """Assemble loaded scans exactly as evaluation does (a batch of one case)."""
+def case_arrays(scans: list[dict[str, Any]], data_cfg: Any, plan: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+    """Assemble loaded scans exactly as training saw its store (a batch of one case).
+
+    ``plan`` is the training store's preprocessing (``meta["plan"]`` of the model, from the store's
+    ``dataset.json``): each scan goes through :func:`raddiag.storage.preprocess.prepare` with it — the
+    same slice sampling, resize, CT window and normalisation ingest applied — and then through the
+    same case assembly as a training batch. Without a plan (models trained before plans were
+    recorded) the scans are min-max scaled to uint8 as they are."""
     from raddiag.data.assemble import assemble_case
+    from raddiag.schema import canonical_modality
+    from raddiag.storage.preprocess import Plan, prepare
     from raddiag.storage.store import to_uint8
 
-    volumes = {scan["name"]: to_uint8(scan["volume"]) for scan in scans}
+    volumes: dict[str, np.ndarray] = {}
+    keys: dict[str, int] = {}
+    for scan in scans:
+        volume = np.asarray(scan["volume"], dtype=np.float32)
+        key = volume.shape[0] // 2
+        if plan is not None:
+            volume, key = prepare(volume, key, Plan.from_dict(plan), is_ct=canonical_modality(scan["modality"]) == "CT")
+            volumes[scan["name"]] = (volume >> 8).astype(np.uint8) if volume.dtype == np.uint16 else volume  # as SliceReader
+        else:
+            volumes[scan["name"]] = to_uint8(volume)
+        keys[scan["name"]] = key
     record = {
         "case_id": "predict",
         "disorders": [],
         "icd10": [],
         "scans": [
-            {"scan_id": s["name"], "modality": s["modality"], "plane": s["plane"], "depth": s["volume"].shape[0], "key_slice": s["volume"].shape[0] // 2}
+            {"scan_id": s["name"], "modality": s["modality"], "plane": s["plane"], "depth": volumes[s["name"]].shape[0],
+             "key_slice": keys[s["name"]]}
             for s in scans
         ],
     }
@@ -115,6 +134,6 @@ def predict_case(model_uri: str, folder: Path, top_k: int = 5, scans: list[dict[
     scans = scans if scans is not None else load_case_folder(folder)
     model, wrapper = load_pyfunc(model_uri)
     data_cfg = RadDiagConfig.model_validate(wrapper.meta["config"]).data
-    frame = model.predict(case_arrays(scans, data_cfg))
+    frame = model.predict(case_arrays(scans, data_cfg, wrapper.meta.get("plan")))
     probs = frame.iloc[0].sort_values(ascending=False)[:top_k]
     return [{"label": str(label), "probability": float(p)} for label, p in probs.items()]

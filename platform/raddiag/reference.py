@@ -348,6 +348,8 @@ def import_checkpoint(cfg: RadDiagConfig, path: Path, label_names: list[str], mo
     meta = {
         "config": full.model_dump(mode="json"), "label_names": list(label_names), "train_counts": None,
         "label_embeddings": None, "dataset_version": f"official:{path.name}", "metric": "val_auc_tail",
+        # the official inputs: slices sampled to <= depth, resized to image_size, min-max to [0, 1] per scan
+        "plan": {"image_size": full.data.image_size, "max_depth": full.data.depth, "dtype": "uint8", "ct_window": None},
     }
     example = _example(full)
     with tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings():

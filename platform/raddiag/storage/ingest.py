@@ -441,7 +441,7 @@ def _store_volume(ctx: _Context, case_id: str, data: np.ndarray, key_slice: int 
     key = data.shape[0] // 2 if key_slice is None else key_slice
     if not 0 <= key < data.shape[0]:
         key = int(np.clip(key, 0, data.shape[0] - 1))
-    stored, stored_key = prepare(data, key, ctx.plan, is_ct=meta.get("modality") == "CT")
+    stored, stored_key = prepare(data, key, ctx.plan, is_ct=canonical_modality(meta.get("modality")) == "CT")
     scan_id, checksum = ctx.store.write_scan(stored)
     return _scan_row(case_id, stored, stored_key, scan_id, checksum, data.shape, spacing, **meta)
 
@@ -630,6 +630,6 @@ def run_ingest(
     manifest = store.publish(
         cases_frame, scans_frame, _labels(cases_frame, vocabulary), source=f"raddiag ingest {names}",
         rejected=rejected_frame,
-        extra_info={"preprocessing": plan.describe(), "rejected": int(len(rejected_frame))},
+        extra_info={"plan": plan.to_dict(), "preprocessing": plan.describe(), "rejected": int(len(rejected_frame))},
     )
     return IngestResult(manifest, rejected_frame, len(case_rows), len(scan_rows), seconds, len(scan_rows) / max(seconds, 1e-9))

@@ -17,6 +17,19 @@ class Plan:
     dtype: str = "uint8"
     ct_window: tuple[float, float] | None = None  # (centre, width) in HU, CT only
 
+    def to_dict(self) -> dict[str, object]:
+        """The plan as data (``dataset.json`` ``plan``, and a trained model's ``meta.json``)."""
+        return {
+            "image_size": self.image_size, "max_depth": self.max_depth, "dtype": self.dtype,
+            "ct_window": list(self.ct_window) if self.ct_window else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> "Plan":
+        window = data.get("ct_window")
+        return cls(int(data["image_size"]), int(data["max_depth"]), str(data.get("dtype", "uint8")),
+                   (float(window[0]), float(window[1])) if window else None)
+
     def describe(self) -> dict[str, object]:
         return {
             "image_size": self.image_size,
@@ -69,7 +82,10 @@ def normalise(volume: np.ndarray, dtype: str = "uint8", window: tuple[float, flo
 
 
 def prepare(volume: np.ndarray, key_slice: int, plan: Plan, is_ct: bool = False) -> tuple[np.ndarray, int]:
-    """(D, H, W) float32 at any size -> (stored volume (D', S, S) uint8/uint16, key slice in it)."""
+    """(D, H, W) float32 at any size -> (stored volume (D', S, S) uint8/uint16, key slice in it).
+
+    The one preprocessing contract: ``raddiag ingest`` stores scans with it, and ``predict`` /
+    ``zeroshot`` apply it (with the plan recorded in the model) to scans they read from files."""
     indices, key = select_slices(volume.shape[0], plan.max_depth, key_slice)
     sampled = volume[indices]
     resized = resize_slices(sampled, plan.image_size)

@@ -231,11 +231,14 @@ def generate(
     scans = pd.DataFrame(scan_rows).drop_duplicates(["scan_id", "case_id"])
     names, codes = label_vocabulary(cfg)
     table = label_table(cases, names, codes)
-    extra = None
+    from raddiag.storage.preprocess import Plan
+
+    # synthetic scans are drawn at their stored size; a file given to predict is prepared the same way
+    extra: dict = {"plan": Plan(cfg.image_size, cfg.max_depth).to_dict()}
     if cfg.profile == "benchmark":
         from raddiag.storage.benchmark import spec
 
-        extra = {"benchmark": spec(cfg)}
+        extra["benchmark"] = spec(cfg)
     source = f"raddiag synth profile={cfg.profile} seed={cfg.seed} n_cases={cfg.n_cases}"
     return store.publish(cases, scans, table, source=source, extra_info=extra)
 

@@ -333,6 +333,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     meta = {
         "config": cfg.model_dump(mode="json"), "label_names": names, "train_counts": counts.tolist(),
         "label_embeddings": embeddings, "dataset_version": manifest.version, "metric": cfg.train.metric,
+        "plan": manifest.info.get("plan"),  # the store's preprocessing: predict applies it to files
     }
 
     def train_stream(epoch: int) -> Prefetch:
