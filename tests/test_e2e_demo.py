@@ -91,13 +91,17 @@ def test_evaluate_and_predict_cli_against_the_champion(demo_run) -> None:
     assert len(ranked) == 3 and ranked[0]["probability"] >= ranked[-1]["probability"]
 
 
-def test_second_promotion_without_improvement_sets_challenger(demo_run) -> None:
+def test_promoting_the_champion_run_again_registers_nothing(demo_run) -> None:
+    from raddiag import tracking
     from raddiag.registry import promote
 
     cfg, result, _ = demo_run
+    client = tracking.client(cfg.tracking.resolved_uri())
+    before = sorted(int(v.version) for v in client.search_model_versions(f"name='{cfg.tracking.registered_model}'"))
     strict = cfg.model_copy(update={"promote": cfg.promote.model_copy(update={"margin": 1.0})})
-    again = promote(strict, result.sweep.name)
-    assert again.decision == "challenger" and again.champion_version == result.promotion.version
+    again = promote(strict, result.sweep.name)  # its best run is v1 already, @champion: no duplicate, no challenger
+    assert again.unchanged and again.decision == "champion" and again.version == result.promotion.version
+    assert sorted(int(v.version) for v in client.search_model_versions(f"name='{cfg.tracking.registered_model}'")) == before
 
 
 def test_dry_run_promotion_changes_nothing(demo_run) -> None:
@@ -108,7 +112,7 @@ def test_dry_run_promotion_changes_nothing(demo_run) -> None:
     client = tracking.client(cfg.tracking.resolved_uri())
     before = sorted(int(v.version) for v in client.search_model_versions(f"name='{cfg.tracking.registered_model}'"))
     dry = promote(cfg, result.sweep.name, dry_run=True)
-    assert dry.decision.startswith("dry-run:") and dry.version is None
+    assert dry.decision.startswith("dry-run:") and dry.version == result.promotion.version and dry.unchanged
     after = sorted(int(v.version) for v in client.search_model_versions(f"name='{cfg.tracking.registered_model}'"))
     assert after == before
     assert str(client.get_model_version_by_alias(cfg.tracking.registered_model, "champion").version) == result.promotion.version

@@ -217,11 +217,22 @@ def verify(
 @app.command()
 def train(config: ConfigOpt = None, set_: SetOpt = None, verbose: VerboseOpt = False) -> None:
     """Train one model with Ray Train (DDP) and track it in MLflow; re-running the same name resumes."""
-    from raddiag.train.trainer import run_train
+    from raddiag.train.trainer import TrainRefused, run_train
 
     cfg = _config(config, set_)
-    with console.status(f"training {cfg.train.name} ({cfg.train.num_workers} workers, {cfg.train.epochs} epochs)"):
-        result = run_train(cfg, verbose)
+    try:
+        with console.status(f"training {cfg.train.name} ({cfg.train.num_workers} workers, {cfg.train.epochs} epochs)"):
+            result = run_train(cfg, verbose)
+    except TrainRefused as exc:  # no store, or a name that holds another run: before Ray started
+        raise UserError(str(exc), code=2) from None
+    if result.already_complete:
+        console.print(
+            f"train.name {cfg.train.name!r} is already complete ({result.already_complete}), nothing trained: "
+            f"MLflow run {result.run_id}, model runs:/{result.run_id}/model, checkpoint {result.checkpoint_path} "
+            "(raise train.epochs to train on, or choose another train.name)",
+            soft_wrap=True, highlight=False, markup=False,
+        )
+        return
     shown = {k: round(v, 4) for k, v in result.metrics.items() if k.startswith("val_auc") and isinstance(v, float)}
     console.print(f"run {result.run_id}: {shown}\ncheckpoint: {result.checkpoint_path}")
 
@@ -290,7 +301,7 @@ def evaluate(
 @app.command()
 def promote(
     sweep_name: Annotated[str, typer.Option("--sweep", help="Name of the sweep whose best trial to promote.")],
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Evaluate and decide, but register nothing.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say which run/version would be promoted and how it compares; write nothing to MLflow.")] = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -306,10 +317,29 @@ def promote(
 
 
 def _print_promotion(result: Any) -> None:
-    console.print(result.evaluation.report.table(f"test split — {result.evaluation.n_cases} cases"))
-    against = f"champion v{result.champion_version} {result.champion_value:.4f}" if result.champion_version else "no champion yet"
-    where = f"{result.model_name} v{result.version}" if result.version else f"{result.model_name} (dry run)"
-    console.print(f"{where}: test {result.metric} {result.candidate_value:.4f} vs {against} → [bold]@{result.decision}[/]")
+    if result.evaluation is not None:
+        console.print(result.evaluation.report.table(f"test split — {result.evaluation.n_cases} cases"))
+    nothing = f"nothing written to MLflow ({result.tracking_uri})" if result.dry_run else "nothing changed"
+    if result.unchanged:
+        console.print(
+            f"run {result.run_id} is {result.model_name} v{result.version}, already @champion "
+            f"(test {result.metric} {result.candidate_value:.4f}): {nothing}", soft_wrap=True, highlight=False, markup=False,
+        )
+        return
+    candidate = f"test {result.metric} {result.candidate_value:.4f} ({result.candidate_source})"
+    against = (
+        f"champion v{result.champion_version} {result.champion_value:.4f} ({result.champion_source})" if result.champion_version else "no champion yet"
+    )
+    decision = result.decision.removeprefix("dry-run:")
+    if result.dry_run:
+        action = (
+            f"would reuse {result.model_name} v{result.version} (run {result.run_id}, registered before)" if result.reused
+            else f"would register run {result.run_id} as a new version of {result.model_name}"
+        )
+        console.print(f"dry run, {nothing}: {action}; {candidate} vs {against} → would set @{decision}", soft_wrap=True, highlight=False, markup=False)
+        return
+    how = "registered before, reused" if result.reused else "registered"
+    console.print(f"{result.model_name} v{result.version} ({how}; run {result.run_id}): {candidate} vs {against} → @{decision}", soft_wrap=True, highlight=False, markup=False)
 
 
 def _model_uri(cfg: RadDiagConfig, model: str) -> str:
@@ -460,8 +490,13 @@ def finetune(
     if head not in (None, "mlp", "ke"):
         raise UserError(f"--head {head!r}: expected mlp or ke", code=2)
     uri = _model_uri(cfg, model)
-    with console.status(f"fine-tuning {uri} on {cfg.store.url} as {cfg.train.name}"):
-        result = do_finetune(cfg, uri, head, verbose)
+    from raddiag.train.trainer import TrainRefused
+
+    try:
+        with console.status(f"fine-tuning {uri} on {cfg.store.url} as {cfg.train.name}"):
+            result = do_finetune(cfg, uri, head, verbose)
+    except TrainRefused as exc:
+        raise UserError(str(exc), code=2) from None
     shown = {k: round(v, 4) for k, v in result.metrics.items() if k.startswith("val_auc") and isinstance(v, float)}
     console.print(f"run {result.run_id} (from {uri}): {shown}\ncheckpoint: {result.checkpoint_path}")
 

@@ -1,12 +1,20 @@
 """``raddiag promote``: package the best trial as a pyfunc, register it, and move ``@champion``
-only when it beats the current champion on the same test split by a configured margin."""
+only when it beats the current champion on the same test split by a configured margin.
+
+A run is registered once: promoting it again reuses its version (re-evaluated, tags and alias
+updated), and a version that already is ``@champion`` is left as it is. ``--dry-run`` decides the
+same way and writes nothing to MLflow: the candidate is evaluated from its checkpoint in a scratch
+folder (or read from its version's logged test metrics), the champion's test metric is read from
+the tags logged when it was promoted."""
 
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from raddiag.config import RadDiagConfig
@@ -19,15 +27,24 @@ class PromotionError(RuntimeError):
 @dataclass
 class Promotion:
     model_name: str
-    version: str | None
+    version: str | None  # the version promoted; None only for a dry run of a run not registered yet
     run_id: str
     decision: str  # "champion" | "challenger" | "dry-run:champion" | "dry-run:challenger"
     metric: str
     candidate_value: float
     champion_value: float | None
     champion_version: str | None
-    evaluation: Any
+    evaluation: Any  # the candidate's test Evaluation; None when its logged metrics were used
     tags: dict[str, str] = field(default_factory=dict)
+    reused: bool = False  # the run already had a registered version: no new version
+    unchanged: bool = False  # that version already is @champion: nothing to decide, nothing written
+    candidate_source: str = "evaluated now"
+    champion_source: str = ""
+    tracking_uri: str = ""
+
+    @property
+    def dry_run(self) -> bool:
+        return self.decision.startswith("dry-run:")
 
 
 def git_commit() -> str:
@@ -38,12 +55,22 @@ def git_commit() -> str:
 
 
 def find_sweep(cfg: RadDiagConfig, sweep_name: str) -> Any:
-    """The latest MLflow parent run of sweep ``sweep_name`` (raises if there is none)."""
+    """The latest MLflow parent run of sweep ``sweep_name`` (raises if there is none). Creates
+    nothing: no database, no experiment."""
     from raddiag import tracking
 
-    experiment_id = tracking.setup(cfg.tracking)
-    runs = tracking.client(cfg.tracking.resolved_uri()).search_runs(
-        [experiment_id],
+    uri = cfg.tracking.resolved_uri()
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        raise PromotionError(
+            f"no MLflow database at {uri.removeprefix('sqlite:///')} (run from the project folder, "
+            "or set tracking.tracking_uri / MLFLOW_TRACKING_URI)"
+        )
+    experiment = tracking.client(uri).get_experiment_by_name(cfg.tracking.experiment)
+    if experiment is None:
+        raise PromotionError(f"sweep {sweep_name!r}: no experiment {cfg.tracking.experiment!r} at {uri} (run `raddiag sweep` first)")
+    tracking.setup(cfg.tracking)  # points MLflow at ``uri``; the experiment exists, so nothing is created
+    runs = tracking.client(uri).search_runs(
+        [experiment.experiment_id],
         filter_string=f"tags.`raddiag.sweep` = {tracking.quoted(sweep_name)} and tags.`raddiag.role` = 'sweep'",
         order_by=["attributes.start_time DESC"],
         max_results=1,
@@ -63,7 +90,6 @@ def _local_checkpoint(path: str, into: str) -> str:
 
 def _example(cfg: RadDiagConfig, checkpoint_dir: str) -> dict[str, Any]:
     import json
-    from pathlib import Path
 
     from raddiag.data.pipeline import local_batches
     from raddiag.storage.store import Store
@@ -74,6 +100,47 @@ def _example(cfg: RadDiagConfig, checkpoint_dir: str) -> dict[str, Any]:
     return next(iter(local_batches(records, model_cfg, meta["label_names"], 1)))
 
 
+def registered_version(client: Any, name: str, run_id: str) -> Any:
+    """The newest version of registered model ``name`` made from MLflow run ``run_id``, or None."""
+    from mlflow.exceptions import MlflowException
+
+    from raddiag import tracking
+
+    try:
+        versions = client.search_model_versions(f"name = {tracking.quoted(name)} and run_id = {tracking.quoted(run_id)}")
+    except MlflowException:  # no such registered model yet
+        return None
+    versions = [v for v in versions if v.run_id == run_id]
+    return max(versions, key=lambda v: int(v.version)) if versions else None
+
+
+def logged_test_metric(version: Any, metric: str) -> float | None:
+    """The test ``metric`` logged on a model version when it was promoted (None if absent)."""
+    try:
+        return float(version.tags[f"test_{metric}"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def evaluate_checkpoint(cfg: RadDiagConfig, checkpoint: str, split: str = "test") -> Any:
+    """Evaluate a Train checkpoint on ``split`` exactly as its registered pyfunc would be, from a
+    scratch folder: nothing is logged or registered."""
+    import warnings
+
+    import mlflow.pyfunc
+
+    from raddiag.evaluate import evaluate_model
+    from raddiag.serve.pyfunc import PIP_REQUIREMENTS, RadDiagPyfunc
+
+    with tempfile.TemporaryDirectory() as scratch:
+        local = _local_checkpoint(checkpoint, os.path.join(scratch, "checkpoint"))
+        path = os.path.join(scratch, "model")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mlflow.pyfunc.save_model(path, python_model=RadDiagPyfunc(), artifacts={"checkpoint": local}, pip_requirements=PIP_REQUIREMENTS)
+        return evaluate_model(path, cfg, split)
+
+
 def promote(cfg: RadDiagConfig, sweep_name: str, dry_run: bool = False) -> Promotion:
     """Register the best trial of ``sweep_name`` and decide champion vs challenger (see module doc)."""
     from raddiag import tracking
@@ -81,8 +148,8 @@ def promote(cfg: RadDiagConfig, sweep_name: str, dry_run: bool = False) -> Promo
     from raddiag.storage.store import Store
 
     uri = cfg.tracking.resolved_uri()
-    client = tracking.client(uri)
     parent = find_sweep(cfg, sweep_name)
+    client = tracking.client(uri)
     best_run_id = parent.data.tags.get("raddiag.best_run_id")
     if not best_run_id:
         raise PromotionError(f"sweep {sweep_name!r}: it has no best trial (did it finish?)")
@@ -100,23 +167,48 @@ def promote(cfg: RadDiagConfig, sweep_name: str, dry_run: bool = False) -> Promo
             f"{current.tags.get('raddiag.dataset_version')}, the candidate would be on {dataset_version} "
             f"({cfg.store.url}): refusing to compare across dataset versions"
         )
-    info = log_model_from_checkpoint(cfg, best_run_id, checkpoint, None if dry_run else name)
-    version = None if dry_run else str(info.registered_model_version)
-    candidate_uri = info.model_uri if dry_run else f"models:/{name}/{version}"
-    evaluation = evaluate_model(candidate_uri, cfg, "test")
-    candidate = float(evaluation.report.flat().get(metric, math.nan))
+    prefix = "dry-run:" if dry_run else ""
+    champion_version = str(current.version) if current is not None else None
+    existing = registered_version(client, name, best_run_id)
+    version = str(existing.version) if existing is not None else None
+    found = {"tracking_uri": uri, "reused": existing is not None}
 
-    champion_value, champion_version = None, None
+    if version is not None and version == champion_version:  # promoted before and still the champion
+        value = logged_test_metric(current, metric)
+        value = math.nan if value is None else value
+        return Promotion(name, version, best_run_id, f"{prefix}champion", metric, value, value, champion_version, None,
+                         unchanged=True, candidate_source=f"logged on v{version}", champion_source=f"logged on v{version}", **found)
+
+    candidate_source = "evaluated now"
+    evaluation, candidate = None, math.nan
+    if version is not None and dry_run and logged_test_metric(existing, metric) is not None:
+        candidate, candidate_source = logged_test_metric(existing, metric), f"logged on v{version}"
+    elif version is not None:  # registered before (as a challenger): re-evaluated, never registered again
+        evaluation = evaluate_model(f"models:/{name}/{version}", cfg, "test")
+    elif dry_run:
+        evaluation = evaluate_checkpoint(cfg, checkpoint)
+        candidate_source = "evaluated now, not logged"
+    else:
+        info = log_model_from_checkpoint(cfg, best_run_id, checkpoint, name)
+        version = str(info.registered_model_version)
+        evaluation = evaluate_model(f"models:/{name}/{version}", cfg, "test")
+    if evaluation is not None:
+        candidate = float(evaluation.report.flat().get(metric, math.nan))
+
+    champion_value, champion_source = None, ""
     if current is not None:
-        champion_version = str(current.version)
-        champion_eval = evaluate_model(f"models:/{name}/{champion_version}", cfg, "test")
-        champion_value = float(champion_eval.report.flat().get(metric, math.nan))
+        logged = logged_test_metric(current, metric) if dry_run else None
+        if logged is not None:
+            champion_value, champion_source = logged, f"logged when v{champion_version} was promoted"
+        else:
+            champion_eval = evaluate_model(f"models:/{name}/{champion_version}", cfg, "test")
+            champion_value, champion_source = float(champion_eval.report.flat().get(metric, math.nan)), "evaluated now"
     better = champion_value is None or (
         math.isfinite(candidate) and (not math.isfinite(champion_value) or candidate > champion_value + cfg.promote.margin)
     )
     decision = "champion" if better else "challenger"
     tags = {
-        "raddiag.dataset_version": evaluation.dataset_version,
+        "raddiag.dataset_version": dataset_version,
         "raddiag.git_commit": git_commit(),
         "raddiag.sweep": sweep_name,
         "raddiag.run_id": best_run_id,
@@ -124,14 +216,17 @@ def promote(cfg: RadDiagConfig, sweep_name: str, dry_run: bool = False) -> Promo
         "raddiag.decision_metric": f"test_{metric}",
         "raddiag.compared_to": f"v{champion_version}={champion_value:.4f}" if champion_version else "none",
         "raddiag.margin": str(cfg.promote.margin),
-        **{f"test_{k}": f"{v:.6g}" for k, v in evaluation.report.flat().items() if isinstance(v, float) and math.isfinite(v)},
     }
+    if evaluation is not None:
+        tags.update({f"test_{k}": f"{v:.6g}" for k, v in evaluation.report.flat().items() if isinstance(v, float) and math.isfinite(v)})
+    result = Promotion(name, version, best_run_id, f"{prefix}{decision}", metric, candidate, champion_value, champion_version, evaluation, tags,
+                       candidate_source=candidate_source, champion_source=champion_source, **found)
     if dry_run:
-        return Promotion(name, None, best_run_id, f"dry-run:{decision}", metric, candidate, champion_value, champion_version, evaluation, tags)
+        return result
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     client.set_registered_model_alias(name, decision, version)
-    return Promotion(name, version, best_run_id, decision, metric, candidate, champion_value, champion_version, evaluation, tags)
+    return result
 
 
 def _current_champion(client: Any, name: str) -> Any:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -85,31 +87,213 @@ def _loop(loop_config: dict[str, Any]) -> None:
     train_loop_per_worker(loop_config)
 
 
+class TrainRefused(ValueError):
+    """``raddiag train`` refused before Ray started: no readable store, or ``train.name`` names a run
+    trained with other settings. The message names the input and the fix (CLI exit code 2)."""
+
+
+#: Prefixes of the config keys a resumed run must share with the run it resumes.
+RESUME_CHECKED = ("model.", "data.", "loss.", "train.")
+#: Keys under those prefixes that may change on resume: how long it trains and how it is executed.
+#: Every other key fixes the checkpoint's tensor shapes or what its weights, optimiser state and
+#: best-so-far value mean (architecture, label level, inputs, loss, schedule, seed, metric).
+RESUME_FREE = frozenset({
+    "train.name", "train.epochs", "train.num_workers", "train.cpus_per_worker", "train.resources_per_worker",
+    "train.use_gpu", "train.prefetch_batches", "train.amp", "train.max_failures", "train.early_stop_patience",
+    "train.storage_path",
+    "data.read_parallelism", "data.cases_per_task", "data.max_gap_kb", "data.data_cpus", "data.eval_cache_mb",
+    "data.augment.on",
+    "model.compile", "model.channels_last", "model.activation_checkpointing", "model.ke.cache_dir",
+})
+
+
+def resume_conflicts(previous: dict[str, str], cfg: RadDiagConfig) -> list[tuple[str, str, str]]:
+    """``(key, before, now)`` for every resume-checked key whose value in ``cfg`` differs from the
+    ``previous`` run's (flat config as logged to MLflow; keys the run did not record are skipped)."""
+    from raddiag.tracking import params_from
+
+    now = params_from(cfg.flat())
+    return [
+        (key, previous[key], value)
+        for key, value in sorted(now.items())
+        if key.startswith(RESUME_CHECKED) and key not in RESUME_FREE and key in previous and previous[key] != value
+    ]
+
+
+def read_store(cfg: RadDiagConfig) -> Any:
+    """The store's manifest, or :class:`TrainRefused` naming ``store.url`` and the fix."""
+    from raddiag.storage.store import Store, StoreError
+
+    url = cfg.store.url
+    create = "create one with `raddiag synth` or `raddiag ingest`"
+    if "://" not in url and not Path(url).is_dir():
+        problem = "is a file, not a store folder" if Path(url).exists() else "no such folder"
+        raise TrainRefused(f"store.url {url}: {problem} (set store.url to a raddiag store, or {create})")
+    try:
+        return Store(url, cfg.store.endpoint_url).manifest()
+    except StoreError as exc:
+        raise TrainRefused(f"store.url {exc}") from None
+    except (OSError, ValueError, KeyError) as exc:
+        raise TrainRefused(
+            f"store.url {url}: cannot read the store ({type(exc).__name__}: {str(exc)[:120]}); "
+            f"set store.url to a raddiag store, or {create}"
+        ) from None
+
+
+@dataclass
+class PriorRun:
+    """What an earlier run of the same ``train.name`` left: its MLflow run (``run``) and/or the
+    newest checkpoint's ``meta.json`` under ``train.storage_path`` (``checkpoint``, local storage)."""
+
+    run: Any = None
+    checkpoint: dict[str, Any] | None = None
+    checkpoint_dir: str | None = None
+
+    def params(self) -> dict[str, str]:
+        """The run's flat config: the checkpoint's (what would be loaded), else MLflow's params."""
+        from raddiag.config import flatten
+        from raddiag.tracking import params_from
+
+        if self.checkpoint is not None:
+            return params_from(flatten(self.checkpoint["config"]))
+        return dict(self.run.data.params) if self.run is not None else {}
+
+    def epochs_done(self) -> int:
+        if self.run is not None and "epoch" in self.run.data.metrics:
+            return int(self.run.data.metrics["epoch"]) + 1
+        return int(self.checkpoint["epoch"]) + 1 if self.checkpoint is not None else 0
+
+    def dataset_version(self) -> str | None:
+        if self.checkpoint is not None:
+            return self.checkpoint.get("dataset_version")
+        return self.run.data.tags.get("raddiag.dataset_version") if self.run is not None else None
+
+    def where(self) -> str:
+        parts = [f"MLflow run {self.run.info.run_id}"] if self.run is not None else []
+        if self.checkpoint_dir:
+            parts.append(f"checkpoint {self.checkpoint_dir}")
+        return ", ".join(parts)
+
+
+def latest_local_checkpoint(cfg: RadDiagConfig) -> tuple[dict[str, Any] | None, str | None]:
+    """``(meta.json, folder)`` of the newest checkpoint Ray Train would resume ``train.name`` from,
+    for a local ``train.storage_path`` (``(None, None)`` when there is none, or storage is remote)."""
+    if "://" in cfg.train.storage_path:
+        return None, None
+    newest: tuple[dict[str, Any] | None, str | None] = (None, None)
+    for meta_path in Path(cfg.train.storage_path, cfg.train.name).glob("checkpoint_*/meta.json"):
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError):
+            continue  # a checkpoint being written or removed right now
+        if isinstance(meta, dict) and isinstance(meta.get("config"), dict) and (
+            newest[0] is None or int(meta.get("epoch", -1)) > int(newest[0].get("epoch", -1))
+        ):
+            newest = (meta, str(meta_path.parent))
+    return newest
+
+
+def find_prior_run(cfg: RadDiagConfig, experiment_id: str) -> PriorRun:
+    from raddiag import tracking
+
+    found = tracking.client(cfg.tracking.resolved_uri()).search_runs(
+        [experiment_id], filter_string=f"tags.`raddiag.train_name` = {tracking.quoted(cfg.train.name)}",
+        order_by=["attributes.start_time DESC"], max_results=1,
+    )
+    meta, folder = latest_local_checkpoint(cfg)
+    return PriorRun(found[0] if found else None, meta, folder)
+
+
+def _shown(value: str) -> str:
+    return value if len(value) <= 40 else value[:37] + "..."
+
+
+def check_resume(cfg: RadDiagConfig, prior: PriorRun, dataset_version: str) -> None:
+    """Refuse (:class:`TrainRefused`, one line) to resume ``prior`` with settings that change what
+    its checkpoint means: differing resume-checked keys, or another dataset version."""
+    if prior.run is None and prior.checkpoint is None:
+        return
+    differences = [f"{key} {_shown(before)} -> {_shown(now)}" for key, before, now in resume_conflicts(prior.params(), cfg)]
+    previous_version = prior.dataset_version()
+    if previous_version and previous_version != dataset_version:
+        differences.append(f"dataset version {previous_version} -> {dataset_version} ({cfg.store.url})")
+    if not differences:
+        return
+    shown = "; ".join(differences[:6]) + (f" (+{len(differences) - 6} more)" if len(differences) > 6 else "")
+    raise TrainRefused(
+        f"train.name {cfg.train.name!r} names an earlier run ({prior.where()}) with other settings: {shown}; "
+        f"to start a new run choose another train.name (--set train.name={cfg.train.name}-2), "
+        "or resume it with the same settings"
+    )
+
+
+def check_checkpoints_present(cfg: RadDiagConfig, prior: PriorRun) -> None:
+    """Refuse to continue an MLflow run that logged epochs when its checkpoints are not under a
+    local ``train.storage_path``: Ray would start again at epoch 0 and the epochs MLflow already
+    holds would be skipped when logged, so the run would mix two trainings."""
+    if prior.run is None or prior.checkpoint is not None or "://" in cfg.train.storage_path:
+        return
+    done = prior.epochs_done()
+    if done:
+        raise TrainRefused(
+            f"train.name {cfg.train.name!r}: MLflow run {prior.run.info.run_id} logged {done} epoch(s), but no checkpoint of it is under "
+            f"{Path(cfg.train.storage_path, cfg.train.name)}; set train.storage_path to where it trained, or choose another train.name"
+        )
+
+
+def completion(cfg: RadDiagConfig, prior: PriorRun) -> str | None:
+    """Why ``prior`` has nothing left to train under ``cfg`` (all epochs done, or stopped early with
+    the same patience), or None. Only an MLflow run that FINISHED counts (a run whose driver died
+    stays RUNNING, a failed one FAILED: both resume)."""
+    if prior.run is None or prior.run.info.status != "FINISHED":
+        return None
+    done = prior.epochs_done()
+    if done >= cfg.train.epochs:
+        return f"{done}/{cfg.train.epochs} epochs done"
+    params = prior.run.data.params
+    patience = cfg.train.early_stop_patience
+    if patience and done < int(params.get("train.epochs", done)) and str(patience) == params.get("train.early_stop_patience"):
+        return f"stopped early after {done} epochs (train.early_stop_patience={patience})"
+    return None
+
+
 @dataclass
 class TrainResult:
     run_id: str
     checkpoint_path: str | None
     metrics: dict[str, Any]
+    #: Set when nothing was trained: the run named ``train.name`` had already finished (why).
+    already_complete: str | None = None
 
 
 def run_train(cfg: RadDiagConfig, verbose: bool = False) -> TrainResult:
-    """``raddiag train``: one TorchTrainer run tracked as an MLflow run named ``cfg.train.name``."""
+    """``raddiag train``: one TorchTrainer run tracked as an MLflow run named ``cfg.train.name``.
+
+    Re-running a name resumes its run from the last checkpoint. Before Ray starts, the store is
+    read, and a resume is refused (:class:`TrainRefused`) when the settings differ from the run's in
+    a key that changes what its checkpoint means (see :data:`RESUME_FREE`); a run with nothing left
+    to train is reported (``already_complete``) without starting Ray."""
 
     from raddiag import tracking
     from raddiag.runtime import init_ray
-    from raddiag.storage.store import Store
 
-    init_ray(cfg.ray, verbose)
+    manifest = read_store(cfg)
     experiment_id = tracking.setup(cfg.tracking)
     uri = cfg.tracking.resolved_uri()
-    manifest = Store(cfg.store.url, cfg.store.endpoint_url).manifest()
+    prior = find_prior_run(cfg, experiment_id)
+    check_resume(cfg, prior, manifest.version)
+    done = completion(cfg, prior)
+    if done:
+        run = prior.run
+        metrics = {k: v for k, v in run.data.metrics.items() if not k.startswith("system/")}
+        return TrainResult(run.info.run_id, run.data.tags.get("raddiag.checkpoint"), metrics, already_complete=done)
+    check_checkpoints_present(cfg, prior)
+
+    init_ray(cfg.ray, verbose)
     level = cfg.data.label_level
     embeddings = label_embeddings(cfg, manifest.label_names(level), manifest.label_codes(level))
-    existing = tracking.client(uri).search_runs(
-        [experiment_id], filter_string=f"tags.`raddiag.train_name` = {tracking.quoted(cfg.train.name)}", max_results=1
-    )
-    if existing:  # re-running the same name resumes the same run
-        run_id = existing[0].info.run_id
+    if prior.run is not None:  # re-running the same name resumes the same run
+        run_id = prior.run.info.run_id
     else:
         run = tracking.client(uri).create_run(experiment_id, run_name=cfg.train.name, tags={"raddiag.train_name": cfg.train.name})
         run_id = run.info.run_id
