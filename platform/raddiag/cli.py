@@ -687,6 +687,107 @@ def report(
     console.print(f"report of sweep {sweep_name} ({summary['n_trials']} trials, best {summary['best_run_id']}) written to {path}")
 
 
+# ---- raddiag runs | sweeps | models | config show ------------------------------------------------------
+
+
+def _print_rows(rows: list[dict[str, Any]], columns: list[str], title: str, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column.replace("_", " "))
+    for row in rows:
+        cells = []
+        for column in columns:
+            value = row.get(column, "")
+            if isinstance(value, dict):
+                value = "  ".join(f"{k.removeprefix('val_')} {v:.4f}" for k, v in value.items())
+            elif isinstance(value, list):
+                value = ", ".join(map(str, value))
+            cells.append(plain(str(value)))
+        table.add_row(*cells)
+    console.print(table)
+
+
+def _listing(fn: Any, *args: Any) -> Any:
+    from raddiag.discover import NothingThere
+
+    try:
+        return fn(*args)
+    except NothingThere as exc:
+        raise UserError(str(exc), code=2) from None
+
+
+@app.command()
+def runs(
+    limit: Annotated[int, typer.Option(help="How many runs, newest first.")] = 20,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """List the newest MLflow runs of tracking.experiment with their key validation metrics."""
+    from raddiag.discover import list_runs
+
+    cfg = _config(config, set_)
+    if limit < 1:
+        raise UserError(f"--limit {limit}: expected a positive number of runs", code=2)
+    rows = _listing(list_runs, cfg, limit)
+    _print_rows(rows, ["name", "kind", "status", "started", "run_id", "metrics"], f"runs of {cfg.tracking.experiment}", as_json)
+
+
+@app.command()
+def sweeps(
+    limit: Annotated[int, typer.Option(help="How many sweeps, newest first.")] = 20,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """List the sweeps (parent runs) of tracking.experiment: trials, best run, status."""
+    from raddiag.discover import list_runs
+
+    cfg = _config(config, set_)
+    if limit < 1:
+        raise UserError(f"--limit {limit}: expected a positive number of sweeps", code=2)
+    rows = _listing(list_runs, cfg, limit, True)
+    _print_rows(rows, ["sweep", "status", "started", "trials", "best_run_id", "run_id"], f"sweeps of {cfg.tracking.experiment}", as_json)
+    if rows and not as_json:
+        console.print(f"next: raddiag report {plain(rows[0]['sweep'])}  ·  raddiag promote --sweep {plain(rows[0]['sweep'])}", highlight=False)
+
+
+@app.command()
+def models(as_json: JsonOpt = False, config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """List the registered model versions with their aliases (e.g. @champion) and origin."""
+    from raddiag.discover import list_models
+
+    cfg = _config(config, set_)
+    rows = _listing(list_models, cfg)
+    _print_rows(rows, ["name", "version", "aliases", "created", "origin", "run_id"], "registered models", as_json)
+
+
+config_app = typer.Typer(help="The typed config every verb reads (defaults <- --config files <- --set).", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("show")
+def config_show(
+    keys: Annotated[bool, typer.Option("--keys", help="List every key with its type, default and help instead.")] = False,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Print the resolved config as YAML (what a verb would run with), or every key with its help."""
+    from raddiag.discover import config_keys, resolved_yaml
+
+    cfg = _config(config, set_)
+    if keys:
+        _print_rows(config_keys(), ["key", "type", "default", "help"], "config keys", as_json)
+        return
+    print(json.dumps(cfg.model_dump(mode="json"), indent=2) if as_json else resolved_yaml(cfg), end="" if not as_json else "\n")
+
+
 # ---- raddiag knowledge build | evaluate -------------------------------------------------------------
 
 knowledge_app = typer.Typer(help="Knowledge enhancement: label text embeddings from ICD-10-CM (build, evaluate).",
