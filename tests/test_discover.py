@@ -76,3 +76,17 @@ def test_config_show_prints_the_resolved_config_and_every_key(tmp_path: Path) ->
     assert result.returncode == 0 and yaml.safe_load(result.stdout)["train"]["epochs"] == 3
     bad = run_cli("config", "show", "--set", "train.epochs=zero")
     assert bad.returncode == 2 and "train.epochs" in bad.stderr
+
+
+def test_dry_run_prints_the_plan_and_starts_nothing(tiny_store, tmp_path: Path) -> None:
+    cfg, manifest = tiny_store
+    db = tmp_path / "dry.db"
+    sets = ["--set", f"store.url={cfg.store.url}", "--set", f"tracking.tracking_uri=sqlite:///{db}", "--set", "train.fraction=0.5"]
+    result = run_cli("train", "--dry-run", *sets, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    plan = yaml.safe_load(result.stdout)
+    assert plan["store"]["version"] == manifest.version and plan["store"]["cases"]["train"] == len(manifest.case_records("train"))
+    assert plan["data"]["train_fraction"] == 0.5 and "nothing started" in result.stderr
+    swept = yaml.safe_load(run_cli("sweep", "--dry-run", *sets, cwd=tmp_path).stdout)
+    assert swept["sweep"]["search_space"] and swept["sweep"]["trials"] == cfg.sweep.num_samples
+    assert not db.exists() and not (tmp_path / ".raddiag").exists()  # no MLflow database, no Ray results

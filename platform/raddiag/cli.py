@@ -215,11 +215,19 @@ def verify(
 
 
 @app.command()
-def train(config: ConfigOpt = None, set_: SetOpt = None, verbose: VerboseOpt = False) -> None:
+def train(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    verbose: VerboseOpt = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would run (store, model, schedule, tracking); start nothing.")] = False,
+) -> None:
     """Train one model with Ray Train (DDP) and track it in MLflow; re-running the same name resumes."""
     from raddiag.train.trainer import TrainRefused, run_train
 
     cfg = _config(config, set_)
+    if dry_run:
+        _print_plan(cfg, "train")
+        return
     try:
         with console.status(f"training {cfg.train.name} ({cfg.train.num_workers} workers, {cfg.train.epochs} epochs)"):
             result = run_train(cfg, verbose)
@@ -243,11 +251,25 @@ def sweep(
     set_: SetOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the sweep named sweep.name after its driver died.")] = False,
     verbose: VerboseOpt = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would run (store, search space, budget); start nothing.")] = False,
 ) -> None:
     """Run a Ray Tune + Optuna (TPE) + ASHA sweep; each trial is a TorchTrainer and a child MLflow run."""
     cfg = _config(config, set_)
+    if dry_run:
+        _print_plan(cfg, "sweep")
+        return
     result = run_sweep_with_progress(cfg, verbose, resume)
     _print_trials(result, cfg)
+
+
+def _print_plan(cfg: RadDiagConfig, verb: str) -> None:
+    """``--dry-run``: the plan as YAML, from the config and the store's manifest; nothing starts."""
+    import yaml
+
+    from raddiag.discover import plan_summary
+
+    print(yaml.safe_dump(plan_summary(cfg, verb), sort_keys=False, allow_unicode=True), end="")
+    print(f"dry run: nothing started (drop --dry-run to {verb})", file=sys.stderr)
 
 
 def run_sweep_with_progress(cfg: RadDiagConfig, verbose: bool, resume: bool = False) -> Any:
@@ -479,6 +501,7 @@ def embed(
 def finetune(
     model: Annotated[str, typer.Option(help="Source model URI (default: models:/<registered_model>@champion).")] = "",
     head: Annotated[Optional[str], typer.Option(help="Head for the new labels: mlp (new head) or ke (embed the new names); default: the source's.")] = None,
+    fraction: Annotated[Optional[float], typer.Option(help="Fine-tune on this fraction of the training split (stratified, seeded by train.fraction_seed): data-efficiency runs.")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     verbose: VerboseOpt = False,
@@ -486,7 +509,7 @@ def finetune(
     """Fine-tune a registered model on another store with its own label set (new head or KE names)."""
     from raddiag.finetune import finetune as do_finetune
 
-    cfg = _config(config, set_)
+    cfg = _config(config, set_ if fraction is None else [*(set_ or []), f"train.fraction={fraction}"])
     if head not in (None, "mlp", "ke"):
         raise UserError(f"--head {head!r}: expected mlp or ke", code=2)
     uri = _model_uri(cfg, model)

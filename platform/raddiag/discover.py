@@ -150,3 +150,44 @@ def resolved_yaml(cfg: RadDiagConfig) -> str:
     import yaml
 
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, default_flow_style=False)
+
+
+# ---------------------------------------------------------------------------------- --dry-run
+def plan_summary(cfg: RadDiagConfig, verb: str) -> dict[str, Any]:
+    """What ``train`` / ``sweep`` would do with ``cfg``, read from the config and the store's
+    manifest only: no Ray, no MLflow write, no model built. A missing store is reported, not raised."""
+    from raddiag.storage.store import Store, StoreError
+
+    store: dict[str, Any] = {"url": cfg.store.url}
+    try:
+        manifest = Store(cfg.store.url, cfg.store.endpoint_url).manifest()
+        level = cfg.data.label_level
+        store |= {
+            "version": manifest.version, "cases": {s: len(manifest.case_records(s)) for s in ("train", "val", "test")},
+            "labels": len(manifest.label_names(level)), "plan": manifest.info.get("plan"),
+        }
+    except StoreError as exc:
+        store["problem"] = str(exc)
+    m, t = cfg.model, cfg.train
+    summary: dict[str, Any] = {
+        "verb": verb,
+        "store": store,
+        "data": {"scans_per_case": cfg.data.n_image, "slices": cfg.data.depth, "image_size": cfg.data.image_size,
+                 "label_level": cfg.data.label_level, "augment": cfg.data.augment.on if cfg.data.augment.enabled else "off",
+                 "train_fraction": t.fraction},
+        "model": {"encoder": f"{m.encoder}-{m.backbone_depth} width {m.width}", "embed_dim": m.embed_dim,
+                  "transformer": m.transformer, "fusion": m.fusion, "head": m.head, "compile": m.compile},
+        "loss": cfg.loss.type,
+        "train": {"name": t.name, "epochs": t.epochs, "workers": t.num_workers, "gpu": t.use_gpu,
+                  "batch_per_worker": t.batch_size, "lr": t.lr, "metric": t.metric},
+        "tracking": {"uri": cfg.tracking.resolved_uri(), "experiment": cfg.tracking.experiment},
+        "evaluation_groups": cfg.eval.grouping,
+    }
+    if verb == "sweep":
+        s = cfg.sweep
+        summary["sweep"] = {
+            "name": s.name, "trials": s.num_samples, "trial_epoch_budget": s.max_trial_epochs or "unlimited",
+            "searcher": s.searcher, "scheduler": s.scheduler, "metric": f"{s.metric} ({s.mode})",
+            "search_space": sorted(s.search_space),
+        }
+    return summary
