@@ -110,9 +110,12 @@ def ingest(
     labels: Annotated[Optional[Path], typer.Option("--labels", help="Label vocabulary (JSON name->index or one name per line); unknown labels are quarantined.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="auto (by suffix) | rp3d | table.")] = "auto",
     store_url: Annotated[Optional[str], typer.Option("--store", help="Store URL (default: store.url).")] = None,
-    workers: Annotated[int, typer.Option(help="Cases processed concurrently.")] = 2,
+    workers: Annotated[int, typer.Option(help="Cases processed concurrently (threads on this machine).")] = 2,
+    on_ray: Annotated[bool, typer.Option("--ray", help="Process cases as Ray tasks across the cluster (ray.address / $RAY_ADDRESS, else a local Ray); sources must be readable on the workers.")] = False,
+    task_cpus: Annotated[float, typer.Option(help="--ray: CPUs per ingest task (a task processes a few cases).")] = 1.0,
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Ingest RP3D json or a case table (npy, NIfTI, DICOM, PNG/JPEG) into the store, de-identified.
 
@@ -120,6 +123,7 @@ def ingest(
     on the same input publishes the same version. Exit code 1 only when nothing could be ingested,
     2 on misuse (missing source, bad option, DICOM without a de-identification key).
     """
+    from raddiag.runtime import init_ray
     from raddiag.storage.deid import DeidKeyMissing
     from raddiag.storage.ingest import IngestError, load_vocabulary, run_ingest
     from raddiag.storage.preprocess import Plan
@@ -131,6 +135,8 @@ def ingest(
         raise UserError(f"--format {fmt!r}: expected auto, rp3d or table", code=2)
     if workers < 1:
         raise UserError("--workers must be >= 1", code=2)
+    if task_cpus <= 0:
+        raise UserError("--task-cpus must be > 0", code=2)
     ing = cfg.ingest
     root = data_root or (Path(ing.data_root) if ing.data_root else None)
     if root is not None and not root.is_dir():
@@ -139,7 +145,7 @@ def ingest(
     url = store_url or cfg.store.url
     store = Store(url, cfg.store.endpoint_url)
     plan = Plan(ing.image_size, ing.max_depth, ing.dtype, tuple(ing.ct_window) if ing.ct_window else None)
-    limits = Limits(max_side=ing.max_side, max_depth=max(ing.max_side, 4096), max_voxels=ing.max_voxels, max_bytes=ing.memory_mb * 2**20 // workers)
+    limits = Limits(max_side=ing.max_side, max_depth=max(ing.max_side, 4096), max_voxels=ing.max_voxels, max_bytes=ing.memory_mb * 2**20 // (1 if on_ray else workers))
     try:
         vocabulary = load_vocabulary(vocab_path) if vocab_path else None
         with _progress() as progress:
@@ -149,6 +155,7 @@ def ingest(
                 val_fraction=ing.val_fraction, test_fraction=ing.test_fraction, seed=ing.seed,
                 keep_flagged=ing.keep_flagged, trust_pixels=tuple(ing.trust_pixels), key_env=ing.deid_key_env, fmt=fmt, workers=workers,
                 progress=lambda done, total: progress.update(task, completed=done, total=total),
+                on_ray=(lambda: init_ray(cfg.ray, verbose)) if on_ray else None, task_cpus=task_cpus,
             )
     except (IngestError, DeidKeyMissing) as exc:
         raise UserError(str(exc), code=2) from None

@@ -19,6 +19,7 @@ SIGKILL) rewrites nothing already complete and publishes the same version.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -26,7 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 from urllib.parse import urlparse
 
 import numpy as np
@@ -413,6 +414,58 @@ class _Context:
         return [f for f in flags if not (f.startswith("burned_in_risk:") and f.split(":", 1)[1] in self.trust_pixels)]
 
 
+@dataclass(frozen=True)
+class _Key:
+    """The de-identification key, read from ``$env`` where it is used (picklable: a Ray ingest task
+    reads it from its own node's environment; the secret itself never travels in a task)."""
+
+    env: str
+
+    def __call__(self) -> bytes:
+        return deid.deid_key(self.env)
+
+
+CaseResult = tuple[list[dict[str, Any]], list[dict[str, str]]]
+
+
+def _ingest_chunk(ctx: _Context, cases: list[CaseSpec]) -> list[CaseResult]:
+    return [_ingest_case(ctx, case) for case in cases]
+
+
+def map_cases_on_ray(ctx: _Context, cases: list[CaseSpec], progress: Callable[[int], None] | None = None,
+                     *, chunk: int = 8, task_cpus: float = 1.0, max_in_flight: int = 64) -> list[CaseResult]:
+    """``_ingest_case`` over ``cases`` as Ray tasks of ``chunk`` cases (each writes its scans to the
+    store itself and returns only the manifest rows), results in input order. Ray must be up; the
+    source files must be readable where the tasks run (a shared volume), and DICOM input needs the
+    de-identification key in the workers' environment."""
+    import ray
+
+    remote = ray.remote(num_cpus=task_cpus, max_retries=2)(_ingest_chunk)
+    shared = ray.put(ctx)
+    chunks = [cases[i : i + chunk] for i in range(0, len(cases), chunk)]
+    results: list[list[CaseResult] | None] = [None] * len(chunks)
+    pending: dict[Any, int] = {}
+    next_chunk = done = 0
+    while next_chunk < len(chunks) or pending:
+        while next_chunk < len(chunks) and len(pending) < max_in_flight:
+            pending[remote.remote(shared, chunks[next_chunk])] = next_chunk
+            next_chunk += 1
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        for ref in ready:
+            index = pending.pop(ref)
+            try:
+                results[index] = ray.get(ref)
+            except ray.exceptions.RayTaskError as exc:
+                cause = exc.as_instanceof_cause()
+                if isinstance(cause, deid.DeidKeyMissing):
+                    raise IngestError(f"Ray ingest workers: {cause} (in the cluster's environment)") from None
+                raise
+            done += len(chunks[index])
+            if progress:
+                progress(done)
+    return [result for chunk_results in results for result in chunk_results or []]
+
+
 def _read_key_slice(spec: ScanSpec) -> int | None:
     if spec.key_path is not None:
         try:
@@ -588,10 +641,16 @@ def run_ingest(
     fmt: str = "auto",
     workers: int = 1,
     progress: Callable[[int, int], None] | None = None,
+    on_ray: Callable[[], None] | None = None,
+    task_cpus: float = 1.0,
 ) -> IngestResult:
-    """Ingest ``sources`` into ``store`` and publish (only when at least one case survived)."""
+    """Ingest ``sources`` into ``store`` and publish (only when at least one case survived).
+
+    Cases run in ``workers`` threads here, or, with ``on_ray`` (a callable that brings Ray up; it
+    is called only after the sources were read and screened), as Ray tasks of a few cases each
+    across the cluster (:func:`map_cases_on_ray`). Both give the same version for the same input."""
     started = time.perf_counter()
-    key = lambda: deid.deid_key(key_env)  # noqa: E731 - read lazily: only DICOM input needs it
+    key = _Key(key_env)  # read lazily: only DICOM input needs it
     cases, rejected = collect_sources(sources, data_root, key, fmt)
     if any(spec.path is not None and _is_dicom(spec.path) for case in cases for spec in case.scans):
         key()  # fail fast (a misuse), before any pixel is read
@@ -600,12 +659,21 @@ def run_ingest(
     ctx = _Context(store, plan, limits, keep_flagged, key, tuple(trust_pixels))
     store.group()  # create the group once, before worker threads write arrays
     case_rows, scan_rows = [], []
+    if on_ray is not None:
+        on_ray()
+        outcomes: Iterable[CaseResult] = map_cases_on_ray(
+            ctx, cases, (lambda done: progress(done, len(cases))) if progress else None, task_cpus=task_cpus
+        )
+        pool = None
+    else:
+        pool = ThreadPoolExecutor(max_workers=max(1, workers))
+        outcomes = pool.map(lambda c: _ingest_case(ctx, c), cases)
     done = 0
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for case, (rows, scan_rejected) in zip(cases, pool.map(lambda c: _ingest_case(ctx, c), cases)):
+    with pool or contextlib.nullcontext():
+        for case, (rows, scan_rejected) in zip(cases, outcomes):
             rejected.extend(scan_rejected)
             done += 1
-            if progress:
+            if progress and on_ray is None:
                 progress(done, len(cases))
             if not rows:
                 rejected.append(_reject(case.source, case.case_id, "", "no usable scan"))
