@@ -98,9 +98,10 @@ def roc_by_group(
     return _save(fig, path)
 
 
-def auc_vs_frequency(report: MetricReport, path: str | Path) -> Path:
-    """Scatter of per-class AUC against training cases (log scale), coloured by group, with the
-    group boundaries and each group's macro AUC; skipped classes are counted in the legend."""
+def auc_vs_frequency(report: MetricReport, path: str | Path, split: str = "validation") -> Path:
+    """Scatter of per-class AUC on ``split`` against training cases (log scale), coloured by group,
+    with the group boundaries (count grouping) and each group's macro AUC; skipped classes are
+    counted in the legend."""
     frame = report.per_class
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for group in GROUPS:
@@ -121,10 +122,11 @@ def auc_vs_frequency(report: MetricReport, path: str | Path) -> Path:
                 color=GROUP_COLOURS[group],
                 linewidth=2,
             )
-    for boundary in (report.medium_min, report.head_min):
-        ax.axvline(boundary, color="grey", linestyle="--", linewidth=1)
+    if not report.grouping or "training cases" in report.grouping:  # count thresholds (rank groups have none)
+        for boundary in (report.medium_min, report.head_min):
+            ax.axvline(boundary, color="grey", linestyle="--", linewidth=1)
     ax.set_xscale("log")
-    ax.set(xlabel="Training cases per class (log)", ylabel="Test AUC", ylim=(0, 1.02))
+    ax.set(xlabel="Training cases per class (log)", ylabel=f"AUC ({split} split)", ylim=(0, 1.02))
     ax.set_title("Per-class AUC against training frequency", fontsize=10)
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3, which="both")

@@ -287,9 +287,52 @@ def _plots_from_checkpoint(cfg: RadDiagConfig, checkpoint: str, scratch: str) ->
 
 
 def _fmt(value: Any) -> str:
+    """Floats (and numeric parameter strings such as '0.17367144413306937') at 4 significant digits."""
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return html.escape(value)
+        if value.strip().lower() in ("nan", "inf", "-inf", "true", "false") or value.isdigit():
+            return html.escape(value)
+        value = number
     if isinstance(value, float):
-        return "–" if not math.isfinite(value) else f"{value:.4f}"
+        if not math.isfinite(value):
+            return "–"
+        return f"{value:.4g}" if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e4) else f"{value:.4f}"
     return html.escape(str(value))
+
+
+def _varying(trials: list[Any]) -> tuple[list[str], dict[str, str]]:
+    """Parameter keys whose value differs between trials, and the constant ones with their value."""
+    keys = sorted({k for t in trials for k in t.params})
+    varying = [k for k in keys if len({t.params.get(k, "") for t in trials}) > 1]
+    constant = {k: trials[0].params.get(k, "") for k in keys if k not in varying} if trials else {}
+    return varying, constant
+
+
+def registry_rows(cfg: RadDiagConfig, data: "SweepData") -> list[dict[str, Any]]:
+    """Registered versions made from this sweep's trials: version, aliases, decision, test metrics."""
+    from raddiag import tracking
+
+    client = tracking.client(cfg.tracking.resolved_uri())
+    run_ids = {t.run_id for t in data.trials}
+    rows = []
+    try:
+        versions = client.search_model_versions(f"name = {tracking.quoted(cfg.tracking.registered_model)}")
+        aliases = client.get_registered_model(cfg.tracking.registered_model).aliases if versions else {}
+    except Exception:  # no registered model yet
+        return []
+    for version in sorted(versions, key=lambda v: int(v.version)):
+        if version.run_id not in run_ids:
+            continue
+        tags = version.tags or {}
+        rows.append({
+            "version": version.version, "aliases": ", ".join(a for a, v in (aliases or {}).items() if str(v) == str(version.version)),
+            "run": version.run_id, "decision": tags.get("raddiag.decision", ""),
+            **{f"test {g}": tags.get(f"test_auc_{g}", "") for g in ("head", "medium", "tail", "macro")},
+        })
+    return rows
 
 
 _CSS = """
@@ -299,6 +342,7 @@ table{border-collapse:collapse;font-size:13px}th,td{border:1px solid #ddd;paddin
 th{background:#f3f5f7;cursor:pointer;user-select:none}tr.best{background:#eef7ee;font-weight:600}
 .bar{background:#4c78a8;height:12px;display:inline-block}.note{color:#666;font-size:12px}
 img{max-width:100%;border:1px solid #eee}.meta{color:#555;font-size:13px}
+.scroll{overflow-x:auto;max-width:100%}
 """
 
 # Click a header to sort the leaderboard (numbers numerically, missing values last).
@@ -323,9 +367,10 @@ document.body.dataset.ready = '1';
 
 
 def render_html(data: SweepData, importances: dict[str, float], importance_note: str,
-                figures: dict[str, str | None], best_plots: dict[str, str], best_note: str) -> str:
-    keys = sorted({k for t in data.trials for k in t.params})
-    head = ["trial", "status", "epochs", f"best {data.metric}", "epoch", "head", "medium", "tail", *keys]
+                figures: dict[str, str | None], best_plots: dict[str, str], best_note: str,
+                registry: list[dict[str, Any]] | None = None) -> str:
+    keys, constant = _varying(data.trials)
+    head = ["trial", "status", "epochs", f"best {data.metric}", "epoch", "val head", "val medium", "val tail", *keys]
     rows = []
     for trial in data.trials:
         value, step = trial.best(data.metric, data.mode)
@@ -339,6 +384,17 @@ def render_html(data: SweepData, importances: dict[str, float], importance_note:
         for k, v in sorted(importances.items(), key=lambda kv: -kv[1])
     )
 
+    constant_note = ("Same in every trial (not shown as columns): " + ", ".join(f"{k}={_fmt(v)}" for k, v in constant.items())
+                     if constant else "")
+    registry = registry or []
+    if registry:
+        columns = list(registry[0])
+        registry_html = ('<div class="scroll"><table id="registry"><thead><tr>' + "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+                         + "</tr></thead><tbody>" + "".join("<tr>" + "".join(f"<td>{_fmt(r[c])}</td>" for c in columns) + "</tr>" for r in registry)
+                         + "</tbody></table></div>")
+    else:
+        registry_html = '<p class="note">No trial of this sweep is registered yet (raddiag promote --sweep NAME evaluates the best trial on the test split and registers it).</p>'
+
     def image(b64: str | None, alt: str) -> str:
         return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">' if b64 else f'<p class="note">{html.escape(alt)}: no data</p>'
 
@@ -348,10 +404,13 @@ def render_html(data: SweepData, importances: dict[str, float], importance_note:
 <h1>Sweep <code>{html.escape(data.name)}</code></h1>
 <p class="meta">parent run {html.escape(data.parent_run_id)} · dataset version {html.escape(data.dataset_version)} ·
 {len(data.trials)} trials · metric {html.escape(data.metric)} ({html.escape(data.mode)}) · best run {html.escape(data.best_run_id)}</p>
-<h2>Leaderboard</h2>
-<p class="note">Best value over epochs; head / medium / tail are the group AUCs at that epoch. Click a column to sort.</p>
-<table class="sortable" id="leaderboard"><thead><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in head)}</tr></thead>
-<tbody>{''.join(rows)}</tbody></table>
+<h2>Leaderboard (validation split)</h2>
+<p class="note">Best validation value over epochs; val head / medium / tail are the group AUCs at that epoch. Click a column to sort.</p>
+<div class="scroll"><table class="sortable" id="leaderboard"><thead><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in head)}</tr></thead>
+<tbody>{''.join(rows)}</tbody></table></div>
+<p class="note">{html.escape(constant_note)}</p>
+<h2>Registry: test split</h2>
+{registry_html}
 <h2>Parameter importance</h2>
 <p class="note">{html.escape(importance_note)}</p>
 <table id="importance"><tbody>{imp_rows}</tbody></table>
@@ -359,7 +418,7 @@ def render_html(data: SweepData, importances: dict[str, float], importance_note:
 {image(figures.get('parallel'), 'parallel coordinates')}
 <h2>Long tail: validation AUC by class-frequency group</h2>
 {image(figures.get('longtail'), 'long-tail learning curves')}
-<h2>Best trial</h2>
+<h2>Best trial (validation split)</h2>
 <p class="note">{html.escape(best_note)}</p>
 {image(best_plots.get('roc_by_group.png'), 'ROC by group')}
 {image(best_plots.get('auc_vs_frequency.png'), 'per-class AUC against training frequency')}
@@ -377,7 +436,7 @@ def build_report(cfg: RadDiagConfig, sweep_name: str, output: Path) -> dict[str,
     importances, note = param_importance(data)
     figures = {"parallel": parallel_coordinates(data), "longtail": longtail_curves(data)}
     best_plots, best_note = best_trial_plots(cfg, data)
-    page = render_html(data, importances, note, figures, best_plots, best_note)
+    page = render_html(data, importances, note, figures, best_plots, best_note, registry_rows(cfg, data))
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     Path(output).write_text(page)
     return {
