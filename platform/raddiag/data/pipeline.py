@@ -44,7 +44,7 @@ import numpy as np
 
 from raddiag.config import AugmentConfig, RadDiagConfig
 from raddiag.data.assemble import build_case, case_fields, plan_case, resize_slices, stack_cases, to_uint8
-from raddiag.data.sampling import epoch_order
+from raddiag.data.sampling import ClassIndex, epoch_order
 
 LEVELS = ("disorder", "icd")
 
@@ -67,23 +67,58 @@ def epoch_records(
     """The epoch's case order: long-tail sampled for training, the identity for evaluation."""
     if not train:
         return list(range(len(records)))
-    matrix = label_matrix(records, label_names, cfg.data.label_level)
-    return epoch_order(matrix, cfg.data.sampler, cfg.data.sampler_power, cfg.train.seed, epoch).tolist()
+    if cfg.data.sampler == "instance":  # a permutation: no labels needed
+        return np.random.default_rng([cfg.train.seed, epoch]).permutation(len(records)).tolist()
+    index = class_index(records, label_names, cfg.data.label_level)
+    return epoch_order(index, cfg.data.sampler, cfg.data.sampler_power, cfg.train.seed, epoch).tolist()
+
+
+def class_index(records: list[dict[str, Any]], label_names: list[str], level: str) -> ClassIndex:
+    """Each class's cases among ``records`` at ``level`` (sparse: O(labels on the cases), no dense
+    (n_cases, C) matrix); labels outside ``label_names`` are ignored, as in :func:`label_matrix`."""
+    index = {name: i for i, name in enumerate(label_names)}
+    field = "disorders" if level == "disorder" else "icd10"
+    rows: list[int] = []
+    cols: list[int] = []
+    for row, record in enumerate(records):
+        for name in record[field]:
+            j = index.get(name)
+            if j is not None:
+                rows.append(row)
+                cols.append(j)
+    return ClassIndex.from_pairs(np.array(rows, dtype=np.int64), np.array(cols, dtype=np.int64), len(records), len(label_names))
 
 
 def mix_partners(records: list[dict[str, Any]], order: list[int], p: float, seed: int, epoch: int) -> list[int | None]:
     """Case mixing: for each position of the epoch order, with probability ``p`` the index of a case
-    of another anatomy (uniform), else None. Deterministic given (seed, epoch)."""
+    of another anatomy (uniform), else None. Deterministic given (seed, epoch).
+
+    Each position consumes two uniforms of ``default_rng([seed, epoch, 1])``, ``draw`` and
+    ``pick``; a mixed position (``draw < p``) takes the ``int(pick * m)``-th (ascending) of the
+    ``m`` cases of another anatomy. That k-th case is found from the sorted cases of the position's
+    own anatomy without listing the others (``k + #own cases at or before it``, a binary search):
+    O(n log n) in all, with the same partners as scanning all cases for every position.
+    """
     if p <= 0:
         return [None] * len(order)
     rng = np.random.default_rng([seed, epoch, 1])
-    anatomies = np.array([str(r.get("anatomy", "")) for r in records])
-    partners: list[int | None] = []
-    for index in order:
-        others = np.flatnonzero(anatomies != anatomies[index])
-        draw, pick = rng.random(), rng.random()
-        partners.append(int(others[int(pick * len(others))]) if draw < p and len(others) else None)
-    return partners
+    uniforms = rng.random(2 * len(order)).reshape(len(order), 2)  # (draw, pick) per position, in stream order
+    _, codes = np.unique(np.array([str(r.get("anatomy", "")) for r in records]), return_inverse=True)
+    by_anatomy = np.argsort(codes, kind="stable")  # case indices grouped by anatomy, ascending within
+    bounds = np.searchsorted(codes[by_anatomy], np.arange(int(codes.max(initial=-1)) + 2))
+    positions = np.flatnonzero(uniforms[:, 0] < p)
+    own = codes[np.asarray(order, dtype=np.int64)[positions]]
+    partners = np.full(len(order), -1, dtype=np.int64)
+    for anatomy in np.unique(own):
+        members = by_anatomy[bounds[anatomy] : bounds[anatomy + 1]]
+        n_others = len(records) - len(members)
+        if n_others == 0:
+            continue
+        at = positions[own == anatomy]
+        k = (uniforms[at, 1] * n_others).astype(np.int64)  # int(pick * len(others))
+        # the k-th index not in ``members``: k plus the members at or below it
+        partners[at] = k + np.searchsorted(members - np.arange(len(members)), k, side="right")
+    return [int(partner) if partner >= 0 else None for partner in partners.tolist()]
 
 
 @dataclass

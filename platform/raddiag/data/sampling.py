@@ -8,34 +8,81 @@ exact permutation (each case once per epoch).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 
-def class_probabilities(label_matrix: np.ndarray, power: float) -> np.ndarray:
+@dataclass(frozen=True)
+class ClassIndex:
+    """Each class's cases, sparse: ``cases[starts[j]:starts[j + 1]]`` are the (ascending) indices of
+    the cases of class ``j``. Built once from (case, class) pairs in O(nnz log nnz) — no dense
+    (n_cases, C) matrix — and what :func:`epoch_order` samples from."""
+
+    cases: np.ndarray  # (nnz,) int64
+    starts: np.ndarray  # (C + 1,) int64
+    n_cases: int
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.starts) - 1
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Cases per class (C,), int64."""
+        return np.diff(self.starts)
+
+    @classmethod
+    def from_pairs(cls, rows: np.ndarray, cols: np.ndarray, n_cases: int, n_classes: int) -> "ClassIndex":
+        """From parallel arrays of case and class indices (a repeated pair counts once)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        cols = np.asarray(cols, dtype=np.int64)
+        keys = np.unique(cols * max(n_cases, 1) + rows)  # sorted by class, then case; duplicates gone
+        classes, cases = np.divmod(keys, max(n_cases, 1))
+        starts = np.searchsorted(classes, np.arange(n_classes + 1))
+        return cls(cases.astype(np.int64), starts.astype(np.int64), int(n_cases))
+
+    @classmethod
+    def from_matrix(cls, label_matrix: np.ndarray) -> "ClassIndex":
+        """From a dense (n_cases, C) 0/1 matrix."""
+        rows, cols = np.nonzero(np.asarray(label_matrix))
+        return cls.from_pairs(rows, cols, label_matrix.shape[0], label_matrix.shape[1])
+
+
+def power_probabilities(counts: np.ndarray, power: float) -> np.ndarray:
     """Target class-draw probabilities ``∝ n_j ** power`` over classes with at least one case."""
-    counts = label_matrix.sum(axis=0).astype(np.float64)
+    counts = np.asarray(counts).astype(np.float64)
     weights = np.where(counts > 0, np.power(np.maximum(counts, 1.0), power), 0.0)
     if weights.sum() == 0:
         raise ValueError("sampling: no class has a positive training case")
     return weights / weights.sum()
 
 
-def epoch_order(label_matrix: np.ndarray, strategy: str, power: float, seed: int, epoch: int) -> np.ndarray:
+def class_probabilities(label_matrix: np.ndarray, power: float) -> np.ndarray:
+    """:func:`power_probabilities` of the class counts of a dense (n_cases, C) 0/1 matrix."""
+    return power_probabilities(label_matrix.sum(axis=0), power)
+
+
+def epoch_order(labels: np.ndarray | ClassIndex, strategy: str, power: float, seed: int, epoch: int) -> np.ndarray:
     """Case indices for one epoch (length = number of cases).
 
-    ``label_matrix``: (n_cases, C) 0/1. ``strategy``: ``instance`` | ``class_aware`` | ``sqrt``
-    (the power sampler with ``power``). Deterministic given (seed, epoch).
+    ``labels``: a :class:`ClassIndex`, or a dense (n_cases, C) 0/1 matrix (converted; the order is
+    the same). ``strategy``: ``instance`` | ``class_aware`` | ``sqrt`` (the power sampler with
+    ``power``). Deterministic given (seed, epoch). O(n_cases + C) given the index: the draws are
+    ``rng.choice`` of the classes then ``rng.random`` for the case within each class.
     """
-    n_cases = label_matrix.shape[0]
+    index = labels if isinstance(labels, ClassIndex) else ClassIndex.from_matrix(labels)
+    n_cases = index.n_cases
     rng = np.random.default_rng([seed, epoch])
     if strategy == "instance":
         return rng.permutation(n_cases)
     q = 0.0 if strategy == "class_aware" else power
-    probs = class_probabilities(label_matrix, q)
-    members = [np.flatnonzero(label_matrix[:, j]) for j in range(label_matrix.shape[1])]
+    counts = index.counts
+    probs = power_probabilities(counts, q)
     classes = rng.choice(len(probs), size=n_cases, p=probs)
     picks = rng.random(n_cases)
-    return np.array([members[c][int(u * len(members[c]))] for c, u in zip(classes, picks)], dtype=np.int64)
+    within = (picks * counts[classes]).astype(np.int64)  # int(u * len(members)), as a vector
+    return index.cases[index.starts[classes] + within]
 
 
 def stratified_fraction(records: list[dict], fraction: float, seed: int, level: str = "disorder") -> list[dict]:
