@@ -181,59 +181,84 @@ def _smooth_field(cfg: AugmentConfig, gen: Any, s: int, h: int, w: int, device: 
     return _displacement(noise, sigma, magnitude, cfg.elastic_sigma[1])
 
 
-def augment_scans(volumes: Any, real: Any, cfg: AugmentConfig, gen: Any) -> Any:
-    """Augment ``volumes`` (S, K, H, W) float in [0, 1] whose real slices are ``real`` (S, K) bool;
-    every scan draws its own parameters from ``gen``. Returns a new tensor, padded slices 0."""
+def _fired(gen: Any, s: int, p: float, device: Any) -> Any:
+    """Indices (of ``s`` scans) that a transform of probability ``p`` fires on: one draw per scan."""
+    import torch
+
+    return (torch.rand(s, generator=gen, device=device) < p).nonzero().squeeze(1)
+
+
+def _augment_(out: Any, real: Any, cfg: AugmentConfig, gen: Any) -> Any:
+    """:func:`augment_scans` in place on ``out`` (S, K, H, W). Each transform runs only on the real
+    scans it fires on (gathered with ``index_select``, written back with ``index_copy_``), so at
+    p = 0.15 it costs a fraction of a pass over the batch; then one clip-and-mask pass over all."""
     import torch
     import torch.nn.functional as F
 
-    s, _, h, w = volumes.shape
-    device = volumes.device
-    fire = {name: torch.rand(s, generator=gen, device=device) < p
+    s, _, h, w = out.shape
+    device = out.device
+    scans = real.any(dim=1)  # padded scans (no real slice) never fire
+    fire = {name: (torch.rand(s, generator=gen, device=device) < p) & scans
             for name, p in (("affine", cfg.affine_p), ("elastic", cfg.elastic_p), ("noise", cfg.noise_p), ("contrast", cfg.contrast_p))}
-    out = volumes
-    warp = fire["affine"] | fire["elastic"]
-    if bool(warp.any()):
-        identity = torch.eye(2, 3, device=device).expand(s, 2, 3)
-        theta = torch.where(fire["affine"][:, None, None], _affine_theta(cfg, gen, s, h, w, device), identity)
-        grid = F.affine_grid(theta, (s, 1, h, w), align_corners=False)
-        if cfg.elastic_p > 0:
-            scale = torch.tensor([2.0 / w, 2.0 / h], device=device)
-            grid = grid + _smooth_field(cfg, gen, s, h, w, device) * scale * fire["elastic"][:, None, None, None]
-        index = warp.nonzero().squeeze(1)
-        warped = F.grid_sample(out[index].float(), grid[index], mode="bilinear", padding_mode="zeros", align_corners=False)
-        out = out.index_copy(0, index, warped.to(out.dtype))
-    if cfg.noise_p > 0 and bool(fire["noise"].any()):
-        std = _uniform(gen, s, 0.0, cfg.noise_std, device) * fire["noise"]  # MONAI samples std in [0, std]
-        out = out + torch.randn(out.shape, generator=gen, device=device, dtype=out.dtype) * std[:, None, None, None]
-    if cfg.contrast_p > 0 and bool(fire["contrast"].any()):
-        gamma = _uniform(gen, s, cfg.gamma[0], cfg.gamma[1], device)
-        mask = real[:, :, None, None]
-        low = out.masked_fill(~mask, math.inf).amin(dim=(1, 2, 3), keepdim=True)
-        high = out.masked_fill(~mask, -math.inf).amax(dim=(1, 2, 3), keepdim=True)
+    warp = (fire["affine"] | fire["elastic"]).nonzero().squeeze(1)
+    if warp.numel():  # affine and elastic: one affine_grid + grid_sample over every scan either fires on
+        n = warp.numel()
+        identity = torch.eye(2, 3, device=device).expand(n, 2, 3)
+        theta = torch.where(fire["affine"][warp][:, None, None], _affine_theta(cfg, gen, n, h, w, device), identity)
+        grid = F.affine_grid(theta, (n, 1, h, w), align_corners=False)
+        elastic = fire["elastic"][warp].nonzero().squeeze(1)
+        if elastic.numel():
+            field = _smooth_field(cfg, gen, elastic.numel(), h, w, device) * torch.tensor([2.0 / w, 2.0 / h], device=device)
+            grid = grid.index_add(0, elastic, field)
+        warped = F.grid_sample(out.index_select(0, warp).float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        out.index_copy_(0, warp, warped.to(out.dtype))
+    noise = fire["noise"].nonzero().squeeze(1)
+    if noise.numel():  # MONAI's RandGaussianNoise: mean 0, std drawn in [0, noise_std]
+        std = _uniform(gen, noise.numel(), 0.0, cfg.noise_std, device)
+        sub = out.index_select(0, noise)
+        sub += torch.randn(sub.shape, generator=gen, device=device, dtype=sub.dtype) * std[:, None, None, None].to(sub.dtype)
+        out.index_copy_(0, noise, sub)
+    contrast = fire["contrast"].nonzero().squeeze(1)
+    if contrast.numel():  # MONAI's AdjustContrast over the scan's real slices (its min and max)
+        gamma = _uniform(gen, contrast.numel(), cfg.gamma[0], cfg.gamma[1], device)
+        sub, mask = out.index_select(0, contrast), real.index_select(0, contrast)[:, :, None, None]
+        low = sub.masked_fill(~mask, math.inf).amin(dim=(1, 2, 3), keepdim=True)
+        high = sub.masked_fill(~mask, -math.inf).amax(dim=(1, 2, 3), keepdim=True)
         span = (high - low).clamp(min=0)
-        adjusted = ((out - low) / (span + 1e-7)).clamp(min=0) ** gamma[:, None, None, None] * span + low
-        out = torch.where(fire["contrast"][:, None, None, None], adjusted, out)
-    return out.clamp(0.0, 1.0) * real[:, :, None, None].to(out.dtype)
+        sub = ((sub - low) / (span + 1e-7)).clamp(min=0) ** gamma[:, None, None, None].to(sub.dtype) * span + low
+        out.index_copy_(0, contrast, sub.to(out.dtype))
+    return out.clamp_(0.0, 1.0).mul_(real[:, :, None, None])
+
+
+def augment_scans(volumes: Any, real: Any, cfg: AugmentConfig, gen: Any) -> Any:
+    """Augment ``volumes`` (S, K, H, W) float in [0, 1] whose real slices are ``real`` (S, K) bool;
+    every scan draws its own parameters from ``gen`` (which transforms fire, then their parameters).
+    Returns a new tensor, clipped to [0, 1], padded slices 0."""
+    return _augment_(volumes.clone(), real.bool(), cfg, gen)
 
 
 def augment_batch(images: Any, slice_mask: Any, cfg: AugmentConfig, seed: int) -> Any:
     """Augment a torch batch on its device in one batched call: ``images`` (B, N, D, H, W) float in
-    [0, 1], ``slice_mask`` (B, N, D) bool. Each real scan gets its own draw (seeded by ``seed``);
-    padded scans and slices stay 0. Returns the augmented images (a new tensor when anything fired)."""
+    [0, 1], ``slice_mask`` (B, N, D) bool. Each real scan gets its own draw (seeded by ``seed``, the
+    same on every call with the same seed, mask and device); padded scans and slices stay 0.
+
+    Only real scans fire, and only the first slices through the batch's last real slice are
+    touched, so a batch at typical fill costs a fraction of its padded size. Returns a new
+    tensor (``images`` is not modified), or ``images`` itself when nothing can fire or no scan is real.
+    """
     import torch
 
     if not cfg.enabled:
         return images
     with torch.no_grad():
         slice_mask = slice_mask.bool()
-        scans = slice_mask.any(dim=-1)  # (B, N)
-        index = scans.flatten().nonzero().squeeze(1)
-        if index.numel() == 0:
+        real_depths = slice_mask.any(dim=(0, 1)).nonzero()
+        if real_depths.numel() == 0:  # no real scan
             return images
         b, n, d, h, w = images.shape
-        flat = images.reshape(b * n, d, h, w)
+        depth = int(real_depths.max()) + 1
         gen = torch.Generator(device=images.device)
         gen.manual_seed(int(seed))
-        augmented = augment_scans(flat[index], slice_mask.reshape(b * n, d)[index], cfg, gen)
-        return flat.index_copy(0, index, augmented).reshape(b, n, d, h, w)
+        out = images.clone(memory_format=torch.contiguous_format)
+        _augment_(out.view(b * n, d, h, w)[:, :depth], slice_mask.reshape(b * n, d)[:, :depth], cfg, gen)
+        return out
