@@ -9,14 +9,19 @@ contiguous run of the worker's cases, opens its own store (one filesystem per ta
 pickled with a client in it), plans every case of a block (scans, sampled slices), fetches all of
 the block's slices concurrently with :class:`~raddiag.data.read.SliceReader` and assembles them.
 
-Batches cross processes with uint8 images (4x fewer bytes through the object store and to the
-device); :func:`iter_batches` and :func:`local_batches` hand out the batch schema of
-``raddiag.schema`` (float32 images in [0, 1]) plus ``order`` (index of the case in ``records``)
-and, when ``vocabularies`` are given, ``disorder_labels``/``icd_labels``.
+Batches cross processes packed: one Ray row per batch holds only the real slices, uint8
+(``slices`` (R, H, W), in the row-major order of ``slice_mask``), beside the masks and the other
+fields — no padded slot goes through the object store or to the device (4x fewer bytes than
+float32, and at a typical fill ~3x fewer again than padded uint8). :func:`iter_batches` rebuilds
+the fixed-shape padded view on the device and hands out the batch schema of ``raddiag.schema``
+(float32 images in [0, 1]) plus ``order`` (index of the case in ``records``), ``slice_index``/
+``scan_index`` (:func:`raddiag.model.nets.raddiag.real_index`, computed on the host: no device sync)
+and, when ``vocabularies`` are given, ``disorder_labels``/``icd_labels``; :func:`local_batches`
+(in-process, no Ray) hands out the same schema without the indices.
 
 Why not ``TorchTrainer(datasets=...)`` + ``ray.train.get_dataset_shard(name).iter_torch_batches()``
-(the issue's wording; these worker datasets use the same Ray Data streaming executor and the same
-``iter_torch_batches``, giving up only Ray Train's driver-side split coordinator):
+(the issue's wording; these worker datasets use the same Ray Data streaming executor and batch
+iterator, giving up only Ray Train's driver-side split coordinator):
 (1) Ray Train plans those datasets once on the driver and ``streaming_split`` re-executes the same
 plan every epoch — no epoch number reaches the read, so an order sampled with replacement, the depth
 jitter and the augmentation seeds would repeat every epoch (it would need an out-of-band epoch
@@ -142,7 +147,9 @@ class BlockAssembler:
         self.train = train
         self.epoch = epoch
 
-    def __call__(self, items: list[Item], reader: Any, image_dtype: str = "uint8") -> dict[str, np.ndarray]:
+    def __call__(self, items: list[Item], reader: Any, image_dtype: str = "uint8", packed: bool = False) -> dict[str, np.ndarray]:
+        """Batch arrays of ``items``: padded ``images`` (B, N, D, H, W), or with ``packed`` (uint8
+        only) ``slices`` (R, H, W): the real slices alone, in the row-major order of ``slice_mask``."""
         from raddiag.data.augment import build_augment
 
         data = self.cfg.data
@@ -154,8 +161,10 @@ class BlockAssembler:
             plans.append(plan_case(json.loads(item.record), n_image=data.n_image, depth=data.depth, rng=rng, partner=partner))
             rngs.append(rng)
         requests = [request for plan in plans for request in plan.requests()]
+        if packed and image_dtype != "uint8":
+            raise ValueError(f"packed batches are uint8; got image_dtype={image_dtype!r}")
         if image_dtype == "uint8" and not augment_here:
-            return self._direct(items, plans, requests, reader)
+            return self._direct(items, plans, requests, reader, packed)
         volumes = iter(reader.read(requests))
         cases = []
         for item, plan, rng in zip(items, plans, rngs):
@@ -167,14 +176,26 @@ class BlockAssembler:
             )
             case["order"] = np.int64(item.order)
             cases.append(case)
-        return stack_cases(cases)
+        batch = stack_cases(cases)
+        if packed:
+            batch["slices"] = batch.pop("images")[batch["slice_mask"]]
+        return batch
 
-    def _direct(self, items: list[Item], plans: list[Any], requests: list[tuple[str, np.ndarray]], reader: Any) -> dict[str, np.ndarray]:
-        """uint8 batch without augmentation: slices are decoded straight into the batch buffer."""
+    def _direct(
+        self, items: list[Item], plans: list[Any], requests: list[tuple[str, np.ndarray]], reader: Any, packed: bool
+    ) -> dict[str, np.ndarray]:
+        """uint8 batch without augmentation: slices are decoded straight into the batch buffer (the
+        padded images, or with ``packed`` one (R, H, W) buffer of the real slices)."""
         data = self.cfg.data
         size = data.image_size
-        images = np.zeros((len(items), data.n_image, data.depth, size, size), dtype=np.uint8)
-        outs = [images[b, slot, : len(idx)] for b, plan in enumerate(plans) for slot, idx in enumerate(plan.indices)]
+        counts = [len(idx) for plan in plans for idx in plan.indices]
+        if packed:
+            images = np.zeros((sum(counts), size, size), dtype=np.uint8)
+            ends = np.cumsum(counts)
+            outs = [images[end - count : end] for count, end in zip(counts, ends)]
+        else:
+            images = np.zeros((len(items), data.n_image, data.depth, size, size), dtype=np.uint8)
+            outs = [images[b, slot, : len(idx)] for b, plan in enumerate(plans) for slot, idx in enumerate(plan.indices)]
         volumes = reader.read_into(requests, outs)
         cases = []
         for item, plan in zip(items, plans):
@@ -185,12 +206,10 @@ class BlockAssembler:
             case["order"] = np.int64(item.order)
             cases.append(case)
         batch = stack_cases(cases)
-        for (b, slot, k), volume, out in zip(
-            ((b, slot, len(idx)) for b, plan in enumerate(plans) for slot, idx in enumerate(plan.indices)), volumes, outs
-        ):
+        for volume, out in zip(volumes, outs):
             if volume is not out:  # another size (or dtype) than the batch: resize into place
-                images[b, slot, :k] = to_uint8(resize_slices(volume.astype(np.float32) / 255.0, size))
-        batch["images"] = images
+                out[...] = to_uint8(resize_slices(volume.astype(np.float32) / 255.0, size))
+        batch["slices" if packed else "images"] = images
         return batch
 
 
@@ -203,7 +222,8 @@ class _Bytes:
 
 def read_items(items: list[Item], assembler_args: tuple, store: tuple[str, str | None, int], block_cases: int) -> Iterator[Any]:
     """A read task: one :class:`SliceReader` (its own filesystem) for the task, one block (one
-    concurrent fetch, one assembled batch) per ``block_cases`` cases."""
+    concurrent fetch, one packed batch) per ``block_cases`` cases. A block is one row: each field of
+    the batch (``slices`` (R, H, W), ``slice_mask`` (B, N, D), ...) is that row's value."""
     from ray.data.block import BlockAccessor
 
     from raddiag.data.read import SliceReader
@@ -216,10 +236,10 @@ def read_items(items: list[Item], assembler_args: tuple, store: tuple[str, str |
     try:
         for start in range(0, len(items), block_cases):
             before = reader.bytes_fetched
-            batch = assembler(items[start : start + block_cases], reader)
+            batch = assembler(items[start : start + block_cases], reader, packed=True)
             metrics(reader.bytes_fetched - before)
             metrics.flush(len(batch["order"]))
-            yield BlockAccessor.batch_to_block(batch)
+            yield BlockAccessor.batch_to_block({key: value[None] for key, value in batch.items()})
     finally:
         reader.close()
 
@@ -231,11 +251,11 @@ def _datasource_class() -> type:
     class CaseDatasource(Datasource):
         """A Ray Data source over a list of :class:`Item` (a worker's share of an epoch).
 
-        A task yields one block per ``block_cases`` consecutive items (the batch size);
-        :func:`worker_dataset` sets ``target_max_block_size`` just under one batch so that Ray
-        emits each as its own block instead of coalescing them (the consumer's batcher would then
-        combine the coalesced chunks — a copy of every image — before slicing a batch out);
-        ``get_read_tasks(n)`` deals whole blocks into ``n`` contiguous runs (at least
+        A task yields one block per ``block_cases`` consecutive items (the batch size), a single
+        row holding the packed batch (:func:`read_items`); its size follows the batch's fill, so
+        :func:`worker_dataset` sets ``target_max_block_size`` to 1 byte: Ray emits every block as it
+        is (a one-row block cannot be sliced, and none is coalesced with the next, which would copy
+        every image); ``get_read_tasks(n)`` deals whole blocks into ``n`` contiguous runs (at least
         ``data.cases_per_task`` cases each); a task's rows come out in item order.
         """
 
@@ -245,7 +265,7 @@ def _datasource_class() -> type:
             self.assembler_args = assembler_args
             self.block_cases = block_cases
             data = cfg.data
-            self.case_bytes = data.n_image * data.depth * data.image_size**2  # uint8 images dominate
+            self.case_bytes = data.n_image * data.depth * data.image_size**2  # uint8 images dominate (an upper bound)
 
         def estimate_inmemory_data_size(self) -> int:
             return len(self.items) * self.case_bytes
@@ -258,7 +278,7 @@ def _datasource_class() -> type:
             tasks = []
             for blocks in np.array_split(np.arange(n_blocks), n_tasks):
                 chunk = self.items[int(blocks[0]) * self.block_cases : (int(blocks[-1]) + 1) * self.block_cases]
-                metadata = BlockMetadata(num_rows=len(chunk), size_bytes=len(chunk) * self.case_bytes, exec_stats=None, input_files=None)
+                metadata = BlockMetadata(num_rows=len(blocks), size_bytes=len(chunk) * self.case_bytes, exec_stats=None, input_files=None)
                 task = partial(read_items, chunk, self.assembler_args, store, self.block_cases)
                 tasks.append(ReadTask(task, metadata, per_task_row_limit=per_task_row_limit))
             return tasks
@@ -298,10 +318,10 @@ def worker_dataset(
 ) -> Any:
     """A Ray Dataset of this worker's share of the epoch (``order[rank::world]``), read lazily.
 
-    Rows: the batch schema with uint8 ``images`` (use :func:`iter_batches`), ``order`` and, per
-    level in ``vocabularies`` (``{"disorder": names, "icd": names}``), ``<level>_labels``.
-    Read tasks produce ``batch_size`` (default ``train.batch_size``) cases at a time: iterate with
-    that same batch size so that no batch straddles two produced chunks (zero-copy batches).
+    One row per batch of ``batch_size`` (default ``train.batch_size``) cases, packed (see
+    :func:`read_items`): ``slices`` (R, H, W) uint8, the real slices only, and the batch schema's
+    other fields, ``order`` and, per level in ``vocabularies`` (``{"disorder": names, "icd":
+    names}``), ``<level>_labels``. Iterate with :func:`iter_batches` (same batch size: zero-copy).
     """
     import ray.data
 
@@ -313,20 +333,20 @@ def worker_dataset(
     # The dataset keeps a copy of the context it was created with; the process-wide one is restored
     # (under a lock: a training worker may build datasets from two threads).
     with _CONTEXT_LOCK:
-        return _read_with_context(ray.data, items, cfg, args, block_target_bytes(cfg, label_names, vocabularies, batch_size), batch_size)
+        return _read_with_context(ray.data, items, cfg, args, batch_size)
 
 
 _CONTEXT_LOCK = threading.Lock()
 
 
-def _read_with_context(ray_data: Any, items: list[Item], cfg: RadDiagConfig, args: tuple, target_bytes: int, batch_size: int) -> Any:
+def _read_with_context(ray_data: Any, items: list[Item], cfg: RadDiagConfig, args: tuple, batch_size: int) -> Any:
     context = ray_data.DataContext.get_current()
     saved = (context.execution_options.preserve_order, context.target_max_block_size)
     try:
         context.execution_options.preserve_order = True  # batches = f(seed, epoch, rank)
-        # One Ray block per produced batch: emitted as soon as it is complete, never sliced (see
-        # block_target_bytes), so a batch is one Arrow chunk and reaches the consumer without a copy.
-        context.target_max_block_size = target_bytes
+        # One Ray block per produced batch, a single row: emitted as soon as it is complete (any
+        # block exceeds 1 byte) and never sliced (one row), so it reaches the consumer without a copy.
+        context.target_max_block_size = 1
         return ray_data.read_datasource(
             case_datasource(items, cfg, args, batch_size),
             override_num_blocks=cfg.data.read_parallelism,
@@ -338,7 +358,8 @@ def _read_with_context(ray_data: Any, items: list[Item], cfg: RadDiagConfig, arg
 
 
 def case_row_bytes(cfg: RadDiagConfig, label_names: list[str], vocabularies: dict[str, list[str]] | None = None) -> int:
-    """Bytes of one case row as the read tasks emit it (uint8 images + every other field + order)."""
+    """Bytes of one case with padded uint8 images + every other field + order: what a case takes in a
+    batch on the device (the read tasks ship less: the real slices only)."""
     from raddiag.data.assemble import CasePlan
 
     data = cfg.data
@@ -349,20 +370,71 @@ def case_row_bytes(cfg: RadDiagConfig, label_names: list[str], vocabularies: dic
     return data.n_image * data.depth * data.image_size**2 + sum(v.nbytes for v in fields.values()) + np.dtype(np.int64).itemsize
 
 
-def block_target_bytes(cfg: RadDiagConfig, label_names: list[str], vocabularies: dict[str, list[str]] | None, batch_size: int) -> int:
-    """``target_max_block_size`` that makes Ray Data emit each produced batch as its own block.
-
-    Ray's output buffer emits once it holds more than the target and slices a block of at least
-    1.5x the target; 0.8x a full batch's bytes does neither to a full batch (a task's trailing
-    partial batch is emitted when the task ends)."""
-    return max(1, int(0.8 * batch_size * case_row_bytes(cfg, label_names, vocabularies)))
-
-
 def images_to_float(batch: dict[str, Any]) -> dict[str, Any]:
     """uint8 ``images`` -> float32 in [0, 1] (numpy or torch, on the batch's device)."""
     images = batch["images"]
     if images.dtype in (np.uint8,) or str(images.dtype) == "torch.uint8":
         batch["images"] = images.float().div_(255.0) if hasattr(images, "float") else images.astype(np.float32) / 255.0
+    return batch
+
+
+def packed_batches(dataset: Any, batch_size: int, prefetch_batches: int = 2) -> Iterator[dict[str, np.ndarray]]:
+    """The dataset's packed batches (numpy, host memory), re-cut to ``batch_size`` cases when that
+    differs from the size the dataset was built with (which copies; the same size does not)."""
+    pending: list[dict[str, np.ndarray]] = []
+    held = 0
+    for block in dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=prefetch_batches):
+        for row in range(len(block["order"])):
+            batch = {key: value[row] for key, value in block.items()}
+            pending.append(batch)
+            held += len(batch["order"])
+            while held >= batch_size:
+                merged = _concat_packed(pending)
+                yield _cases(merged, 0, batch_size)
+                held -= batch_size
+                pending = [_cases(merged, batch_size, batch_size + held)] if held else []
+    if held:
+        yield _concat_packed(pending)
+
+
+def _cases(batch: dict[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
+    """Cases ``start:stop`` of a packed batch (views)."""
+    if (start, stop) == (0, len(batch["order"])):
+        return batch
+    ends = np.concatenate([[0], np.cumsum(batch["slice_mask"].reshape(len(batch["order"]), -1).sum(1))])
+    out = {key: value[start:stop] for key, value in batch.items() if key != "slices"}
+    out["slices"] = batch["slices"][ends[start] : ends[stop]]
+    return out
+
+
+def _concat_packed(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return batches[0] if len(batches) == 1 else {key: np.concatenate([b[key] for b in batches]) for key in batches[0]}
+
+
+def unpack_batch(packed: dict[str, np.ndarray], device: Any = "cpu") -> dict[str, Any]:
+    """A packed batch -> the batch schema on ``device`` (uint8 images): only the real slices and the
+    small fields travel; the zero-padded (B, N, D, H, W) view is rebuilt there. ``slice_index``/
+    ``scan_index`` (:func:`~raddiag.model.nets.raddiag.real_index`) are computed from the host masks,
+    so neither this nor the network's forward needs a device sync."""
+    import warnings
+
+    import torch
+
+    from raddiag.model.nets.raddiag import real_index
+
+    with warnings.catch_warnings():  # arrays from the object store are read-only; nothing writes to them
+        warnings.simplefilter("ignore")
+        host = {key: torch.as_tensor(value) for key, value in packed.items()}
+    slices = host.pop("slices")
+    host["slice_index"], host["scan_index"] = real_index(host["scan_mask"], host["slice_mask"])
+    if len(host["slice_index"]) != len(slices):
+        raise ValueError(f"packed batch: {len(slices)} slices but slice_mask marks {len(host['slice_index'])} real slices")
+    batch = {key: value.to(device, non_blocking=True) for key, value in host.items()}
+    b, n, d = batch["slice_mask"].shape
+    images = torch.zeros((b * n * d, *slices.shape[1:]), dtype=slices.dtype, device=batch["slice_mask"].device)
+    batch["images"] = images.index_copy_(0, batch["slice_index"], slices.to(images.device, non_blocking=True)).view(b, n, d, *slices.shape[1:])
+    for key in ("slice_index", "scan_index"):  # lengths vary by batch: keep them symbolic for torch.compile
+        torch._dynamo.maybe_mark_dynamic(batch[key], 0)
     return batch
 
 
@@ -376,19 +448,21 @@ def iter_batches(
     prefetch_batches: int = 2,
     to_float: bool = True,
 ) -> Iterator[dict[str, Any]]:
-    """Torch batches of the batch schema (+ ``order``) from a worker dataset, on ``device``.
+    """Torch batches of the batch schema (+ ``order``, ``slice_index``, ``scan_index``) from a worker
+    dataset, on ``device``.
 
     Use the ``batch_size`` the dataset was built with (zero-copy batches, see
-    :func:`worker_dataset`); another size works but copies images. Images travel as uint8
-    and become float32 on ``device`` (``to_float=False`` keeps uint8, e.g. to measure the
-    pipeline alone). With ``augment`` (training with ``data.augment.on=device``) the MONAI
-    augmentations run there, seeded by ``seed`` (pass ``[train.seed, epoch, rank]`` for a
-    per-epoch, per-worker stream).
+    :func:`worker_dataset`); another size works but copies the slices. Only the real slices travel
+    (uint8) and the padded images are rebuilt on ``device`` (:func:`unpack_batch`), then become
+    float32 there (``to_float=False`` keeps uint8, e.g. to measure the pipeline alone). With
+    ``augment`` (training with ``data.augment.on=device``) the MONAI augmentations run there, seeded
+    by ``seed`` (pass ``[train.seed, epoch, rank]`` for a per-epoch, per-worker stream).
     """
     from raddiag.data.augment import augment_batch
 
     rng = np.random.default_rng(seed)
-    for batch in dataset.iter_torch_batches(batch_size=batch_size, device=device, drop_last=False, prefetch_batches=prefetch_batches):
+    for packed in packed_batches(dataset, batch_size, prefetch_batches):
+        batch = unpack_batch(packed, device)
         if to_float or augment is not None:
             batch = images_to_float(batch)
         if augment is not None:

@@ -36,11 +36,18 @@ def lr_lambda(total_steps: int, warmup_fraction: float):
 
 
 def forward(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The network on a batch. The real-slice/scan indices are computed here, outside the network, so
-    a compiled forward (``model.compile``) has no data-dependent shape and no graph break."""
+    """The network on a batch. The real-slice/scan indices come with the batch (:func:`iter_batches`
+    computes them on the host) or are computed here, outside the network, so a compiled forward
+    (``model.compile``) has no data-dependent shape and no graph break."""
     from raddiag.model.nets.raddiag import real_index
 
-    return model(*(batch[key] for key in MODEL_INPUTS), *real_index(batch["scan_mask"], batch["slice_mask"]))
+    if "slice_index" in batch:
+        index = (batch["slice_index"], batch["scan_index"])
+        for tensor in index:  # lengths vary by batch (a cached batch is a clone, without the mark)
+            torch._dynamo.maybe_mark_dynamic(tensor, 0)
+    else:
+        index = real_index(batch["scan_mask"], batch["slice_mask"])
+    return model(*(batch[key] for key in MODEL_INPUTS), *index)
 
 
 def compute_losses(
