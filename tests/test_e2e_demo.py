@@ -66,9 +66,19 @@ def test_champion_loads_and_predicts_one_case(demo_run) -> None:
     version = result.promotion.version
     from raddiag import tracking
 
-    tags = tracking.client(cfg.tracking.resolved_uri()).get_model_version(cfg.tracking.registered_model, version).tags
+    client = tracking.client(cfg.tracking.resolved_uri())
+    registered = client.get_model_version(cfg.tracking.registered_model, version)
+    tags = registered.tags
     assert tags["raddiag.dataset_version"] == manifest.version
     assert "test_auc_macro" in tags and tags["raddiag.decision"] == "champion"
+    assert len([k for k in tags if k.startswith("test_")]) <= 5  # headline tags only, not ~80
+    from raddiag.registry import model_id_of
+
+    logged = {m.key: m for m in client.get_logged_model(model_id_of(registered)).metrics}  # every test metric, on the model
+    assert {"test_auc_tail", "test_ap_macro", "test_r50_tail"} <= set(logged)
+    assert logged["test_auc_tail"].dataset_digest == manifest.version
+    run = client.get_run(registered.run_id)
+    assert run.data.tags.get("mlflow.source.git.commit") and "loss.focal_gamma" not in run.data.params
 
 
 def test_evaluate_and_predict_cli_against_the_champion(demo_run) -> None:

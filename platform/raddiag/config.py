@@ -527,8 +527,36 @@ class RadDiagConfig(_Strict):
     ablation: AblationConfig = AblationConfig()
 
     def flat(self) -> dict[str, Any]:
-        """Flattened ``{"a.b": value}`` view, used as MLflow params."""
+        """Flattened ``{"a.b": value}`` view of every key."""
         return flatten(self.model_dump(mode="json"))
+
+    def run_params(self, scope: str = "run") -> dict[str, Any]:
+        """The MLflow params of a training run: :meth:`flat` without the keys that cannot affect it —
+        the other losses' settings (a BCE run does not show ``loss.focal_gamma``), the KE head's
+        when ``model.head=mlp``, the ViT's for a CNN and the CNN's for a ViT, and ingest/synth
+        (the store is recorded by its dataset version). ``scope="sweep"``/``"ablation"`` keeps that
+        section (a parent run)."""
+        flat = self.flat()
+        loss = self.loss
+        used_loss = {"bce": ("pos_weight",), "focal": ("focal_",), "asl": ("asl_",), "la": ("la_",), "db": ("db_",),
+                     "ldam": ("ldam_",), "cb": ("cb_", "focal_") if loss.cb_base == "focal" else ("cb_",)}[loss.type]
+        drop = ["synth.", "ingest."]
+        drop += [section for section in ("sweep.", "ablation.") if not section.startswith(scope)]
+        if self.model.head != "ke":
+            drop.append("model.ke.")
+        if self.model.encoder == "vit":
+            drop += ["model.backbone_depth", "model.width", "model.norm", "model.stem", "model.channels_last"]
+        else:
+            drop.append("model.vit_")
+
+        def kept(key: str) -> bool:
+            if key.startswith(tuple(drop)):
+                return False
+            if key.startswith("loss.") and not key.startswith(("loss.type", "loss.key_slice")):
+                return key.removeprefix("loss.").startswith(used_loss)
+            return True
+
+        return {key: value for key, value in flat.items() if kept(key)}
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -114,12 +114,32 @@ def registered_version(client: Any, name: str, run_id: str) -> Any:
     return max(versions, key=lambda v: int(v.version)) if versions else None
 
 
-def logged_test_metric(version: Any, metric: str) -> float | None:
-    """The test ``metric`` logged on a model version when it was promoted (None if absent)."""
+def model_id_of(version: Any) -> str | None:
+    """The MLflow 3 logged model (``m-...``) behind a model version: its ``model_id``, else the id in
+    its ``models:/m-...`` source (the sqlite registry leaves ``model_id`` empty)."""
+    model_id = getattr(version, "model_id", None)
+    if model_id:
+        return str(model_id)
+    source = str(getattr(version, "source", "") or "")
+    return source.removeprefix("models:/") if source.startswith("models:/m-") else None
+
+
+def logged_test_metric(version: Any, metric: str, client: Any = None) -> float | None:
+    """The test ``metric`` recorded when a model version was promoted: its tag (headline metrics), else
+    the metric on the version's logged model (None if neither)."""
     try:
         return float(version.tags[f"test_{metric}"])
     except (KeyError, TypeError, ValueError):
+        pass
+    model_id = model_id_of(version)
+    if client is None or not model_id:
         return None
+    try:
+        logged = client.get_logged_model(model_id)
+    except Exception:  # noqa: BLE001 - an old server without logged models
+        return None
+    values = [m.value for m in (logged.metrics or []) if m.key == f"test_{metric}"]
+    return float(values[-1]) if values else None
 
 
 def evaluate_checkpoint(cfg: RadDiagConfig, checkpoint: str, split: str = "test") -> Any:
@@ -174,15 +194,15 @@ def promote(cfg: RadDiagConfig, sweep_name: str, dry_run: bool = False) -> Promo
     found = {"tracking_uri": uri, "reused": existing is not None}
 
     if version is not None and version == champion_version:  # promoted before and still the champion
-        value = logged_test_metric(current, metric)
+        value = logged_test_metric(current, metric, client)
         value = math.nan if value is None else value
         return Promotion(name, version, best_run_id, f"{prefix}champion", metric, value, value, champion_version, None,
                          unchanged=True, candidate_source=f"logged on v{version}", champion_source=f"logged on v{version}", **found)
 
     candidate_source = "evaluated now"
     evaluation, candidate = None, math.nan
-    if version is not None and dry_run and logged_test_metric(existing, metric) is not None:
-        candidate, candidate_source = logged_test_metric(existing, metric), f"logged on v{version}"
+    if version is not None and dry_run and logged_test_metric(existing, metric, client) is not None:
+        candidate, candidate_source = logged_test_metric(existing, metric, client), f"logged on v{version}"
     elif version is not None:  # registered before (as a challenger): re-evaluated, never registered again
         evaluation = evaluate_model(f"models:/{name}/{version}", cfg, "test")
     elif dry_run:
@@ -197,7 +217,7 @@ def promote(cfg: RadDiagConfig, sweep_name: str, dry_run: bool = False) -> Promo
 
     champion_value, champion_source = None, ""
     if current is not None:
-        logged = logged_test_metric(current, metric) if dry_run else None
+        logged = logged_test_metric(current, metric, client) if dry_run else None
         if logged is not None:
             champion_value, champion_source = logged, f"logged when v{champion_version} was promoted"
         else:
@@ -217,16 +237,40 @@ def promote(cfg: RadDiagConfig, sweep_name: str, dry_run: bool = False) -> Promo
         "raddiag.compared_to": f"v{champion_version}={champion_value:.4f}" if champion_version else "none",
         "raddiag.margin": str(cfg.promote.margin),
     }
-    if evaluation is not None:
-        tags.update({f"test_{k}": f"{v:.6g}" for k, v in evaluation.report.flat().items() if isinstance(v, float) and math.isfinite(v)})
+    test_metrics = {} if evaluation is None else {
+        f"test_{k}": float(v) for k, v in evaluation.report.flat().items() if isinstance(v, float) and math.isfinite(v)
+    }
+    # headline figures as tags (registry UI, `raddiag models`, the report); every test metric goes on the logged model
+    tags.update({k: f"{v:.6g}" for k, v in test_metrics.items() if k in HEADLINE_TAGS or k == f"test_{metric}"})
     result = Promotion(name, version, best_run_id, f"{prefix}{decision}", metric, candidate, champion_value, champion_version, evaluation, tags,
                        candidate_source=candidate_source, champion_source=champion_source, **found)
     if dry_run:
         return result
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
+    _log_model_metrics(client, name, version, best_run_id, test_metrics, dataset_version)
     client.set_registered_model_alias(name, decision, version)
     return result
+
+
+HEADLINE_TAGS = ("test_auc_head", "test_auc_medium", "test_auc_tail", "test_auc_macro")
+
+
+def _log_model_metrics(client: Any, name: str, version: str, run_id: str, metrics: dict[str, float], dataset_version: str) -> None:
+    """The test metrics as MLflow 3 metrics of the version's logged model (``model_id``), linked to
+    the dataset version, also visible on its run. Nothing when the version has no logged model."""
+    import time
+
+    from mlflow.entities import Metric
+
+    model_id = model_id_of(client.get_model_version(name, version))
+    if not metrics or not model_id:
+        return
+    now = int(time.time() * 1000)
+    batch = [Metric(key, value, now, 0, model_id=model_id, dataset_name="test", dataset_digest=dataset_version, run_id=run_id)
+             for key, value in sorted(metrics.items())]
+    for start in range(0, len(batch), 900):
+        client.log_batch(run_id, metrics=batch[start : start + 900])
 
 
 def _current_champion(client: Any, name: str) -> Any:

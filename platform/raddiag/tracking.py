@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from pathlib import Path
@@ -75,9 +76,25 @@ def log_epoch_metrics(uri: str, run_id: str, metrics: dict[str, float], step: in
     return True
 
 
+@functools.lru_cache(maxsize=1)
+def source_tags() -> dict[str, str]:
+    """``mlflow.source.git.commit`` (and the dirty state) of the code this process runs, read from
+    the git checkout holding the ``raddiag`` package; empty when it is not in one (a shipped copy)."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"mlflow.source.git.commit": commit, "raddiag.git_dirty": "true" if dirty else "false"} if commit else {}
+
+
 def start_child_run(uri: str, experiment_id: str, parent_run_id: str, name: str, tags: dict[str, str] | None = None) -> str:
     """A run nested under ``parent_run_id`` (the MLflow UI shows it under the parent)."""
-    all_tags = {"mlflow.parentRunId": parent_run_id, "mlflow.runName": name, **(tags or {})}
+    all_tags = {"mlflow.parentRunId": parent_run_id, "mlflow.runName": name, **source_tags(), **(tags or {})}
     return client(uri).create_run(experiment_id, tags=all_tags, run_name=name).info.run_id
 
 
@@ -97,7 +114,8 @@ def parent_run(
             mlflow_client.update_run(found[0].info.run_id, status="RUNNING")
             return found[0].info.run_id
     run = mlflow_client.create_run(
-        experiment_id, run_name=name, tags={f"raddiag.{role}": name, "raddiag.role": role, "raddiag.dataset_version": version}
+        experiment_id, run_name=name,
+        tags={f"raddiag.{role}": name, "raddiag.role": role, "raddiag.dataset_version": version, **source_tags()},
     )
     log_params(uri, run.info.run_id, params)
     return run.info.run_id

@@ -295,9 +295,11 @@ def run_train(cfg: RadDiagConfig, verbose: bool = False) -> TrainResult:
     if prior.run is not None:  # re-running the same name resumes the same run
         run_id = prior.run.info.run_id
     else:
-        run = tracking.client(uri).create_run(experiment_id, run_name=cfg.train.name, tags={"raddiag.train_name": cfg.train.name})
+        run = tracking.client(uri).create_run(
+            experiment_id, run_name=cfg.train.name, tags={"raddiag.train_name": cfg.train.name, **tracking.source_tags()}
+        )
         run_id = run.info.run_id
-        tracking.log_params(uri, run_id, cfg.flat())
+        tracking.log_params(uri, run_id, cfg.run_params())
         tracking.client(uri).set_tag(run_id, "raddiag.dataset_version", manifest.version)
         tracking.log_dataset_input(uri, run_id, manifest, cfg.store.url)
     trainer = build_trainer(cfg, name=cfg.train.name, mlflow_uri=uri, mlflow_run_id=run_id, embeddings=embeddings)

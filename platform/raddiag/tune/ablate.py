@@ -129,7 +129,8 @@ def _trial(params: dict[str, Any], *, base: dict[str, Any], ctx: dict[str, Any])
         uri, ctx["experiment_id"], ctx["parent_run_id"], name,
         tags={"raddiag.ablation": root.ablation.name, "raddiag.arm": arm, "raddiag.seed": str(seed), "raddiag.train_name": name},
     )
-    tracking.log_params(uri, run_id, {**cfg.flat(), "ablation.arm": arm, **{f"arm.{k}": v for k, v in root.ablation.arms[arm].items()}})
+    tracking.log_params(uri, run_id, {**cfg.run_params(), "train.name": name, "ablation.arm": arm,
+                                      **{f"arm.{k}": v for k, v in root.ablation.arms[arm].items()}})
     manifest = Store(cfg.store.url, cfg.store.endpoint_url).manifest()
     client.set_tag(run_id, "raddiag.dataset_version", manifest.version)
     level = cfg.data.label_level
@@ -204,7 +205,7 @@ def run_ablation(cfg: RadDiagConfig, verbose: bool = False, progress: Any = None
     manifest = ensure_store(cfg, progress)
     experiment_id = tracking.setup(cfg.tracking)
     uri = cfg.tracking.resolved_uri()
-    parent_run_id = tracking.parent_run(uri, experiment_id, "ablation", cfg.ablation.name, manifest.version, cfg.flat(), resume)
+    parent_run_id = tracking.parent_run(uri, experiment_id, "ablation", cfg.ablation.name, manifest.version, cfg.run_params("ablation"), resume)
     ctx = {"mlflow_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent_run_id, "scores_dir": scores_dir(cfg)}
     pending = [{"arm": arm, "seed": seed} for arm in arms for seed in cfg.ablation.seeds if not os.path.exists(_scores_file(cfg, arm, seed))]
     errors: list[str] = []

@@ -160,7 +160,7 @@ def _run_trial(params: dict[str, Any], *, base: dict[str, Any], ctx: dict[str, A
             uri, ctx["experiment_id"], ctx["parent_run_id"], name,
             tags={"raddiag.trial_id": trial_id, "raddiag.sweep": cfg.sweep.name, "raddiag.train_name": name},
         )
-        tracking.log_params(uri, run_id, {**cfg.flat(), **{f"sampled.{k}": v for k, v in sampled.items()}})
+        tracking.log_params(uri, run_id, {**cfg.run_params(), "train.name": name, **{f"sampled.{k}": v for k, v in sampled.items()}})
     manifest = Store(cfg.store.url, cfg.store.endpoint_url).manifest()
     if not existing:
         client.set_tag(run_id, "raddiag.dataset_version", manifest.version)
@@ -243,7 +243,7 @@ def run_sweep(cfg: RadDiagConfig, verbose: bool = False, resume: bool = False, s
         raise SweepError(f"sweep {cfg.sweep.name}: nothing to resume at {path}")
     if not resume and exists:
         raise SweepError(f"sweep {cfg.sweep.name} already exists at {path}: pass --resume to continue it or set sweep.name")
-    parent_run_id = tracking.parent_run(uri, experiment_id, "sweep", cfg.sweep.name, manifest.version, cfg.flat(), resume)
+    parent_run_id = tracking.parent_run(uri, experiment_id, "sweep", cfg.sweep.name, manifest.version, cfg.run_params("sweep"), resume)
     ledger = ledger_name(path if "://" in path else os.path.abspath(path)) if cfg.sweep.max_trial_epochs else ""
     ctx = {"mlflow_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent_run_id, "budget_ledger": ledger}
     trainable = tune.with_resources(
