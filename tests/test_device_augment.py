@@ -9,7 +9,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy.stats import ks_2samp
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy.stats import ks_2samp, kstest
 
 from raddiag.config import AugmentConfig
 from raddiag.data.augment import augment_batch, augment_batch_reference
@@ -76,22 +78,47 @@ def _same_distribution(a: np.ndarray, b: np.ndarray) -> None:
     assert result.pvalue > 1e-3, (result, np.mean(a), np.mean(b), np.std(a), np.std(b))
 
 
-def test_fire_rate_matches_the_probability() -> None:
-    cfg = AugmentConfig(**{**OFF, "affine_p": 0.3})
-    blob = torch.zeros(1, 24, 24)
-    blob[0, 6:14, 8:20] = 1.0
-    ours, reference = _both(cfg, blob, n=400)
+def _probe(transform: str) -> tuple[dict, torch.Tensor]:
+    """A configuration firing ``transform`` alone (p = 0.3) and an image it visibly changes."""
+    yy, xx = torch.meshgrid(torch.arange(24.0), torch.arange(24.0), indexing="ij")
+    blob = torch.exp(-((yy - 10) ** 2 + (xx - 13) ** 2) / (2 * 3.0**2))[None]
+    images = {"affine": blob, "elastic": blob, "noise": torch.full((1, 24, 24), 0.5),
+              "contrast": torch.linspace(0.1, 0.9, 24 * 24).reshape(1, 24, 24)}
+    return {**OFF, f"{transform}_p": 0.3}, images[transform]
+
+
+@pytest.mark.parametrize("transform", ["affine", "elastic", "noise", "contrast"])
+def test_fire_rate_matches_the_probability(transform: str) -> None:
+    settings, image = _probe(transform)
+    ours, reference = _both(AugmentConfig(**settings), image, n=400)
+    bound = 4 * math.sqrt(0.3 * 0.7 / 400)  # binomial, 4 standard deviations
     for out in (ours, reference):
-        changed = (out - blob).abs().flatten(1).amax(1) > 1e-4
-        assert abs(float(changed.float().mean()) - 0.3) < 4 * math.sqrt(0.3 * 0.7 / 400)
+        changed = (out - image).abs().flatten(1).amax(1) > 1e-4
+        assert abs(float(changed.float().mean()) - 0.3) < bound, (transform, float(changed.float().mean()))
+
+
+def test_p_zero_is_identity_and_padded_only_batches_are_untouched() -> None:
+    images, slice_mask = _mixed_batch()
+    assert augment_batch(images, slice_mask, AugmentConfig(**OFF), seed=0) is images
+    everything = AugmentConfig(affine_p=1.0, noise_p=1.0, contrast_p=1.0, elastic_p=1.0)
+    empty = torch.zeros(2, 3, 4, dtype=torch.bool)
+    padded = torch.zeros(2, 3, 4, 8, 8)
+    assert augment_batch(padded, empty, everything, seed=0) is padded
+    # a transform whose p is 0 never fires: noise alone leaves every pixel's expectation, contrast alone its rank order
+    only_contrast = augment_batch(images, slice_mask, AugmentConfig(**{**OFF, "contrast_p": 1.0}), seed=3)
+    real = images[0, 0][slice_mask[0, 0]].flatten()
+    assert torch.equal(only_contrast[0, 0][slice_mask[0, 0]].flatten().argsort(stable=True), real.argsort(stable=True))
 
 
 def test_noise_std_matches_monai() -> None:
     cfg = AugmentConfig(**{**OFF, "noise_p": 1.0, "noise_std": 0.1})
     flat = torch.full((2, 24, 24), 0.5)
     ours, reference = _both(cfg, flat)
-    _same_distribution((ours - 0.5).flatten(1).std(1).numpy(), (reference - 0.5).flatten(1).std(1).numpy())
-    assert float((ours - 0.5).flatten(1).std(1).max()) <= 0.1 * 1.1  # std drawn in [0, noise_std]
+    std_ours, std_ref = (ours - 0.5).flatten(1).std(1).numpy(), (reference - 0.5).flatten(1).std(1).numpy()
+    _same_distribution(std_ours, std_ref)
+    assert float(std_ours.max()) <= 0.1 * 1.1  # std drawn in [0, noise_std]
+    for stds in (std_ours, std_ref):  # both: uniform on [0, noise_std] (1,152 pixels estimate each std within ~2%)
+        assert kstest(stds, "uniform", args=(0.0, 0.1)).pvalue > 1e-3
 
 
 def test_gamma_matches_monai() -> None:
@@ -107,6 +134,34 @@ def test_gamma_matches_monai() -> None:
     g_ours, g_ref = gammas(ours), gammas(reference)
     assert 0.49 < g_ours.min() and g_ours.max() < 1.51
     _same_distribution(g_ours, g_ref)
+    for g in (g_ours, g_ref):  # both: gamma uniform on the configured range
+        assert kstest(g, "uniform", args=(0.5, 1.0)).pvalue > 1e-3
+
+
+def _orientation(v: torch.Tensor) -> np.ndarray:
+    """Angle of the principal axis of each (H, W) image's mass (second central moments), radians."""
+    h, w = v.shape[-2:]
+    yy, xx = torch.meshgrid(torch.arange(float(h)), torch.arange(float(w)), indexing="ij")
+    mass = v.sum(dim=(-2, -1))
+    cy, cx = (v * yy).sum(dim=(-2, -1)) / mass, (v * xx).sum(dim=(-2, -1)) / mass
+    dy, dx = yy - cy[..., None, None], xx - cx[..., None, None]
+    mu20, mu02, mu11 = ((v * dx * dx).sum(dim=(-2, -1)), (v * dy * dy).sum(dim=(-2, -1)), (v * dx * dy).sum(dim=(-2, -1)))
+    return (0.5 * torch.atan2(2 * mu11, mu20 - mu02)).numpy()
+
+
+def test_rotation_angle_range_is_recovered() -> None:
+    """Rotation alone: the angle recovered from an elongated blob at the image centre is uniform on
+    [-rotate, rotate] for both the batched path and MONAI (sign conventions aside: the range is symmetric)."""
+    rotate = 0.5
+    cfg = AugmentConfig(**{**OFF, "affine_p": 1.0, "rotate": rotate, "translate": 0.0, "scale": 0.0, "shear": 0.0})
+    yy, xx = torch.meshgrid(torch.arange(41.0), torch.arange(41.0), indexing="ij")
+    needle = torch.exp(-((xx - 20) ** 2) / (2 * 5.0**2) - (yy - 20) ** 2 / (2 * 1.5**2))[None]
+    assert abs(float(_orientation(needle[0]))) < 1e-4
+    ours, reference = _both(cfg, needle)
+    for angles in (_orientation(ours[:, 0]), _orientation(reference[:, 0])):
+        assert np.abs(angles).max() < rotate + 0.02  # never beyond the range
+        assert np.abs(angles).max() > 0.9 * rotate  # and reaches its ends
+        assert kstest(angles, "uniform", args=(-rotate, 2 * rotate)).pvalue > 1e-3
 
 
 def _blob() -> torch.Tensor:
@@ -145,18 +200,55 @@ def test_bad_ranges_are_refused() -> None:
         AugmentConfig(gamma=(1.5, 0.5))
 
 
-def test_gpu_step_bench_runs_a_tiny_shape_on_cpu() -> None:
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_properties_over_random_shapes_masks_and_strengths(data: st.DataObject) -> None:
+    """Any shape, any (not necessarily prefix) slice mask, any probabilities, float32/64/bf16: the
+    shape and dtype are kept, the input is not modified, padding is exactly 0, values stay in [0, 1],
+    the same seed gives the same batch, and a batch where nothing can fire comes back as is."""
+    b, n, d = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 4)), data.draw(st.integers(1, 6))
+    h, w = data.draw(st.integers(2, 17)), data.draw(st.integers(2, 17))
+    bits = data.draw(st.lists(st.booleans(), min_size=b * n * d, max_size=b * n * d))
+    p = [data.draw(st.sampled_from([0.0, 0.5, 1.0])) for _ in range(4)]
+    dtype = data.draw(st.sampled_from([torch.float32, torch.float64, torch.bfloat16]))
+    seed = data.draw(st.integers(0, 2**31 - 1))
+    cfg = AugmentConfig(affine_p=p[0], elastic_p=p[1], noise_p=p[2], contrast_p=p[3])
+    slice_mask = torch.tensor(bits).reshape(b, n, d)
+    images = (torch.rand(b, n, d, h, w, generator=torch.Generator().manual_seed(seed)) * slice_mask[..., None, None]).to(dtype)
+    before = images.clone()
+    out = augment_batch(images, slice_mask, cfg, seed=seed)
+    assert torch.equal(images, before)
+    if not cfg.enabled or not slice_mask.any():
+        assert out is images
+        return
+    assert out.shape == images.shape and out.dtype == dtype
+    assert torch.all(out[~slice_mask] == 0)
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0 and not torch.isnan(out).any()
+    assert torch.equal(out, augment_batch(images, slice_mask, cfg, seed=seed))
+
+
+def test_gpu_step_bench_runs_a_tiny_shape_on_cpu(capsys: pytest.CaptureFixture[str]) -> None:
+    """bench/gpu_step.py in-process (CI imports and runs it at the tiny shape)."""
+    import importlib.util
     import json
-    import subprocess
-    import sys
 
     from conftest import REPO
 
-    result = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_step.py"), "--steps", "1", "--batch", "2"],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    out = json.loads(result.stdout)
+    spec = importlib.util.spec_from_file_location("gpu_step", REPO / "bench" / "gpu_step.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = bench.main(["--steps", "1", "--batch", "2", "--augment-repeats", "1", "--data-cases-per-core", "50"])
+    assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(out))
     for fill in ("full", "realistic"):
-        assert out[fill]["eager"]["ms_per_case"] > 0 and out[fill]["flop_per_step"] > 0
-        assert out[fill]["augment"]["batched_ms_per_batch"] > 0
+        eager = out[fill]["eager"]
+        assert eager["ms_per_case"] > 0 and out[fill]["flop_per_step"] > 0 and eager["tflop_per_s"] > 0
+        assert 0 < eager["augment_over_step_batched"] and eager["cases_per_s_with_batched_augment"] < eager["cases_per_s"]
+        for variant in ("configured", "all_fire"):
+            assert out[fill]["augment"][variant]["batched_ms_per_batch"] > 0
+            assert out[fill]["augment"][variant]["per_scan_reference_ms_per_batch"] > 0
     assert out["full"]["flop_per_step"] > out["realistic"]["flop_per_step"]  # padding is skipped before the backbone
+    rate = out["realistic"]["eager"]["cases_per_s_with_batched_augment"]
+    assert out["data"]["cores_per_gpu"] == pytest.approx(rate / 50)
+    with pytest.raises(SystemExit) as exit_info:  # a bad input fails before any work, naming the flag
+        bench.main(["--data-json", str(REPO / "no-such.json")])
+    assert exit_info.value.code == 2 and "--data-json" in capsys.readouterr().err

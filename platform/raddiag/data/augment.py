@@ -83,14 +83,15 @@ class _InPlaneElastic:
 
         if self.R.rand() >= self.prob:
             return volume
-        volume = torch.as_tensor(np.asarray(volume), dtype=torch.float32)
+        volume = torch.as_tensor(volume).float()  # numpy in the workers, a tensor on its device in the reference loop
+        device = volume.device
         _, h, w = volume.shape
-        sigma = torch.tensor([self.R.uniform(*self.sigma)])
-        magnitude = torch.tensor([self.R.uniform(*self.magnitude)])
-        noise = torch.as_tensor(self.R.uniform(-1.0, 1.0, (1, 2, h, w)).astype(np.float32))
+        sigma = torch.tensor([self.R.uniform(*self.sigma)], device=device)
+        magnitude = torch.tensor([self.R.uniform(*self.magnitude)], device=device)
+        noise = torch.as_tensor(self.R.uniform(-1.0, 1.0, (1, 2, h, w)).astype(np.float32)).to(device)
         field = _displacement(noise, sigma, magnitude, self.sigma[1])
-        grid = F.affine_grid(torch.eye(2, 3)[None], (1, 1, h, w), align_corners=False)
-        grid = grid + field * torch.tensor([2.0 / w, 2.0 / h])
+        grid = F.affine_grid(torch.eye(2, 3, device=device)[None], (1, 1, h, w), align_corners=False)
+        grid = grid + field * torch.tensor([2.0 / w, 2.0 / h], device=device)
         return F.grid_sample(volume[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
 
 
