@@ -868,17 +868,23 @@ def knowledge_build(
     labels: Annotated[Optional[Path], typer.Option("--labels", help="Label names (JSON name->index or [{name, code}], or lines name<TAB>code); default: the store's labels at data.label_level.")] = None,
     track: Annotated[bool, typer.Option("--track/--no-track", help="Log the build to MLflow (tracking.*).")] = True,
     show: Annotated[int, typer.Option("--show", help="Rows of the label -> code table to print (text-matched first).")] = 20,
+    mapping: Annotated[Optional[Path], typer.Option("--mapping", help="A reviewed label -> ICD-10-CM CSV (name, code) that wins over data and text (= model.ke.mapping).")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """Embed the label vocabulary with the model.ke encoder into a versioned table in the store
-    (knowledge/<version>/), cached by content hash and logged to MLflow. Labels without a valid
-    ICD-10-CM code are matched by text; weak matches are reported as unmatched."""
+    (knowledge/<version>/), cached by content hash and logged to MLflow. Codes come from a reviewed
+    --mapping first, then the data (each disorder's most frequent code), then text matching at
+    model.ke.match_threshold; the whole mapping is written as mapping.csv to review and feed back."""
     from rich.table import Table
 
     from raddiag.knowledge import build_knowledge
     from raddiag.storage.store import storage_options
 
+    if mapping is not None:
+        if not mapping.is_file():
+            raise UserError(f"--mapping {mapping}: no such file", code=2)
+        set_ = [*(set_ or []), f"model.ke.mapping={mapping.resolve()}"]
     cfg = _config(config, set_)
     if labels is not None:
         names, codes = _read_label_file(labels)
@@ -899,7 +905,7 @@ def knowledge_build(
                                     cfg.tracking.experiment)
     except (ValueError, FileNotFoundError, ImportError) as exc:
         raise UserError(str(exc), code=2) from None
-    order = {"unmatched": 0, "matched": 1, "given": 2, "normal": 3}
+    order = {"unmatched": 0, "matched": 1, "given": 2, "override": 3, "normal": 4}
     rows = sorted(table.mappings, key=lambda m: (order.get(m.source, 4), m.score))[: max(show, 0)]
     view = Table(title=f"knowledge {table.version}: {len(names)} labels, dim {table.embeddings.shape[1]}, "
                        f"{table.meta['mapping_counts']}")
@@ -911,7 +917,7 @@ def knowledge_build(
     if rows:
         console.print(view)
     cached = " (cached)" if table.meta.get("cached") else ""
-    console.print(f"knowledge table {table.version}{cached}: {table.uri}")
+    console.print(f"knowledge table {table.version}{cached}: {table.uri} (review {table.uri}/mapping.csv; correct it and pass it back with --mapping)")
 
 
 @knowledge_app.command("evaluate")

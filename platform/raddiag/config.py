@@ -169,6 +169,12 @@ class KEConfig(_Strict):
         description="control arm: permute the label-text table across labels (seeded by train.seed), so text no longer matches labels",
     )
     cache_dir: str = Field(default="", description="'' = $RADDIAG_CACHE or ~/.cache/raddiag (fitted encoders)")
+    match_threshold: float = Field(
+        default=0.4, ge=0, le=1, description="a label without a code from the data is text-matched to ICD-10-CM only at this score or above"
+    )
+    mapping: str = Field(
+        default="", description="reviewed label -> ICD-10-CM CSV (columns name, code; empty code = none) that wins over data and text"
+    )
 
 
 class ModelConfig(_Strict):
@@ -752,6 +758,8 @@ def absolute_paths(cfg: RadDiagConfig) -> RadDiagConfig:
             "store": cfg.store.model_copy(update={"url": _absolute(cfg.store.url)}),
             "train": cfg.train.model_copy(update={"storage_path": _absolute(cfg.train.storage_path)}),
             "tracking": cfg.tracking.model_copy(update={"tracking_uri": uri}),
+            "model": cfg.model.model_copy(update={"ke": cfg.model.ke.model_copy(
+                update={"mapping": _absolute(cfg.model.ke.mapping) if cfg.model.ke.mapping else ""})}),
         }
     )
 

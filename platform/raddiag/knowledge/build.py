@@ -18,7 +18,7 @@ import numpy as np
 
 from raddiag.config import KEConfig
 from raddiag.knowledge.icd import icd_version
-from raddiag.knowledge.labels import LabelMapping, get_text_encoder, label_texts, map_labels
+from raddiag.knowledge.labels import LabelMapping, get_text_encoder, label_texts, map_labels, read_mapping, write_mapping
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 2  # label matching / table layout; part of the version
@@ -36,7 +36,9 @@ class KnowledgeTable:
 
 
 def knowledge_version(names: list[str], codes: list[str | None] | None, cfg: KEConfig) -> str:
-    settings = cfg.model_dump(include={"encoder", "encoder_path", "template", "dim", "text_train_steps"})
+    settings = cfg.model_dump(include={"encoder", "encoder_path", "template", "dim", "text_train_steps", "match_threshold"})
+    if cfg.mapping:  # the reviewed mapping's content, not its path
+        settings["mapping"] = sorted((k, v or "") for k, v in read_mapping(cfg.mapping).items())
     if cfg.encoder == "trained" and not cfg.encoder_path:
         from raddiag.knowledge.encoder import TextTrainConfig
 
@@ -78,9 +80,10 @@ def build_knowledge(
         return KnowledgeTable(version, uri, embeddings, mappings, meta)
 
     start = time.perf_counter()
-    mappings = map_labels(list(names), codes, cfg.cache_dir or None)
+    overrides = read_mapping(cfg.mapping) if cfg.mapping else None
+    mappings = map_labels(list(names), codes, cfg.cache_dir or None, cfg.match_threshold, overrides)
     embeddings = np.asarray(get_text_encoder(cfg).encode(label_texts(mappings, cfg.template)), dtype=np.float32)
-    counts = {source: sum(m.source == source for m in mappings) for source in ("given", "matched", "unmatched", "normal")}
+    counts = {source: sum(m.source == source for m in mappings) for source in ("override", "given", "matched", "unmatched", "normal")}
     meta = {
         "version": version,
         "labels": len(names),
@@ -95,6 +98,7 @@ def build_knowledge(
     np.save(buffer, embeddings)
     fs.pipe_file(f"{folder}/embeddings.npy", buffer.getvalue())
     fs.pipe_file(f"{folder}/labels.json", json.dumps([asdict(m) for m in mappings], indent=1).encode())
+    fs.pipe_file(f"{folder}/mapping.csv", write_mapping(mappings).encode())  # to review, correct and feed back (ke.mapping)
     fs.pipe_file(f"{folder}/meta.json", json.dumps(meta, indent=2).encode())  # written last: marks completion
     log.info("knowledge table %s: %d labels, %s -> %s", version, len(names), counts, uri)
     if tracking_uri:
@@ -126,6 +130,7 @@ def _log_to_mlflow(tracking_uri: str, experiment: str, meta: dict, embeddings: n
         folder = Path(tmp)
         np.save(folder / "embeddings.npy", embeddings)
         (folder / "labels.json").write_text(json.dumps([asdict(m) for m in mappings], indent=1))
+        write_mapping(mappings, folder / "mapping.csv")
         (folder / "meta.json").write_text(json.dumps(meta, indent=2))
         mlflow.log_artifacts(str(folder), artifact_path="knowledge")
     return run.info.run_id

@@ -69,22 +69,72 @@ def match_text(names: list[str]) -> list[tuple[str, str, float]]:
     return out
 
 
+def read_mapping(path: str | os.PathLike) -> dict[str, str | None]:
+    """A reviewed mapping CSV (``name,code[,...]``; an empty code means "no code") -> ``{name: code}``.
+    Every problem is a ValueError naming the file and row: a missing column, an invalid code, a name twice."""
+    import csv
+
+    overrides: dict[str, str | None] = {}
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            if not reader.fieldnames or not {"name", "code"} <= set(reader.fieldnames):
+                raise ValueError(f"{path}: expected a CSV with columns name, code (got {reader.fieldnames})")
+            for row_number, row in enumerate(reader, start=2):
+                name, raw = (row.get("name") or "").strip(), (row.get("code") or "").strip()
+                if not name:
+                    continue
+                code = normalise_code(raw) if raw else None
+                if raw and code is None:
+                    raise ValueError(f"{path}, row {row_number}: {raw!r} is not an ICD-10-CM code (for {name!r}); fix it or leave it empty")
+                if name in overrides:
+                    raise ValueError(f"{path}, row {row_number}: {name!r} appears twice")
+                overrides[name] = code
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read the mapping CSV ({type(exc).__name__})") from None
+    return overrides
+
+
+def write_mapping(mappings: list[LabelMapping], path: str | os.PathLike | None = None) -> str:
+    """The reviewable mapping as CSV text (name, code, source, score, description, matched_text),
+    text matches first by ascending score (the ones to check); written to ``path`` when given."""
+    import csv
+    import io
+
+    order = {"matched": 0, "unmatched": 1, "given": 2, "override": 3, "normal": 4}
+    rows = sorted(mappings, key=lambda m: (order.get(m.source, 5), m.score if m.source == "matched" else 0, m.name))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["name", "code", "source", "score", "description", "matched_text"])
+    for m in rows:
+        writer.writerow([m.name, m.code or "", m.source, f"{m.score:.3f}", m.description, m.matched_text])
+    if path is not None:
+        with open(path, "w", newline="", encoding="utf-8") as handle:
+            handle.write(buffer.getvalue())
+    return buffer.getvalue()
+
+
 def map_labels(
     names: list[str], codes: list[str | None] | None = None, cache_dir: str | os.PathLike | None = None,
-    threshold: float = MATCH_THRESHOLD,
+    threshold: float = MATCH_THRESHOLD, overrides: dict[str, str | None] | None = None,
 ) -> list[LabelMapping]:
-    """Tie each label name to an ICD-10-CM code: the given code when valid, else the best text match
-    over descriptions and inclusion terms (:func:`match_text`) when its score reaches ``threshold``;
-    below it the label is "unmatched" (no code, its own name as description). Both are logged with
-    their scores. A label named "normal" gets no code and a fixed description. (``cache_dir`` is
-    accepted for compatibility; the match index is fit in-process.)"""
+    """Tie each label name to an ICD-10-CM code: a reviewed ``overrides`` entry first (source
+    "override"), then the given code when valid (from the data: ingest pairs each disorder with the
+    code its cases carry most often), else the best text match over descriptions and inclusion terms
+    (:func:`match_text`) when its score reaches ``threshold``; below it the label is "unmatched" (no
+    code, its own name as description). Both are logged with their scores. A label named "normal"
+    gets no code and a fixed description. (``cache_dir`` is accepted for compatibility.)"""
     if codes is not None and len(codes) != len(names):
         raise ValueError(f"codes has {len(codes)} entries but names has {len(names)}")
     given = [normalise_code(c) for c in (codes or [None] * len(names))]
     mappings: list[LabelMapping | None] = [None] * len(names)
     to_match = []
+    overrides = overrides or {}
     for index, (name, code) in enumerate(zip(names, given)):
-        if code is not None:
+        if name in overrides:
+            fixed = overrides[name]
+            mappings[index] = LabelMapping(name, fixed, description(fixed) if fixed else name, "override")
+        elif code is not None:
             mappings[index] = LabelMapping(name, code, description(code), "given")
         elif name.strip().lower() == "normal":
             mappings[index] = LabelMapping(name, None, NORMAL_DESCRIPTION, "normal")
@@ -153,7 +203,8 @@ def embed_labels(
     if not names:
         raise ValueError("embed_labels needs at least one label name")
     cache_dir = cache_dir or cfg.cache_dir or None
-    texts = label_texts(map_labels(list(names), codes, cache_dir), cfg.template)
+    overrides = read_mapping(cfg.mapping) if cfg.mapping else None
+    texts = label_texts(map_labels(list(names), codes, cache_dir, cfg.match_threshold, overrides), cfg.template)
     table = np.asarray(get_text_encoder(cfg, cache_dir).encode(texts), dtype=np.float32)
     if table.shape != (len(names), cfg.dim):
         raise ValueError(f"encoder {cfg.encoder!r} returned {table.shape}, expected ({len(names)}, {cfg.dim})")

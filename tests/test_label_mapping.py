@@ -1,0 +1,62 @@
+"""Label knowledge from the data with a reviewed override: the mapping CSV is written for review,
+a clinician-corrected CSV wins over data and text, and the text threshold is a config key."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+
+
+def test_override_wins_over_data_and_text_and_the_csv_lists_every_label(tmp_path: Path) -> None:
+    from raddiag.knowledge.labels import map_labels, read_mapping, write_mapping
+
+    names = ["Renal cell carcinoma", "Pneumothorax", "Normal", "Zebra stripe sign"]
+    codes = [None, "J93.9", None, None]
+    automatic = {m.name: m for m in map_labels(names, codes, threshold=0.4)}
+    assert automatic["Pneumothorax"].source == "given" and automatic["Normal"].source == "normal"
+    (tmp_path / "reviewed.csv").write_text("name,code,note\nRenal cell carcinoma,C64,kidney\nPneumothorax,J93.0,spontaneous tension\n"
+                                           "Zebra stripe sign,,no code\n")
+    overrides = read_mapping(tmp_path / "reviewed.csv")
+    fixed = {m.name: m for m in map_labels(names, codes, threshold=0.4, overrides=overrides)}
+    assert (fixed["Renal cell carcinoma"].code, fixed["Renal cell carcinoma"].source) == ("C64", "override")
+    assert fixed["Pneumothorax"].code == "J93.0" and fixed["Zebra stripe sign"].code is None  # wins over the data's code too
+    assert "kidney" in fixed["Renal cell carcinoma"].description.lower()
+    rows = list(csv.DictReader(io.StringIO(write_mapping(list(fixed.values())))))
+    assert {r["name"] for r in rows} == set(names) and {"source", "score", "description"} <= set(rows[0])
+    strict = {m.name: m for m in map_labels(["Renal cell carcinoma"], threshold=0.99)}
+    assert strict["Renal cell carcinoma"].source == "unmatched"  # the threshold is honoured
+
+
+def test_a_bad_mapping_file_fails_in_one_line_naming_the_row(tmp_path: Path) -> None:
+    from raddiag.knowledge.labels import read_mapping
+
+    (tmp_path / "bad.csv").write_text("name,code\nPneumonia,J18.9\nFracture,NOTACODE\n")
+    with pytest.raises(ValueError, match=r"bad.csv, row 3: 'NOTACODE' is not an ICD-10-CM code"):
+        read_mapping(tmp_path / "bad.csv")
+    (tmp_path / "cols.csv").write_text("label,icd\nx,J18\n")
+    with pytest.raises(ValueError, match="columns name, code"):
+        read_mapping(tmp_path / "cols.csv")
+    (tmp_path / "labels.txt").write_text("Pneumonia\n")
+    result = run_cli("knowledge", "build", "--labels", str(tmp_path / "labels.txt"), "--mapping", str(tmp_path / "bad.csv"),
+                     "--no-track", "--set", f"store.url={tmp_path / 'store'}")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "row 3" in result.stderr, result.stderr
+
+
+def test_knowledge_build_writes_the_reviewable_csv_and_takes_the_override(tmp_path: Path) -> None:
+    from raddiag.config import KEConfig
+    from raddiag.knowledge import build_knowledge
+
+    cfg = KEConfig(encoder="tfidf", dim=8, cache_dir=str(tmp_path / "cache"))
+    names = ["Pneumonia", "Renal cell carcinoma", "Normal"]
+    table = build_knowledge(names, cfg, None, str(tmp_path / "store"))
+    written = Path(table.uri.removeprefix("file://")) / "mapping.csv"
+    assert written.is_file() and len(list(csv.DictReader(written.open()))) == 3
+    (tmp_path / "reviewed.csv").write_text("name,code\nRenal cell carcinoma,C64\n")
+    reviewed = build_knowledge(names, cfg.model_copy(update={"mapping": str(tmp_path / "reviewed.csv")}), None, str(tmp_path / "store"))
+    assert reviewed.version != table.version  # a reviewed mapping is a new table, never a stale cache hit
+    assert {m.name: m.source for m in reviewed.mappings}["Renal cell carcinoma"] == "override"
