@@ -41,7 +41,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
@@ -59,6 +59,7 @@ __all__ = [
     "group_of_rank",
     "groups_for",
     "interpolated_roc",
+    "interpolated_roc_replicates",
     "print_report",
 ]
 
@@ -717,24 +718,52 @@ def interpolated_roc(
     out = np.full((n_classes, grid.size), np.nan)
     for cols in _blocks(n_classes, n_cases):
         order, s, y = _sort_block(_block_T(score, cols), _block_T(truth, cols))
-        k = s.shape[0]
-        w = None if case_weights is None else weights[order]
-        tps, fps = _cumulative_counts(y, w)
-        pos, neg = tps[:, -1:], fps[:, -1:]
-        tp, fp, _ = _compact_points(s, tps, fps)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            fpr = np.concatenate([np.zeros((k, 1)), fp / neg], axis=1)
-            tpr = np.concatenate([np.zeros((k, 1)), tp / pos], axis=1)
-        ok = ((pos > 0) & (neg > 0))[:, 0]
-        if not ok.any():
-            continue
-        # One np.interp over all rows: row r lives on [2r, 2r + 1] of the x axis.
-        offset = 2.0 * np.arange(int(ok.sum()))[:, None]
-        xs = (grid[None, :] + offset).ravel()
-        values = np.interp(xs, (fpr[ok] + offset).ravel(), tpr[ok].ravel())
-        block = out[cols]
-        block[ok] = values.reshape(-1, grid.size)
-        out[cols] = block
+        out[cols] = _interpolate_rows(s, y, None if case_weights is None else weights[order], grid)
+    return out
+
+
+def interpolated_roc_replicates(
+    y_true: np.ndarray, y_score: np.ndarray, fpr_grid: np.ndarray, case_weights: list[np.ndarray]
+) -> Iterator[np.ndarray]:
+    """:func:`interpolated_roc` for each of ``case_weights`` (bootstrap multiplicities), yielding (C,
+    G) per replicate, with every class sorted once for all replicates (a replicate keeps the drawn
+    cases of the sorted order and weighs them). Equal to calling :func:`interpolated_roc` per
+    replicate up to float rounding of the interpolation (~1e-15)."""
+    truth, score = _as_inputs(y_true, y_score, "interpolated_roc_replicates")
+    grid = np.asarray(fpr_grid, dtype=np.float64)
+    n_cases, n_classes = truth.shape
+    blocks = [(cols, *_sort_block(_block_T(score, cols), _block_T(truth, cols))) for cols in _blocks(n_classes, n_cases)]
+    for weights in case_weights:
+        weights = np.asarray(weights)
+        drawn = weights > 0
+        m = int(np.count_nonzero(drawn))
+        out = np.full((n_classes, grid.size), np.nan)
+        for cols, order, s, y in blocks:
+            kept = drawn[order]
+            k = s.shape[0]
+            out[cols] = _interpolate_rows(s[kept].reshape(k, m), y[kept].reshape(k, m), weights[order[kept]].reshape(k, m), grid)
+        yield out
+
+
+def _interpolate_rows(s: np.ndarray, y: np.ndarray, w: np.ndarray | None, grid: np.ndarray) -> np.ndarray:
+    """TPR at ``grid`` of rows sorted by decreasing score ``s`` with labels ``y`` and optional
+    weights ``w`` (k, m): (k, G), NaN rows where a row lacks positives or negatives."""
+    k = s.shape[0]
+    out = np.full((k, grid.size), np.nan)
+    tps, fps = _cumulative_counts(y, w)
+    pos, neg = tps[:, -1:], fps[:, -1:]
+    tp, fp, _ = _compact_points(s, tps, fps)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fpr = np.concatenate([np.zeros((k, 1)), fp / neg], axis=1)
+        tpr = np.concatenate([np.zeros((k, 1)), tp / pos], axis=1)
+    ok = ((pos > 0) & (neg > 0))[:, 0]
+    if not ok.any():
+        return out
+    # One np.interp over all rows: row r lives on [2r, 2r + 1] of the x axis.
+    offset = 2.0 * np.arange(int(ok.sum()))[:, None]
+    xs = (grid[None, :] + offset).ravel()
+    values = np.interp(xs, (fpr[ok] + offset).ravel(), tpr[ok].ravel())
+    out[ok] = values.reshape(-1, grid.size)
     return out
 
 

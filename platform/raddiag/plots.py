@@ -20,7 +20,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from raddiag.metrics import GROUPS, MetricReport, calibration_bins, group_of_counts, interpolated_roc  # noqa: E402
+from raddiag.metrics import (  # noqa: E402
+    GROUPS,
+    MetricReport,
+    calibration_bins,
+    group_of_counts,
+    interpolated_roc,
+    interpolated_roc_replicates,
+)
 
 __all__ = ["auc_vs_frequency", "calibration", "roc_by_group"]
 
@@ -67,15 +74,21 @@ def roc_by_group(
     groups = group_of_counts(train_counts, head_min=head_min, medium_min=medium_min) if groups is None else np.asarray(groups)
     if groups.shape[0] != truth.shape[1]:
         raise ValueError(f"train_counts has {groups.shape[0]} classes, y_true {truth.shape[1]}")
-    curves = _group_means(interpolated_roc(truth, y_score, _FPR_GRID), groups)
+    score = np.asarray(y_score)
+    tpr = interpolated_roc(truth, score, _FPR_GRID)
+    curves = _group_means(tpr, groups)
     bands: dict[str, list[np.ndarray]] = {group: [] for group in GROUPS}
     rng = np.random.default_rng(seed)
     n_cases = truth.shape[0]
-    for _ in range(n_bootstrap):
-        weights = np.bincount(rng.integers(0, n_cases, n_cases), minlength=n_cases)
-        for group, curve in _group_means(interpolated_roc(truth, y_score, _FPR_GRID, weights), groups).items():
-            if not np.isnan(curve).any():
-                bands[group].append(curve)
+    resamples = [np.bincount(rng.integers(0, n_cases, n_cases), minlength=n_cases) for _ in range(n_bootstrap)]
+    # A class without both labels on the split has none in any resample: the band needs only the
+    # others, each sorted once for all resamples.
+    scored = ~np.isnan(tpr[:, 0])
+    if resamples and scored.any():
+        for replicate in interpolated_roc_replicates(truth[:, scored], score[:, scored], _FPR_GRID, resamples):
+            for group, curve in _group_means(replicate, groups[scored]).items():
+                if not np.isnan(curve).any():
+                    bands[group].append(curve)
 
     fig, ax = plt.subplots(figsize=(5.5, 5))
     for group in GROUPS:
