@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from raddiag.config import RadDiagConfig
 from raddiag.data.pipeline import class_index, epoch_records, label_matrix, mix_partners
 from raddiag.data.sampling import ClassIndex, epoch_order
@@ -94,3 +93,122 @@ def test_class_index_counts_a_repeated_pair_once_and_keeps_cases_ascending() -> 
     assert index.cases[index.starts[2] : index.starts[3]].tolist() == [1, 3, 4]
     with pytest.raises(ValueError, match="no class has a positive"):
         epoch_order(ClassIndex.from_pairs(np.array([]), np.array([]), 3, 2), "sqrt", 0.5, 0, 0)
+
+
+def test_read_tasks_carry_a_reference_not_the_label_names() -> None:
+    import pickle
+
+    import cloudpickle
+    import ray
+    from raddiag.data.pipeline import (
+        Item,
+        Shared,
+        case_datasource,
+        read_task_args,
+        resolve_task_args,
+    )
+
+    _, names = synthetic_records(64, 300, 3, seed=2)
+    names = [f"{name} (a long disorder name of the vocabulary)" for name in names]
+    cfg = RadDiagConfig.model_validate({"train": {"batch_size": 4}, "data": {"cases_per_task": 8}})
+    items = [Item(i, i, "{}") for i in range(64)]
+    stored: dict[Any, Any] = {}
+
+    def put(value: Any) -> Any:
+        ref = ray.ObjectRef.from_random()
+        stored[ref] = pickle.loads(pickle.dumps(value))
+        return ref
+
+    args = read_task_args(cfg, names, {"disorder": names, "icd": ["A00"]}, train=True, epoch=3, put=put)
+    tasks = case_datasource(items, cfg, args).get_read_tasks(2)
+    assert len(tasks) == 8
+    for task in tasks:
+        payload = cloudpickle.dumps(task)
+        assert names[-1].encode() not in payload and len(payload) < 4096
+    assert len(stored) == 1  # put once for the whole dataset
+    assert isinstance(args[0], Shared)
+    resolved = resolve_task_args(args, get=stored.__getitem__)  # the dict plays the object store
+    assert resolved == (cfg.model_dump(mode="json"), names, {"disorder": names, "icd": ["A00"]}, True, 3)
+    plain = (cfg.model_dump(mode="json"), names, None, False, 0)
+    assert resolve_task_args(plain) is plain
+
+
+def _validation_rank(rank: int, world: int, init: str, out: str) -> None:
+    import json
+
+    import torch.distributed as dist
+    from raddiag.metrics import group_of_counts
+    from raddiag.train.loop import validation_metrics
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        rng = np.random.default_rng(0)
+        labels = (rng.random((80, 6)) < 0.3).astype(np.float32)
+        scores = rng.random((80, 6)).astype(np.float32) + labels * 0.5
+        if rank == 1:  # what this rank holds must not matter: the numbers come from rank 0
+            scores = -scores
+        counts = np.array([300, 300, 50, 50, 5, 5])
+        metrics, report = validation_metrics(labels, scores, counts, [f"d{i}" for i in range(6)], group_of_counts(counts), "", rank)
+        with open(f"{out}.{rank}", "w") as handle:
+            json.dump({"metrics": metrics, "report": report is not None}, handle)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_validation_is_scored_once_on_rank_0_and_every_rank_gets_its_numbers(tmp_path) -> None:
+    """Two real gloo ranks: rank 0 scores, rank 1 (holding other scores) receives rank 0's values."""
+    import json
+
+    import torch.multiprocessing as mp
+
+    out = str(tmp_path / "metrics")
+    mp.spawn(_validation_rank, args=(2, f"file://{tmp_path / 'rendezvous'}", out), nprocs=2, join=True)
+    first, second = (json.loads((tmp_path / f"metrics.{rank}").read_text()) for rank in (0, 1))
+    assert first["report"] and not second["report"]
+    assert first["metrics"] == second["metrics"] and first["metrics"]["val_auc_macro"] > 0.6
+
+
+def test_bootstrap_replicates_are_the_metrics_of_their_resamples_whatever_the_threads(monkeypatch) -> None:
+    """Every replicate (only the split's evaluable classes re-scored, integer multiplicities, nearest
+    ROC point found without a pass per FPR) equals the metrics of its explicit resample, ties and
+    validation thresholds included; one thread or several give the same numbers."""
+    from raddiag import metrics
+    from raddiag.metrics import GROUPS, evaluate_scores
+
+    rng = np.random.default_rng(21)
+    n, c = 90, 14
+    y = (rng.random((n, c)) < rng.uniform(0.03, 0.4, c)).astype(int)
+    y[:, 3] = 0  # never evaluable
+    y[:, 4] = 0
+    y[7, 4] = 1  # one positive: lost by some resamples
+    s = np.round(rng.random((n, c)) + 0.6 * y, 1)  # many ties
+    val = ((rng.random((50, c)) < 0.2).astype(int), np.round(rng.random((50, c)), 1))
+    counts = np.repeat([300, 60, 5], [5, 5, 4])
+    reports = []
+    for threads in (1, 3):
+        monkeypatch.setattr(metrics, "BOOTSTRAP_THREADS", threads)
+        reports.append(evaluate_scores(y, s, counts, val_true=val[0], val_score=val[1], n_bootstrap=6, seed=4))
+    assert all(np.array_equal(reports[0].draws[g][m], reports[1].draws[g][m], equal_nan=True) for g in reports[0].draws for m in reports[0].draws[g])
+    draws = np.random.default_rng(4)
+    evaluated = reports[0].per_class["evaluated"].to_numpy()
+    for b in range(6):
+        resample = draws.integers(0, n, n)
+        expected = evaluate_scores(y[resample][:, evaluated], s[resample][:, evaluated], counts[evaluated], val_true=val[0][:, evaluated], val_score=val[1][:, evaluated])
+        for group in GROUPS + ("all",):
+            for metric in reports[0].metrics:
+                assert reports[0].draws[group][metric][b] == pytest.approx(expected.summary[group][metric], abs=1e-12, nan_ok=True), (b, group, metric)
+
+
+def test_roc_replicates_sorted_once_equal_one_interpolation_per_resample() -> None:
+    from raddiag.metrics import interpolated_roc, interpolated_roc_replicates
+
+    rng = np.random.default_rng(8)
+    y = (rng.random((120, 9)) < rng.uniform(0.02, 0.4, 9)).astype(int)
+    y[:, 2] = 0
+    s = np.round(rng.random((120, 9)) + 0.5 * y, 2).astype(np.float32)
+    grid = np.linspace(0, 1, 101)
+    weights = [np.bincount(rng.integers(0, 120, 120), minlength=120) for _ in range(5)]
+    for fast, w in zip(interpolated_roc_replicates(y, s, grid, weights), weights, strict=True):
+        slow = interpolated_roc(y, s, grid, w)
+        assert np.array_equal(np.isnan(fast), np.isnan(slow))
+        np.testing.assert_allclose(fast[~np.isnan(fast)], slow[~np.isnan(slow)], rtol=0, atol=1e-12)

@@ -130,6 +130,28 @@ def _gather(obj: Any) -> list[Any]:
     return out
 
 
+def _broadcast(obj: Any, src: int = 0) -> Any:
+    """``obj`` of rank ``src`` on every rank (itself when not distributed)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def validation_metrics(labels: np.ndarray, scores: np.ndarray, counts: np.ndarray, names: list[str], groups: Any, rule: str, rank: int) -> tuple[dict[str, float], Any]:
+    """``({"val_<metric>": value}, report)``: the validation split scored once, on rank 0, and its
+    numbers broadcast, so every rank takes the same early-stopping and checkpoint decisions from
+    the same values (ranks that disagreed would leave DDP waiting). ``report`` is None off rank 0."""
+    from raddiag.metrics import evaluate_scores
+
+    report = evaluate_scores(labels, scores, counts, label_names=names, groups=groups, grouping=rule) if rank == 0 else None
+    flat = {f"val_{key}": value for key, value in report.flat().items()} if report is not None else None
+    return _broadcast(flat), report
+
+
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
@@ -294,7 +316,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from raddiag.data.pipeline import Prefetch, device_augment, iter_batches, worker_dataset
     from raddiag.data.sampling import label_counts, stratified_fraction
     from raddiag.losses import build_loss
-    from raddiag.metrics import evaluate_scores
     from raddiag.model import build_model
     from raddiag.model.nets.raddiag import compile_model
     from raddiag.observability import TrainMetrics
@@ -370,8 +391,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if epoch + 1 < cfg.train.epochs:  # its Ray Data start-up overlaps this epoch's validation
                 upcoming = train_stream(epoch + 1)
             labels, scores = validate(model, val_batches.batches(epoch), device)
-            report = evaluate_scores(labels, scores, counts, label_names=names, groups=groups, grouping=rule)
-            metrics.update({f"val_{key}": value for key, value in report.flat().items()})
+            val_metrics, report = validation_metrics(labels, scores, counts, names, groups, rule, rank)  # once, on rank 0
+            metrics.update(val_metrics)
             metrics.update({"epoch": epoch, "lr": scheduler.get_last_lr()[0], "epoch_time_s": time.perf_counter() - started})
             observe.epoch(metrics)
 
