@@ -76,6 +76,8 @@ _HEADERS = {
 }
 #: Elements (classes × cases) processed per block; bounds memory at a few hundred MB.
 _BLOCK_ELEMENTS = 1 << 21
+#: Classes per bootstrap chunk (their (classes × cases) temporaries fit in cache).
+_BOOT_ROWS = 32
 #: Bootstrap replicates computed at once (threads; each holds one block's temporaries).
 BOOTSTRAP_THREADS = min(4, os.cpu_count() or 1)
 
@@ -276,6 +278,17 @@ def _curve_stats(
     return out
 
 
+def _chunked_curve_stats(s: np.ndarray, y: np.ndarray, apply_thresholds: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """:func:`_curve_stats` of unweighted rows, ``_BOOT_ROWS`` rows at a time (each row's values
+    are independent of the others'; a chunk's temporaries stay in cache)."""
+    parts = [
+        _curve_stats(s[i : i + _BOOT_ROWS], y[i : i + _BOOT_ROWS], None,
+                     None if apply_thresholds is None else {name: thr[i : i + _BOOT_ROWS] for name, thr in apply_thresholds.items()})
+        for i in range(0, s.shape[0], _BOOT_ROWS)
+    ]
+    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+
+
 def _mcc(tp: np.ndarray, fp: np.ndarray, n_pos: np.ndarray, n_neg: np.ndarray) -> np.ndarray:
     """Matthews correlation from TP/FP and class totals; 0 where undefined (scikit-learn)."""
     fn = n_pos - tp
@@ -327,12 +340,23 @@ def _replicate(b: int, block: tuple, groups: np.ndarray, metrics: tuple[str, ...
     order, s, y, thresholds = block
     weights_all, sums, counts = boot
     weights = weights_all[b]
-    kept = (weights > 0)[order]
-    k, m = s.shape[0], int(np.count_nonzero(weights))
-    stats = _curve_stats(s[kept].reshape(k, m), y[kept].reshape(k, m), weights[order[kept]].reshape(k, m), thresholds)
-    if thresholds is not None:
-        stats |= _honest(stats)
-    _accumulate(sums[b], counts[b], np.stack([stats[name] for name in metrics], axis=1), groups)
+    drawn = weights > 0
+    m = int(np.count_nonzero(drawn))
+    values = np.empty((s.shape[0], len(metrics)))
+    # A few rows at a time: a chunk's temporaries stay in cache (2x faster than the whole block);
+    # rows are independent, and the block is accumulated at once, so the sums are unchanged.
+    for start in range(0, s.shape[0], _BOOT_ROWS):
+        rows = slice(start, start + _BOOT_ROWS)
+        kept = drawn[order[rows]]
+        k = kept.shape[0]
+        stats = _curve_stats(
+            s[rows][kept].reshape(k, m), y[rows][kept].reshape(k, m), weights[order[rows][kept]].reshape(k, m),
+            None if thresholds is None else {name: thr[rows] for name, thr in thresholds.items()},
+        )
+        if thresholds is not None:
+            stats |= _honest(stats)
+        values[rows] = np.stack([stats[name] for name in metrics], axis=1)
+    _accumulate(sums[b], counts[b], values, groups)
 
 
 def _blocks(n_classes: int, n_cases: int) -> list[slice]:
@@ -599,12 +623,12 @@ def evaluate_scores(
             thresholds = None
             if val is not None:
                 _, vs, vy = _sort_block(_block_T(val[1], cols), _block_T(val[0], cols))
-                vstats = _curve_stats(vs, vy)
+                vstats = _chunked_curve_stats(vs, vy)
                 thresholds = {"f1": vstats["threshold"]} | {
                     f"r{sfx}": vstats[f"threshold_r{sfx}"] for sfx, _ in FPR_POINTS
                 }
             order, s, y = _sort_block(_block_T(score, cols), _block_T(truth, cols))
-            stats = _curve_stats(s, y, None, thresholds)
+            stats = _chunked_curve_stats(s, y, thresholds)
             if thresholds is not None:
                 stats |= _honest(stats)
             valid[cols] = stats["valid"]
