@@ -747,26 +747,41 @@ def interpolated_roc(
 
 
 def interpolated_roc_replicates(
-    y_true: np.ndarray, y_score: np.ndarray, fpr_grid: np.ndarray, case_weights: list[np.ndarray]
+    y_true: np.ndarray, y_score: np.ndarray, fpr_grid: np.ndarray, case_weights: list[np.ndarray], threads: int | None = None
 ) -> Iterator[np.ndarray]:
     """:func:`interpolated_roc` for each of ``case_weights`` (bootstrap multiplicities), yielding (C,
-    G) per replicate, with every class sorted once for all replicates (a replicate keeps the drawn
-    cases of the sorted order and weighs them). Equal to calling :func:`interpolated_roc` per
-    replicate up to float rounding of the interpolation (~1e-15)."""
+    G) per replicate in order, with every class sorted once for all replicates (a replicate keeps
+    the drawn cases of the sorted order and weighs them); ``threads`` replicates at once (default
+    :data:`BOOTSTRAP_THREADS`). Equal to calling :func:`interpolated_roc` per replicate up to float
+    rounding of the interpolation (~1e-15)."""
     truth, score = _as_inputs(y_true, y_score, "interpolated_roc_replicates")
     grid = np.asarray(fpr_grid, dtype=np.float64)
     n_cases, n_classes = truth.shape
     blocks = [(cols, *_sort_block(_block_T(score, cols), _block_T(truth, cols))) for cols in _blocks(n_classes, n_cases)]
-    for weights in case_weights:
-        weights = np.asarray(weights)
-        drawn = weights > 0
-        m = int(np.count_nonzero(drawn))
-        out = np.full((n_classes, grid.size), np.nan)
-        for cols, order, s, y in blocks:
-            kept = drawn[order]
-            k = s.shape[0]
-            out[cols] = _interpolate_rows(s[kept].reshape(k, m), y[kept].reshape(k, m), weights[order[kept]].reshape(k, m), grid)
-        yield out
+    one = partial(_replicate_roc, blocks=blocks, n_classes=n_classes, grid=grid)
+    threads = min(BOOTSTRAP_THREADS if threads is None else threads, len(case_weights))
+    if threads <= 1:
+        yield from map(one, case_weights)
+        return
+    with ThreadPoolExecutor(threads, thread_name_prefix="roc-bootstrap") as pool:
+        yield from pool.map(one, case_weights)
+
+
+def _replicate_roc(weights: np.ndarray, blocks: list[tuple], n_classes: int, grid: np.ndarray) -> np.ndarray:
+    """One replicate of :func:`interpolated_roc_replicates` from the sorted blocks."""
+    weights = np.asarray(weights)
+    drawn = weights > 0
+    m = int(np.count_nonzero(drawn))
+    out = np.full((n_classes, grid.size), np.nan)
+    for cols, order, s, y in blocks:
+        for start in range(0, s.shape[0], _BOOT_ROWS):  # a chunk's temporaries stay in cache
+            rows = slice(start, start + _BOOT_ROWS)
+            kept = drawn[order[rows]]
+            k = kept.shape[0]
+            out[cols.start + start : cols.start + start + k] = _interpolate_rows(
+                s[rows][kept].reshape(k, m), y[rows][kept].reshape(k, m), weights[order[rows][kept]].reshape(k, m), grid
+            )
+    return out
 
 
 def _interpolate_rows(s: np.ndarray, y: np.ndarray, w: np.ndarray | None, grid: np.ndarray) -> np.ndarray:
