@@ -247,23 +247,26 @@ def _curve_stats(
         # or before the last point with fpr <= x, against the first kept point after it; if the
         # former wins, the first kept point of its fpr (where a vertical run starts). This is
         # argmin(|fpr - x| over kept points) exactly: fpr is non-decreasing along a row.
-        positions = np.broadcast_to(np.arange(cut), (k, cut))
         kept = keep[:, :cut]
-        last_kept = np.maximum.accumulate(np.where(kept, positions, 0), axis=1)
-        next_kept = np.minimum.accumulate(np.where(kept, positions, cut)[:, ::-1], axis=1)[:, ::-1]
-        run_start = np.empty((k, cut), dtype=np.intp)  # first index of each run of equal fpr
-        run_start[:, 0] = 0
-        run_start[:, 1:] = np.where(fpr[:, 1:] != fpr[:, :-1], positions[:, 1:], 0)
-        run_start = np.maximum.accumulate(run_start, axis=1)
+        kept_upto = np.cumsum(kept, axis=1, dtype=np.intp)  # kept points at or before each index
+        kept_at = np.flatnonzero(kept)  # flat positions of the kept points, row by row
+        first_kept = np.concatenate([[0], np.cumsum(kept_upto[:, -1])[:-1]])  # each row's first in kept_at
+        row_base = rows * cut
+        # FP counts as one non-decreasing key (rows apart): the first point of a given FP count is
+        # a binary search. Counts are integers, exact in float64.
+        span = float(fpz[:, :cut].max()) + 1.0
+        fp_keys = (fpz[:, :cut] + (rows * span)[:, None]).ravel()
         for suffix, x in FPR_POINTS:
             lo = np.count_nonzero(fpr <= x, axis=1) - 1  # last point with fpr <= x (the origin at worst)
-            below = last_kept[rows, lo]
-            above = next_kept[rows, np.minimum(lo + 1, cut - 1)]
-            above = np.where(lo + 1 < cut, above, cut)
-            d_below = np.abs(fpr[rows, below] - x)
-            d_above = np.abs(fpr[rows, np.minimum(above, cut - 1)] - x)
-            take_above = (above < cut) & (d_above < d_below)
-            nearest = np.where(take_above, above, next_kept[rows, run_start[rows, below]])
+            n_kept = kept_upto[rows, lo]
+            below = kept_at[first_kept + n_kept - 1] - row_base  # last kept point at or before lo
+            has_above = n_kept < kept_upto[:, -1]
+            above = np.where(has_above, kept_at[np.minimum(first_kept + n_kept, kept_at.size - 1)] - row_base, cut - 1)
+            take_above = has_above & (np.abs(fpr[rows, above] - x) < np.abs(fpr[rows, below] - x))
+            # Else the first point with below's FP count: where that vertical run starts, always a
+            # kept point (entered by a horizontal step, left by a vertical one) or below itself.
+            run_start = np.searchsorted(fp_keys, fpz[rows, below] + rows * span, side="left") - row_base
+            nearest = np.where(take_above, above, run_start)
             out[f"r{suffix}"] = tpr[rows, nearest]
             # Interpolated: last point with fpr <= x (top of a vertical run), then linear to the next.
             hi = np.minimum(lo + 1, cut - 1)
@@ -347,10 +350,12 @@ def _replicate(b: int, block: tuple, groups: np.ndarray, metrics: tuple[str, ...
     # rows are independent, and the block is accumulated at once, so the sums are unchanged.
     for start in range(0, s.shape[0], _BOOT_ROWS):
         rows = slice(start, start + _BOOT_ROWS)
-        kept = drawn[order[rows]]
-        k = kept.shape[0]
+        chunk = order[rows]
+        k = chunk.shape[0]
+        at = np.flatnonzero(drawn[chunk])  # flat positions of the drawn cases, row by row (take is faster than a mask)
+        cases = chunk.ravel().take(at)
         stats = _curve_stats(
-            s[rows][kept].reshape(k, m), y[rows][kept].reshape(k, m), weights[order[rows][kept]].reshape(k, m),
+            s[rows].ravel().take(at).reshape(k, m), y[rows].ravel().take(at).reshape(k, m), weights.take(cases).reshape(k, m),
             None if thresholds is None else {name: thr[rows] for name, thr in thresholds.items()},
         )
         if thresholds is not None:
