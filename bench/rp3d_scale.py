@@ -34,10 +34,10 @@ import resource
 import tempfile
 import time
 import tracemalloc
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
-
 from raddiag.config import RadDiagConfig
 
 ANATOMIES = ("head_and_neck", "chest", "breast", "abdomen_and_pelvis", "limb", "spine", "others")
@@ -130,9 +130,9 @@ def legacy_epoch_order(records: list[dict[str, Any]], label_names: list[str], st
 def timed(fn: Callable[[], Any], memory: bool) -> tuple[Any, dict[str, float]]:
     """Run ``fn`` once for its time; with ``memory`` once more under tracemalloc for its peak."""
     gc.collect()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     result = fn()
-    row = {"seconds": round(time.perf_counter() - started, 4)}
+    row = {"seconds": round(time.perf_counter() - started, 4), "cpu_s": round(time.process_time() - cpu, 4)}
     if memory:
         del result
         gc.collect()
@@ -148,26 +148,26 @@ def rss_mb() -> float:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def read_task_bytes(items: list[Any], cfg: RadDiagConfig, names: list[str], vocabularies: dict[str, list[str]], epoch: int) -> dict[str, Any]:
-    """Pickled bytes of one worker's read tasks for an epoch, as ``worker_dataset`` builds them."""
+def read_task_bytes(items: list[Any], cfg: RadDiagConfig, names: list[str], vocabularies: dict[str, list[str]], epoch: int, legacy: bool) -> dict[str, Any]:
+    """Pickled bytes of one worker's read tasks for an epoch, as ``worker_dataset`` builds them
+    (``legacy``: with the config and vocabularies in every task, as before #16)."""
     import cloudpickle
-
     from raddiag.data import pipeline
 
-    if hasattr(pipeline, "read_task_args"):  # labels shipped once (an object reference per task)
+    shipped_once = 0
+    if legacy or not hasattr(pipeline, "read_task_args"):
+        args = (cfg.model_dump(mode="json"), names, vocabularies, True, epoch)
+    else:  # the config and labels go to the object store once; each task carries a reference
         import ray
 
         args = pipeline.read_task_args(cfg, names, vocabularies, train=True, epoch=epoch, put=lambda value: ray.ObjectRef.from_random())
-        shipped_once = len(cloudpickle.dumps((names, vocabularies)))
-    else:
-        args = (cfg.model_dump(mode="json"), names, vocabularies, True, epoch)
-        shipped_once = 0
+        shipped_once = len(pickle.dumps((cfg.model_dump(mode="json"), names, vocabularies)))
     tasks = pipeline.case_datasource(items, cfg, args).get_read_tasks(cfg.data.read_parallelism)
     sizes = [len(cloudpickle.dumps(task)) for task in tasks]
-    names_bytes = len(pickle.dumps((names, vocabularies)))
     return {
-        "tasks": len(tasks), "mb_per_epoch": round(sum(sizes) / 2**20, 2), "kb_per_task_mean": round(np.mean(sizes) / 1024, 1),
-        "label_names_kb": round(names_bytes / 1024, 1), "shipped_once_kb": round(shipped_once / 1024, 1),
+        "tasks": len(tasks), "mb_per_epoch": round((sum(sizes) + shipped_once) / 2**20, 2), "kb_per_task_mean": round(np.mean(sizes) / 1024, 1),
+        "items_kb_per_task_mean": round(np.mean([len(pickle.dumps(task.read_fn.args[0])) for task in tasks]) / 1024, 1),
+        "shipped_once_kb": round(shipped_once / 1024, 1),
     }
 
 
@@ -205,6 +205,7 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "scale": s, "world": args.world,
         "cases": n_cases, "scans": n_scans, "labels": n_labels, "icd": n_icd,
     }
+    out["load_average_start"] = [round(x, 1) for x in os.getloadavg()]
     before = rss_mb()
     started = time.perf_counter()
     records, names, icd = make_records(n_cases, n_scans, n_labels, n_icd)
@@ -228,13 +229,15 @@ def main() -> None:
         _, ops["legacy_mix_partners_p0.3"] = timed(lambda: legacy_mix_partners(train, order, 0.3, 0, 1), False)
     for strategy in ("class_aware", "sqrt"):
         scfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"sampler": strategy})})
-        _, ops[f"epoch_order_{strategy}"] = timed(lambda: epoch_records(train, scfg, names, train=True, epoch=1), memory)
+        _, ops[f"epoch_order_{strategy}"] = timed(lambda c=scfg: epoch_records(train, c, names, train=True, epoch=1), memory)
         if not args.no_legacy:
-            _, ops[f"legacy_epoch_order_{strategy}"] = timed(lambda: legacy_epoch_order(train, names, strategy, 0.5, 0, 1), memory)
+            _, ops[f"legacy_epoch_order_{strategy}"] = timed(lambda q=strategy: legacy_epoch_order(train, names, q, 0.5, 0, 1), memory)
     items, ops["epoch_items_rank0"] = timed(lambda: epoch_items(train, cfg, names, train=True, epoch=1, rank=0, world=args.world), memory)
     ops["epoch_items_rank0"]["items"] = len(items)
     vocabularies = {"disorder": names, "icd": icd}
-    ops["read_tasks_rank0"] = read_task_bytes(items, cfg, names, vocabularies, epoch=1)
+    ops["read_tasks_rank0"] = read_task_bytes(items, cfg, names, vocabularies, 1, legacy=False)
+    if not args.no_legacy:
+        ops["legacy_read_tasks_rank0"] = read_task_bytes(items, cfg, names, vocabularies, 1, legacy=True)
     del items
 
     val_true, val_score = eval_data(val, names, 2)
@@ -248,8 +251,10 @@ def main() -> None:
     if args.bootstrap:
         _, row = timed(lambda: evaluate_scores(test_true, test_score, counts, groups=groups, n_bootstrap=args.bootstrap, seed=0), memory)
         per = max(0.0, row["seconds"] - ops["evaluate"]["seconds"]) / args.bootstrap
-        row |= {"replicates": args.bootstrap, "per_replicate_s": round(per, 4),
-                "extrapolated_1000_s": round(ops["evaluate"]["seconds"] + 1000 * per, 1)}
+        per_cpu = max(0.0, row["cpu_s"] - ops["evaluate"]["cpu_s"]) / args.bootstrap
+        row |= {"replicates": args.bootstrap, "per_replicate_s": round(per, 4), "per_replicate_cpu_s": round(per_cpu, 4),
+                "extrapolated_1000_s": round(ops["evaluate"]["seconds"] + 1000 * per, 1),
+                "extrapolated_1000_cpu_s": round(ops["evaluate"]["cpu_s"] + 1000 * per_cpu, 1)}
         ops["evaluate_bootstrap"] = row
     if not args.no_plot:
         from raddiag import plots
@@ -259,6 +264,7 @@ def main() -> None:
                 lambda: plots.roc_by_group(val_true, val_score, counts, os.path.join(directory, "roc.png"), groups=groups), False
             )
     out["operations"] = ops
+    out["load_average"] = [round(x, 1) for x in os.getloadavg()]  # a shared machine: wall times follow the load, CPU times less so
     out["max_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     print(json.dumps(out, indent=2))
 

@@ -208,7 +208,34 @@ def test_roc_replicates_sorted_once_equal_one_interpolation_per_resample() -> No
     s = np.round(rng.random((120, 9)) + 0.5 * y, 2).astype(np.float32)
     grid = np.linspace(0, 1, 101)
     weights = [np.bincount(rng.integers(0, 120, 120), minlength=120) for _ in range(5)]
-    for fast, w in zip(interpolated_roc_replicates(y, s, grid, weights), weights, strict=True):
+    threaded = list(interpolated_roc_replicates(y, s, grid, weights, threads=3))
+    for fast, w, other in zip(interpolated_roc_replicates(y, s, grid, weights, threads=1), weights, threaded, strict=True):
+        assert np.array_equal(fast, other, equal_nan=True)
         slow = interpolated_roc(y, s, grid, w)
         assert np.array_equal(np.isnan(fast), np.isnan(slow))
         np.testing.assert_allclose(fast[~np.isnan(fast)], slow[~np.isnan(slow)], rtol=0, atol=1e-12)
+
+
+def test_epoch_planning_runs_on_the_prefetch_thread_while_the_caller_goes_on() -> None:
+    """train_stream plans inside Prefetch's make(): the epoch's order, partners and items are built
+    on the prefetch thread, and the caller (the training thread) is past the constructor before
+    planning starts — here planning cannot even start until the caller has moved on."""
+    import threading
+
+    from raddiag.data.pipeline import Prefetch, epoch_items
+
+    records, names = synthetic_records(300, 40, 7, seed=3)
+    cfg = RadDiagConfig.model_validate({"data": {"sampler": "sqrt", "case_mix_p": 0.3}})
+    caller_moved_on = threading.Event()
+    planned_on: list[str] = []
+
+    def make() -> Any:
+        assert caller_moved_on.wait(timeout=20), "the caller waited for the planning"
+        planned_on.append(threading.current_thread().name)
+        return iter([epoch_items(records, cfg, names, train=True, epoch=1, rank=0, world=2)])
+
+    stream = Prefetch(make, depth=1)
+    caller_moved_on.set()
+    (items,) = list(stream)
+    assert planned_on == ["raddiag-prefetch"] and threading.current_thread().name != "raddiag-prefetch"
+    assert [item.order for item in items] == epoch_records(records, cfg, names, train=True, epoch=1)[0::2]

@@ -365,11 +365,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     }
 
     def train_stream(epoch: int) -> Prefetch:
-        """The epoch's training batches, read ahead in a background thread (see :class:`Prefetch`)."""
-
-        shard = worker_dataset(train_records[: per_rank * world], cfg, names, train=True, epoch=epoch, rank=rank, world=world)
+        """The epoch's training batches, planned and read ahead in a background thread (see
+        :class:`Prefetch`): the epoch's order, mixing partners and read tasks are built on that
+        thread too, so the training thread never waits on the next epoch's planning."""
 
         def make() -> Any:
+            shard = worker_dataset(train_records[: per_rank * world], cfg, names, train=True, epoch=epoch, rank=rank, world=world)
             return iter_batches(
                 shard, cfg.train.batch_size, device, augment=device_augment(cfg, train=True), seed=[cfg.train.seed, epoch, rank],
                 prefetch_batches=cfg.train.prefetch_batches,
