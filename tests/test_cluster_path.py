@@ -48,7 +48,7 @@ def mlflow_server(s3_endpoint, tmp_path_factory):
         start_new_session=True,
     )
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 240  # a loaded 2-core machine needs minutes to import MLflow's server
     while True:
         try:
             with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:

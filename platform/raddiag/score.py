@@ -186,7 +186,12 @@ class ChunkScorer:
 
         from raddiag.evaluate import load_pyfunc
 
+        import mlflow
+
+        # explicitly, not only by environment: a reused Ray worker may have set another URI before
         os.environ["MLFLOW_TRACKING_URI"] = job["tracking_uri"]
+        mlflow.set_tracking_uri(job["tracking_uri"])
+        mlflow.set_registry_uri(job["tracking_uri"])
         self.job = job
         self.cfg = RadDiagConfig.model_validate(cfg)
         _, wrapper = load_pyfunc(job["model_uri"])
