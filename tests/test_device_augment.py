@@ -252,3 +252,18 @@ def test_gpu_step_bench_runs_a_tiny_shape_on_cpu(capsys: pytest.CaptureFixture[s
     with pytest.raises(SystemExit) as exit_info:  # a bad input fails before any work, naming the flag
         bench.main(["--data-json", str(REPO / "no-such.json")])
     assert exit_info.value.code == 2 and "--data-json" in capsys.readouterr().err
+
+
+def test_first_axis_recipe_is_kept_for_reproduction() -> None:
+    """``affine_axes=first`` reproduces the earlier worker recipe (MONAI's reading of bare floats:
+    translation on the first image axis only); the default moves both axes."""
+    from raddiag.data.augment import build_augment
+
+    image = _blob()[0].numpy()
+    cols = np.arange(32.0)
+    centroid_x = lambda v: float((v[0] * cols[None, :]).sum() / v[0].sum())  # noqa: E731
+    shifts = {}
+    for axes in ("first", "both"):
+        cfg = AugmentConfig(**{**OFF, "affine_p": 1.0, "rotate": 0.0, "scale": 0.0, "translate": 4.0, "affine_axes": axes})
+        shifts[axes] = [abs(centroid_x(build_augment(cfg, seed)(image[None])) - centroid_x(image[None])) for seed in range(12)]
+    assert max(shifts["first"]) < 1e-3 and max(shifts["both"]) > 0.5

@@ -111,6 +111,11 @@ class AugmentConfig(_Strict):
     elastic_magnitude: tuple[float, float] = Field(default=(1.0, 2.0), description="elastic: displacement magnitude, pixels (official: 10-20 at 256 px)")
     noise_std: float = Field(default=0.03, ge=0, le=1, description="noise: std drawn in [0, noise_std] per scan (official: 0.07)")
     gamma: tuple[float, float] = Field(default=(0.7, 1.5), description="contrast: gamma range (official: 0.5-1.5)")
+    affine_axes: Literal["both", "first"] = Field(
+        default="both",
+        description="workers (MONAI): translate/scale/shear on both image axes; 'first' = MONAI's reading of a bare "
+        "float (the first axis only), the recipe of the published ablation round 2 (kept for reproduction)",
+    )
     on: Literal["workers", "device"] = Field(
         default="workers", description="where training augmentation runs: Ray Data tasks (CPU) or the training device"
     )

@@ -44,9 +44,11 @@ def _pipeline(cfg: AugmentConfig, seed: int) -> Any:
     if cfg.affine_p > 0:
         steps.append(
             RandAffine(  # one range per axis: MONAI reads a bare float as the first axis only
-                prob=cfg.affine_p, rotate_range=(cfg.rotate,), scale_range=(cfg.scale, cfg.scale),
-                shear_range=(cfg.shear, cfg.shear) if cfg.shear else None, translate_range=(cfg.translate, cfg.translate),
-                padding_mode="zeros",
+                prob=cfg.affine_p, rotate_range=(cfg.rotate,), padding_mode="zeros",
+                **({"scale_range": (cfg.scale, cfg.scale), "translate_range": (cfg.translate, cfg.translate),
+                    "shear_range": (cfg.shear, cfg.shear) if cfg.shear else None}
+                   if cfg.affine_axes == "both" else  # the earlier recipe, kept to reproduce published results
+                   {"scale_range": cfg.scale, "translate_range": cfg.translate, "shear_range": cfg.shear or None}),
             )
         )
     if cfg.elastic_p > 0:
