@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import platform
 import sys
 import time
@@ -261,6 +262,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if data_s is not None and not args.augment_only:
         rate = max(result["realistic"][k]["cases_per_s_with_batched_augment"] for k in ("eager", "compiled") if k in result["realistic"])
         result["data"] = {"cpu_seconds_per_case": data_s, "realistic_cases_per_s": rate, "cores_per_gpu": data_s * rate}
+    result["env"] = {"cpus": os.cpu_count(), "load_avg_1m_at_end": round(os.getloadavg()[0], 2), "python": platform.python_version()}
     text = json.dumps(result, indent=2)
     print(text)
     if args.json is not None:

@@ -184,13 +184,6 @@ def _smooth_field(cfg: AugmentConfig, gen: Any, s: int, h: int, w: int, device: 
     return _displacement(noise, sigma, magnitude, cfg.elastic_sigma[1])
 
 
-def _fired(gen: Any, s: int, p: float, device: Any) -> Any:
-    """Indices (of ``s`` scans) that a transform of probability ``p`` fires on: one draw per scan."""
-    import torch
-
-    return (torch.rand(s, generator=gen, device=device) < p).nonzero().squeeze(1)
-
-
 def _augment_(out: Any, real: Any, cfg: AugmentConfig, gen: Any) -> Any:
     """:func:`augment_scans` in place on ``out`` (S, K, H, W). Each transform runs only on the real
     scans it fires on (gathered with ``index_select``, written back with ``index_copy_``), so at
