@@ -759,13 +759,7 @@ def runs(
     set_: SetOpt = None,
 ) -> None:
     """List the newest MLflow runs of tracking.experiment with their key validation metrics."""
-    from raddiag.discover import list_runs
-
-    cfg = _config(config, set_)
-    if limit < 1:
-        raise UserError(f"--limit {limit}: expected a positive number of runs", code=2)
-    rows = _listing(list_runs, cfg, limit)
-    _print_rows(rows, ["name", "kind", "status", "started", "run_id", "metrics"], f"runs of {cfg.tracking.experiment}", as_json)
+    _run_listing(config, set_, limit, as_json, sweeps_only=False)
 
 
 @app.command()
@@ -776,15 +770,23 @@ def sweeps(
     set_: SetOpt = None,
 ) -> None:
     """List the sweeps (parent runs) of tracking.experiment: trials, best run, status."""
+    rows = _run_listing(config, set_, limit, as_json, sweeps_only=True)
+    if rows and not as_json:
+        console.print(f"next: raddiag report {plain(rows[0]['sweep'])}  ·  raddiag promote --sweep {plain(rows[0]['sweep'])}", highlight=False)
+
+
+def _run_listing(config: Any, set_: Any, limit: int, as_json: bool, sweeps_only: bool) -> list[dict[str, Any]]:
     from raddiag.discover import list_runs
 
     cfg = _config(config, set_)
+    what = "sweeps" if sweeps_only else "runs"
     if limit < 1:
-        raise UserError(f"--limit {limit}: expected a positive number of sweeps", code=2)
-    rows = _listing(list_runs, cfg, limit, True)
-    _print_rows(rows, ["sweep", "status", "started", "trials", "best_run_id", "run_id"], f"sweeps of {cfg.tracking.experiment}", as_json)
-    if rows and not as_json:
-        console.print(f"next: raddiag report {plain(rows[0]['sweep'])}  ·  raddiag promote --sweep {plain(rows[0]['sweep'])}", highlight=False)
+        raise UserError(f"--limit {limit}: expected a positive number of {what}", code=2)
+    rows = _listing(list_runs, cfg, limit, sweeps_only)
+    columns = ["sweep", "status", "started", "trials", "best_run_id", "run_id"] if sweeps_only else [
+        "name", "kind", "status", "started", "run_id", "metrics"]
+    _print_rows(rows, columns, f"{what} of {cfg.tracking.experiment}", as_json)
+    return rows
 
 
 @app.command()

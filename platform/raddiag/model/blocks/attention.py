@@ -100,9 +100,13 @@ class MaskedTransformer(nn.Module):
             if return_cls_attention and index == last:
                 if key_padding_mask is None:
                     key_padding_mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-                attention = layer.attn.first_token_attention(layer.norm1(x), key_padding_mask)
+                attention = layer.attn.first_token_attention(self._attention_input(layer, x), key_padding_mask)
             if self.checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(layer, x, key_padding_mask, use_reentrant=False)
             else:
                 x = layer(x, key_padding_mask)
         return self.norm(x), attention
+
+    def _attention_input(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """What ``layer``'s attention sees: the pre-normed input."""
+        return layer.norm1(x)

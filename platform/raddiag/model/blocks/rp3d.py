@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from raddiag.model.blocks.attention import MaskedSelfAttention
+from raddiag.model.blocks.attention import MaskedSelfAttention, MaskedTransformer
 
 
 class StdNorm(nn.Module):
@@ -55,30 +54,18 @@ class RP3DTransformerLayer(nn.Module):
         return x + self.drop(self.ff(self.norm(x)))
 
 
-class RP3DTransformer(nn.Module):
-    """A stack of :class:`RP3DTransformerLayer` and a final :class:`StdNorm`; the same call
-    signature and return value as :class:`~raddiag.model.blocks.attention.MaskedTransformer`."""
+class RP3DTransformer(MaskedTransformer):
+    """A stack of :class:`RP3DTransformerLayer` and a final :class:`StdNorm`; the call signature,
+    return value and CLS attention of :class:`~raddiag.model.blocks.attention.MaskedTransformer`
+    (whose forward it runs), except that the attention sees the un-normed input."""
 
     def __init__(
         self, dim: int, heads: int, layers: int, dropout: float = 0.0, checkpointing: bool = False, ff_ratio: float = 1.0
     ) -> None:
-        super().__init__()
+        nn.Module.__init__(self)
         self.layers = nn.ModuleList(RP3DTransformerLayer(dim, heads, ff_ratio, dropout) for _ in range(layers))
         self.norm = StdNorm(dim)
         self.checkpointing = checkpointing
 
-    def forward(
-        self, x: torch.Tensor, key_padding_mask: torch.Tensor | None, return_cls_attention: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attention = None
-        last = len(self.layers) - 1
-        for index, layer in enumerate(self.layers):
-            if return_cls_attention and index == last:
-                if key_padding_mask is None:
-                    key_padding_mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-                attention = layer.attn.first_token_attention(x, key_padding_mask)  # attention sees x un-normed
-            if self.checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(layer, x, key_padding_mask, use_reentrant=False)
-            else:
-                x = layer(x, key_padding_mask)
-        return self.norm(x), attention
+    def _attention_input(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return x
