@@ -156,8 +156,14 @@ def _compact_points(s: np.ndarray, tps: np.ndarray, fps: np.ndarray) -> tuple[np
     is_end[:, -1] = True
     if is_end.all():  # no ties anywhere in the block
         return tps, fps, s
-    ends = np.flatnonzero(is_end)  # flat positions, row by row
     per_row = np.count_nonzero(is_end, axis=1)
+    tied = np.flatnonzero(per_row < m)
+    if tied.size * 4 < k:  # ties in a few rows only (rare equal float32 scores): compact just those
+        tp, fp, thr = _compact_points(s[tied], tps[tied], fps[tied])
+        tps, fps, s = tps.copy(), fps.copy(), s.copy()  # rows are independent: the others stay as they are
+        tps[tied], fps[tied], s[tied] = tp, fp, thr
+        return tps, fps, s
+    ends = np.flatnonzero(is_end)  # flat positions, row by row
     first = np.concatenate([[0], np.cumsum(per_row)[:-1]])
     rank = np.arange(ends.size) - np.repeat(first, per_row)  # index of each end within its row
     gather = np.repeat(_row_offsets(k, m)[:, 0] + (m - 1), m)  # default: the row's last point
