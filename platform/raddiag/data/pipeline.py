@@ -489,8 +489,9 @@ def iter_batches(
     :func:`worker_dataset`); another size works but copies the slices. Only the real slices travel
     (uint8) and the padded images are rebuilt on ``device`` (:func:`unpack_batch`), then become
     float32 there (``to_float=False`` keeps uint8, e.g. to measure the pipeline alone). With
-    ``augment`` (training with ``data.augment.on=device``) the MONAI augmentations run there, seeded
-    by ``seed`` (pass ``[train.seed, epoch, rank]`` for a per-epoch, per-worker stream).
+    ``augment`` (training with ``data.augment.on=device``) the batched augmentation
+    (:func:`raddiag.data.augment.augment_batch`, one call per batch) runs there, seeded by ``seed``
+    (pass ``[train.seed, epoch, rank]`` for a per-epoch, per-worker stream).
     """
     from raddiag.data.augment import augment_batch
 

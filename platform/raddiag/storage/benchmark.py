@@ -258,6 +258,14 @@ def plan_cases(cfg: SynthConfig) -> list[tuple[str, list[int]]]:
     for index in range(len(labels)):  # a label no training case drew: give it one (a rare fix at tiny sizes)
         if index not in seen and train:
             room = [p for p in train if len(p[1]) < MAX_LABELS_PER_CASE]
+            if not room:
+                from raddiag.config import ConfigError
+
+                raise ConfigError(
+                    f"synth.n_cases={cfg.n_cases} is too small for the benchmark profile's {cfg.n_labels} labels (every label "
+                    f"needs a training case, at most {MAX_LABELS_PER_CASE} labels per case): raise synth.n_cases "
+                    f"(>= {4 * cfg.n_labels}) or use synth.profile=basic"
+                )
             room[int(rng.integers(len(room)))][1].append(index)
     for split, floor in MIN_EVAL_POSITIVES.items():  # every label evaluable on enough positives
         cases = [hits for s, hits in plans if s == split]
