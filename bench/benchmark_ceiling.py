@@ -130,7 +130,7 @@ def text_check(cfg: Any, ke: Any, counts: np.ndarray, seeds: int = 20) -> dict[s
     rng = np.random.default_rng(0)
     for attribute in ("shape", "slot", "side"):
         target = np.array([label.attributes[attribute] for label in labels])
-        def accuracy(x: np.ndarray) -> float:
+        def accuracy(x: np.ndarray, target: np.ndarray = target) -> float:
             model = LogisticRegression(C=10.0, max_iter=2000).fit(x[frequent], target[frequent])
             return float((model.predict(x[~frequent]) == target[~frequent]).mean())
         permuted = [accuracy(table[rng.permutation(len(table))]) for _ in range(seeds)]

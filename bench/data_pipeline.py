@@ -157,7 +157,6 @@ def build_inputs(n_cases: int, workdir: Path, endpoint: str) -> dict:
     from raddiag.config import SynthConfig
     from raddiag.storage.store import Store, scan_checksum, storage_options, to_uint8
     from raddiag.storage.synth import generate, iter_cases
-
     from reference_loader import write_npy
 
     synth = SynthConfig(n_cases=n_cases, n_labels=8, image_size=256, max_depth=32, max_scans=4, seed=1)

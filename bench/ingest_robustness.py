@@ -56,7 +56,6 @@ def main() -> None:
     args = parser.parse_args()
 
     import hostile_inputs
-
     from raddiag.storage.store import Store
 
     with tempfile.TemporaryDirectory() as directory:

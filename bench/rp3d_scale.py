@@ -38,6 +38,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
 from raddiag.config import RadDiagConfig
 
 ANATOMIES = ("head_and_neck", "chest", "breast", "abdomen_and_pelvis", "limb", "spine", "others")
@@ -152,6 +153,7 @@ def read_task_bytes(items: list[Any], cfg: RadDiagConfig, names: list[str], voca
     """Pickled bytes of one worker's read tasks for an epoch, as ``worker_dataset`` builds them
     (``legacy``: with the config and vocabularies in every task, as before #16)."""
     import cloudpickle
+
     from raddiag.data import pipeline
 
     shipped_once = 0

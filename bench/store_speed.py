@@ -108,7 +108,7 @@ def start_moto() -> tuple[object, str]:
 
 def object_sizes(store) -> list[int]:  # noqa: ANN001
     sizes = []
-    for path, _, files in store.fs.walk(store.root + "/scans.zarr", detail=True):
+    for _path, _, files in store.fs.walk(store.root + "/scans.zarr", detail=True):
         sizes.extend(info["size"] for name, info in files.items() if name != "zarr.json")
     return sizes
 

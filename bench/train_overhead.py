@@ -62,8 +62,7 @@ def main() -> None:
 
     from raddiag import tracking
     from raddiag.config import load_config
-    from raddiag.data.pipeline import BlockAssembler, epoch_items
-    from raddiag.data.read import SliceReader
+    from raddiag.data.pipeline import epoch_items
     from raddiag.losses import build_loss
     from raddiag.model import build_model
     from raddiag.storage.store import Store

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
+from tests.conftest import REPO, run_cli
 
 from raddiag.metrics import group_of_counts
 from raddiag.stats import paired_bootstrap
-from tests.conftest import REPO, run_cli
 
 
 def _runs(seed: int = 0, n: int = 300, classes: int = 6, noise: tuple[float, ...] = (0.5, 2.0)) -> tuple[dict, np.ndarray, np.ndarray]:

@@ -5,7 +5,6 @@ while the sweep trains, then `raddiag report` rendered in headless Chromium."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal

@@ -66,7 +66,6 @@ def test_assemble_mixes_2d_and_3d_with_masks() -> None:
 
 
 def test_class_aware_sampling_matches_target_frequencies() -> None:
-    rng = np.random.default_rng(1)
     counts = [200, 60, 20, 5]
     rows = []
     for label, count in enumerate(counts):
@@ -335,12 +334,11 @@ def test_ray_training_stream_is_deterministic_and_redrawn_per_epoch(tiny_store, 
 
 @pytest.mark.slow
 def test_s3_store_reads_match_local_store(tmp_path, s3_endpoint, ray_local) -> None:
+    from conftest import tiny_overrides
     from raddiag.config import load_config
     from raddiag.data.pipeline import iter_batches, worker_dataset
     from raddiag.storage.store import Store
     from raddiag.storage.synth import generate
-
-    from conftest import tiny_overrides
 
     overrides = [*tiny_overrides(tmp_path), "synth.n_cases=12"]
     local_cfg = load_config(None, overrides)

@@ -13,15 +13,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, run_cli
-from storage_samples import PHI_STRINGS, write_bad_files, write_ct_series, write_mr_multiframe, write_secondary_capture
 
+from conftest import REPO, run_cli
 from raddiag.config import SynthConfig
 from raddiag.storage.ingest import load_vocabulary, resolve_in_root, run_ingest
 from raddiag.storage.preprocess import Plan, normalise, resize_slices, select_slices
 from raddiag.storage.store import Store
 from raddiag.storage.synth import write_rp3d_source
 from raddiag.storage.verify import verify_store
+from storage_samples import PHI_STRINGS, write_bad_files, write_ct_series, write_mr_multiframe, write_secondary_capture
 
 PLAN = Plan(image_size=24, max_depth=6)
 SOURCE_CFG = SynthConfig(n_cases=16, n_labels=6, image_size=20, max_depth=5, seed=5)

@@ -66,7 +66,7 @@ def test_batches_wrapper_times_wait_and_compute_without_ray() -> None:
 
     observe = TrainMetrics("run-a", rank=0)
     seen = 0
-    for batch in observe.batches(slow_batches()):
+    for _batch in observe.batches(slow_batches()):
         time.sleep(0.02)  # the step
         seen += 1
     assert seen == 3

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from raddiag.config import RadDiagConfig
 from raddiag.data.pipeline import class_index, epoch_records, label_matrix, mix_partners
 from raddiag.data.sampling import ClassIndex, epoch_order
@@ -100,6 +101,7 @@ def test_read_tasks_carry_a_reference_not_the_label_names() -> None:
 
     import cloudpickle
     import ray
+
     from raddiag.data.pipeline import (
         Item,
         Shared,
@@ -137,6 +139,7 @@ def _validation_rank(rank: int, world: int, init: str, out: str) -> None:
     import json
 
     import torch.distributed as dist
+
     from raddiag.metrics import group_of_counts
     from raddiag.train.loop import validation_metrics
 

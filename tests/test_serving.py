@@ -51,7 +51,6 @@ def _npy(array: np.ndarray) -> bytes:
 @pytest.mark.slow
 def test_served_model_scores_scan_files_as_predict_does(tmp_path: Path, monkeypatch) -> None:
     import mlflow
-
     import pandas as pd
 
     from raddiag import tracking
@@ -103,7 +102,7 @@ def test_served_model_scores_scan_files_as_predict_does(tmp_path: Path, monkeypa
                 break
             except OSError:
                 if server.poll() is not None or time.time() > deadline:
-                    raise AssertionError(f"mlflow models serve did not start: {server.stderr.read()[-2000:] if server.stderr else ''}")
+                    raise AssertionError(f"mlflow models serve did not start: {server.stderr.read()[-2000:] if server.stderr else ''}") from None
                 time.sleep(1)
         payload = {"dataframe_split": {
             "columns": ["case_id", "name", "data", "modality", "plane"],

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO
-from storage_samples import PHI_STRINGS, write_bad_files, write_ct_series
 
+from conftest import REPO
 from raddiag.storage import deid
 from raddiag.storage.preprocess import normalise, select_slices
 from raddiag.storage.readers import BadInput, Limits, read_dicom_series, read_npy, read_volume
 from raddiag.storage.store import Layout, Store, scan_checksum
+from storage_samples import PHI_STRINGS, write_bad_files, write_ct_series
 
 
 @pytest.fixture(scope="module")

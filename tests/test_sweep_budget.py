@@ -136,7 +136,9 @@ def test_config_key_and_planned_trials(tmp_path: Path) -> None:
     assert planned_trials(fifo) == 4
     capped = load_config(None, ["train.epochs=8", "sweep.num_samples=2", "sweep.max_trial_epochs=32", "sweep.scheduler=none"])
     assert planned_trials(capped) == 2  # num_samples caps the trials
-    with pytest.raises(Exception):
+    from raddiag.config import ConfigError
+
+    with pytest.raises(ConfigError, match="max_trial_epochs"):
         load_config(None, ["sweep.max_trial_epochs=-1"])
 
 

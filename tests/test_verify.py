@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO, run_cli
 
+from conftest import REPO, run_cli
 from raddiag.config import SynthConfig
 from raddiag.storage.store import Store
 from raddiag.storage.synth import generate

@@ -335,7 +335,8 @@ def promote(
     set_: SetOpt = None,
 ) -> None:
     """Register a sweep's best model; move @champion only if it beats the current one on the test split."""
-    from raddiag.registry import PromotionError, promote as do_promote
+    from raddiag.registry import PromotionError
+    from raddiag.registry import promote as do_promote
 
     cfg = _config(config, set_)
     try:
@@ -542,7 +543,8 @@ def import_checkpoint(
     set_: SetOpt = None,
 ) -> None:
     """Map an official RadDiag checkpoint onto our network and register it in MLflow (then finetune/score/predict from it)."""
-    from raddiag.reference import PRESETS, CheckpointError, import_checkpoint as do_import, resolve_checkpoint
+    from raddiag.reference import PRESETS, CheckpointError, resolve_checkpoint
+    from raddiag.reference import import_checkpoint as do_import
 
     if preset not in PRESETS:
         raise UserError(f"--preset {preset!r}: expected one of {', '.join(PRESETS)}", code=2)

@@ -289,9 +289,8 @@ def log_model_from_checkpoint(cfg: RadDiagConfig, run_id: str, checkpoint: str, 
 
     import mlflow
 
-    from raddiag.serve.pyfunc import log_pyfunc
-
     from raddiag import tracking
+    from raddiag.serve.pyfunc import log_pyfunc
 
     client = tracking.client(cfg.tracking.resolved_uri())
     status = client.get_run(run_id).info.status

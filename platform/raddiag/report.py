@@ -200,7 +200,7 @@ def parallel_coordinates(data: SweepData) -> str | None:
     for row, value in enumerate(values):
         ys = np.array([column[row] for _, column, _ in columns])
         ax.plot(xs, ys, color=cmap((value - values.min()) / span), alpha=0.8, marker="o", markersize=3)
-    for x, (key, _, ticks) in enumerate(columns):
+    for x, (_key, _, ticks) in enumerate(columns):
         ax.axvline(x, color="grey", linewidth=0.8)
         if ticks:
             for position, label in enumerate(ticks):

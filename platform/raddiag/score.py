@@ -182,11 +182,10 @@ class ChunkScorer:
     """Ray Data actor: loads the model once, then scores and writes one chunk per call."""
 
     def __init__(self, job: dict[str, Any], cfg: dict[str, Any], use_gpu: bool, threads: int) -> None:
+        import mlflow
         import torch
 
         from raddiag.evaluate import load_pyfunc
-
-        import mlflow
 
         # explicitly, not only by environment: a reused Ray worker may have set another URI before
         os.environ["MLFLOW_TRACKING_URI"] = job["tracking_uri"]

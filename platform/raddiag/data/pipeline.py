@@ -43,7 +43,7 @@ import json
 import threading
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 

@@ -223,8 +223,8 @@ def run_sweep(cfg: RadDiagConfig, verbose: bool = False, resume: bool = False, s
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.stopper import CombinedStopper
     from ray.tune.search.optuna import OptunaSearch
+    from ray.tune.stopper import CombinedStopper
 
     from raddiag import tracking
     from raddiag.runtime import init_ray
@@ -235,7 +235,6 @@ def run_sweep(cfg: RadDiagConfig, verbose: bool = False, resume: bool = False, s
     optuna.logging.set_verbosity(optuna.logging.DEBUG if verbose else optuna.logging.ERROR)
     experiment_id = tracking.setup(cfg.tracking)
     uri = cfg.tracking.resolved_uri()
-    client = tracking.client(uri)
     manifest = Store(cfg.store.url, cfg.store.endpoint_url).manifest()
     path = _experiment_path(cfg)
     exists = tune.Tuner.can_restore(path)
@@ -301,8 +300,9 @@ def _trial_id_from_path(path: str) -> str:
 
 def _summarise(cfg: RadDiagConfig, grid: Any, uri: str, experiment_id: str, parent_run_id: str) -> SweepResult:
     """Close the child runs (ASHA-stopped ones as KILLED), pick the best, tag the parent."""
-    from raddiag import tracking
     from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY as CHECKPOINT_METRIC_KEY
+
+    from raddiag import tracking
 
     client = tracking.client(uri)
     runs = {r.data.tags.get("raddiag.trial_id"): r for r in tracking.child_runs(uri, experiment_id, parent_run_id)}
