@@ -119,7 +119,7 @@ def test_build_knowledge_is_versioned_cached_in_store_and_logged_to_mlflow(tiny_
                             experiment="ke-tests")
     assert first.embeddings.shape == (2, 16) and not first.meta.get("cached")
     meta = json.loads((tmp_path / "store" / "knowledge" / first.version / "meta.json").read_text())
-    assert meta["mapping_counts"] == {"given": 1, "matched": 0, "unmatched": 0, "normal": 1}
+    assert meta["mapping_counts"] == {"override": 0, "given": 1, "matched": 0, "unmatched": 0, "normal": 1}
 
     client = mlflow.MlflowClient(uri)
     experiment = client.get_experiment_by_name("ke-tests")
@@ -130,7 +130,7 @@ def test_build_knowledge_is_versioned_cached_in_store_and_logged_to_mlflow(tiny_
     assert run.data.params["ke.encoder"] == "trained" and run.data.params["knowledge.version"] == first.version
     assert run.data.metrics["knowledge.given"] == 1 and run.data.metrics["knowledge.dim"] == 16
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "knowledge")}
-    assert artifacts == {"knowledge/embeddings.npy", "knowledge/labels.json", "knowledge/meta.json"}
+    assert artifacts == {"knowledge/embeddings.npy", "knowledge/labels.json", "knowledge/mapping.csv", "knowledge/meta.json"}
     logged = np.load(client.download_artifacts(run.info.run_id, "knowledge/embeddings.npy", str(tmp_path)))
     np.testing.assert_array_equal(logged, first.embeddings)
 
