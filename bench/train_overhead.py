@@ -46,7 +46,7 @@ class EpochBatches:
         from raddiag.data.read import SliceReader
 
         if self._reader is None:
-            self._reader = SliceReader(self.cfg.store.url, self.cfg.store.endpoint_url, max_gap_bytes=self.cfg.data.max_gap_kb * 1024)
+            self._reader = SliceReader(self.cfg.store.ref(), max_gap_bytes=self.cfg.data.max_gap_kb * 1024)
             self._assembler = BlockAssembler(self.cfg.model_dump(mode="json"), self.names, None, train=True, epoch=self.epoch)
         return self._assembler(self.batches[index], self._reader)
 

@@ -70,10 +70,9 @@ def _progress() -> Any:
 
 def synth_store(cfg: RadDiagConfig) -> Any:
     """Generate the synthetic dataset of ``cfg.synth`` into ``cfg.store`` with a progress bar."""
-    from raddiag.storage.store import Store
     from raddiag.storage.synth import generate
 
-    store = Store(cfg.store.url, cfg.store.endpoint_url)
+    store = cfg.store.ref().open()
     with _progress() as progress:
         task = progress.add_task("synthesising cases", total=cfg.synth.n_cases)
         manifest = generate(cfg.synth, store, progress=lambda done, total: progress.update(task, completed=done))
@@ -128,7 +127,6 @@ def ingest(
     from raddiag.storage.ingest import IngestError, load_vocabulary, run_ingest
     from raddiag.storage.preprocess import Plan
     from raddiag.storage.readers import Limits
-    from raddiag.storage.store import Store
 
     cfg = _config(config, set_)
     if fmt not in ("auto", "rp3d", "table"):
@@ -143,7 +141,7 @@ def ingest(
         raise UserError(f"--data-root {root}: not a directory", code=2)
     vocab_path = labels or (Path(ing.labels) if ing.labels else None)
     url = store_url or cfg.store.url
-    store = Store(url, cfg.store.endpoint_url)
+    store = cfg.store.ref().with_url(url).open()
     plan = Plan(ing.image_size, ing.max_depth, ing.dtype, tuple(ing.ct_window) if ing.ct_window else None)
     limits = Limits(max_side=ing.max_side, max_depth=max(ing.max_side, 4096), max_voxels=ing.max_voxels, max_bytes=ing.memory_mb * 2**20 // (1 if on_ray else workers))
     try:
@@ -204,13 +202,13 @@ def verify(
     set_: SetOpt = None,
 ) -> None:
     """Verify a store: recompute every scan checksum and check manifest/array consistency; exit 1 on any problem."""
-    from raddiag.storage.store import Store
+    from raddiag.storage.ref import StoreRef
     from raddiag.storage.verify import verify_store
 
     cfg = _config(config, set_)
     target = url or cfg.store.url
     with console.status(f"verifying {target}"):
-        report = verify_store(Store(target, endpoint_url or cfg.store.endpoint_url))
+        report = verify_store(StoreRef(target, endpoint_url or cfg.store.endpoint_url).open())
     for note in report.notes:
         console.print(f"note: {note}", soft_wrap=True)
     for problem in report.problems:
@@ -893,9 +891,7 @@ def knowledge_build(
     if labels is not None:
         names, codes = _read_label_file(labels)
     else:
-        from raddiag.storage.store import Store
-
-        manifest = Store(cfg.store.url, cfg.store.endpoint_url).manifest()
+        manifest = cfg.store.ref().manifest()
         names, codes = manifest.label_names(cfg.data.label_level), manifest.label_codes(cfg.data.label_level)
     tracking_uri = None
     if track:

@@ -36,6 +36,12 @@ class StoreConfig(_Strict):
         default=None, description="S3 endpoint (MinIO, moto, ...); credentials come from the AWS chain."
     )
 
+    def ref(self) -> Any:
+        """This store as a picklable :class:`~raddiag.storage.ref.StoreRef` (URL normalised once)."""
+        from raddiag.storage.ref import StoreRef
+
+        return StoreRef(self.url, self.endpoint_url)
+
 
 class SynthConfig(_Strict):
     """Synthetic RP3D-like dataset (see ``raddiag synth``).

@@ -156,11 +156,11 @@ def resolved_yaml(cfg: RadDiagConfig) -> str:
 def plan_summary(cfg: RadDiagConfig, verb: str) -> dict[str, Any]:
     """What ``train`` / ``sweep`` would do with ``cfg``, read from the config and the store's
     manifest only: no Ray, no MLflow write, no model built. A missing store is reported, not raised."""
-    from raddiag.storage.store import Store, StoreError
+    from raddiag.storage.store import StoreError
 
     store: dict[str, Any] = {"url": cfg.store.url}
     try:
-        manifest = Store(cfg.store.url, cfg.store.endpoint_url).manifest()
+        manifest = cfg.store.ref().manifest()
         level = cfg.data.label_level
         store |= {
             "version": manifest.version, "cases": {s: len(manifest.case_records(s)) for s in ("train", "val", "test")},

@@ -48,9 +48,8 @@ def evaluate_model(model_uri: str, cfg: RadDiagConfig, split: str = "test", n_bo
     """Metrics by head / medium / tail for ``model_uri`` on ``split`` (groups from train counts),
     with the honest variant (thresholds chosen on the validation split) when one exists."""
     from raddiag.metrics import evaluate_scores
-    from raddiag.storage.store import Store
 
-    manifest = Store(cfg.store.url, cfg.store.endpoint_url).manifest()
+    manifest = cfg.store.ref().manifest()
     model, wrapper = load_pyfunc(model_uri)
     level = RadDiagConfig.model_validate(wrapper.meta["config"]).data.label_level
     names = wrapper.label_names

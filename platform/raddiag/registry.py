@@ -92,11 +92,10 @@ def _example(cfg: RadDiagConfig, checkpoint_dir: str) -> dict[str, Any]:
     import json
 
     from raddiag.data.pipeline import local_batches
-    from raddiag.storage.store import Store
 
     meta = json.loads(Path(checkpoint_dir, "meta.json").read_text())
     model_cfg = RadDiagConfig.model_validate(meta["config"]).model_copy(update={"store": cfg.store})
-    records = Store(cfg.store.url, cfg.store.endpoint_url).manifest().case_records("test")[:1]
+    records = cfg.store.ref().manifest().case_records("test")[:1]
     return next(iter(local_batches(records, model_cfg, meta["label_names"], 1)))
 
 
@@ -165,7 +164,6 @@ def promote(cfg: RadDiagConfig, sweep_name: str, dry_run: bool = False) -> Promo
     """Register the best trial of ``sweep_name`` and decide champion vs challenger (see module doc)."""
     from raddiag import tracking
     from raddiag.evaluate import evaluate_model
-    from raddiag.storage.store import Store
 
     uri = cfg.tracking.resolved_uri()
     parent = find_sweep(cfg, sweep_name)
@@ -180,7 +178,7 @@ def promote(cfg: RadDiagConfig, sweep_name: str, dry_run: bool = False) -> Promo
     name = cfg.tracking.registered_model
     metric = cfg.promote.metric
     current = _current_champion(client, name)
-    dataset_version = Store(cfg.store.url, cfg.store.endpoint_url).manifest().version
+    dataset_version = cfg.store.ref().manifest().version
     if current is not None and current.tags.get("raddiag.dataset_version") != dataset_version:
         raise PromotionError(
             f"model {name}@champion (v{current.version}) was evaluated on dataset version "

@@ -269,13 +269,12 @@ def _plots_from_checkpoint(cfg: RadDiagConfig, checkpoint: str, scratch: str) ->
     from raddiag.metrics import evaluate_scores
     from raddiag.registry import _local_checkpoint
     from raddiag.serve.pyfunc import load_network
-    from raddiag.storage.store import Store
     from raddiag.train.loop import predict
 
     local = _local_checkpoint(checkpoint, scratch)
     model, meta = load_network(local)
     model_cfg = RadDiagConfig.model_validate(meta["config"]).model_copy(update={"store": cfg.store})
-    records = Store(cfg.store.url, cfg.store.endpoint_url).manifest().case_records("val")
+    records = cfg.store.ref().manifest().case_records("val")
     _, scores, labels = predict(model, local_batches(records, model_cfg, meta["label_names"], 8))
     counts = np.asarray(meta["train_counts"])
     groups, rule = model_cfg.eval.groups(counts, model_cfg.data.label_level)

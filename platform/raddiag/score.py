@@ -129,13 +129,10 @@ def resolve_model_uri(uri: str, tracking_uri: str) -> str:
 
 
 def _fs(output: str, endpoint_url: str | None) -> tuple[Any, str]:
-    import fsspec
+    """(filesystem, root) of an output folder, its URL read as a store URL is (:class:`StoreRef`)."""
+    from raddiag.storage.ref import StoreRef
 
-    from raddiag.storage.store import normalise_url, storage_options
-
-    url = normalise_url(output)
-    remote = "://" in url and not url.startswith("file://")
-    return fsspec.core.url_to_fs(url, **(storage_options(endpoint_url) if remote else {}))
+    return StoreRef(output, endpoint_url).filesystem()
 
 
 def _write_atomic(fs: Any, path: str, payload: bytes) -> None:
@@ -221,11 +218,10 @@ class ChunkScorer:
 def plan_job(cfg: RadDiagConfig, model_uri: str, split: str, output: str, *, batch_size: int, chunk_cases: int, embeddings: bool) -> tuple[dict[str, Any], list[list[dict[str, Any]]]]:
     """Check the inputs (before Ray starts) and cut the split into chunks: (job, chunks)."""
     from raddiag.evaluate import load_pyfunc
-    from raddiag.storage.store import Store
 
     if chunk_cases < 1 or batch_size < 1:
         raise ScoreError("score: --chunk-cases and --batch-size must be >= 1")
-    manifest = Store(cfg.store.url, cfg.store.endpoint_url).manifest()
+    manifest = cfg.store.ref().manifest()
     splits = sorted(set(manifest.cases["split"]))
     if split not in splits:
         raise ScoreError(f"score: split {split!r} is not in store {cfg.store.url} (it has {', '.join(splits)})")

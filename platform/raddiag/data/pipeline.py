@@ -50,6 +50,7 @@ import numpy as np
 from raddiag.config import AugmentConfig, RadDiagConfig
 from raddiag.data.assemble import build_case, case_fields, plan_case, resize_slices, stack_cases, to_uint8
 from raddiag.data.sampling import ClassIndex, epoch_order
+from raddiag.storage.ref import StoreRef
 
 LEVELS = ("disorder", "icd")
 
@@ -254,7 +255,7 @@ def resolve_task_args(args: tuple, get: Any = None) -> tuple:
     return args
 
 
-def read_items(items: list[Item], assembler_args: tuple, store: tuple[str, str | None, int], block_cases: int) -> Iterator[Any]:
+def read_items(items: list[Item], assembler_args: tuple, store: tuple[StoreRef, int], block_cases: int) -> Iterator[Any]:
     """A read task: one :class:`SliceReader` (its own filesystem) for the task, one block (one
     concurrent fetch, one packed batch) per ``block_cases`` cases. A block is one row: each field of
     the batch (``slices`` (R, H, W), ``slice_mask`` (B, N, D), ...) is that row's value."""
@@ -264,8 +265,8 @@ def read_items(items: list[Item], assembler_args: tuple, store: tuple[str, str |
     from raddiag.observability import ReadMetrics
 
     assembler = BlockAssembler(*resolve_task_args(assembler_args))
-    url, endpoint_url, max_gap = store
-    reader = SliceReader(url, endpoint_url, max_gap_bytes=max_gap)
+    ref, max_gap = store
+    reader = SliceReader(ref, max_gap_bytes=max_gap)
     metrics = ReadMetrics(_Bytes, "train" if assembler.train else "eval")
     try:
         for start in range(0, len(items), block_cases):
@@ -308,7 +309,7 @@ def _datasource_class() -> type:
             n_blocks = -(-len(self.items) // self.block_cases)
             by_size = -(-len(self.items) // self.cfg.data.cases_per_task)
             n_tasks = max(1, min(n_blocks, max(parallelism, by_size)))
-            store = (self.cfg.store.url, self.cfg.store.endpoint_url, self.cfg.data.max_gap_kb * 1024)
+            store = (self.cfg.store.ref(), self.cfg.data.max_gap_kb * 1024)
             tasks = []
             for blocks in np.array_split(np.arange(n_blocks), n_tasks):
                 chunk = self.items[int(blocks[0]) * self.block_cases : (int(blocks[-1]) + 1) * self.block_cases]
@@ -521,7 +522,7 @@ def local_batches(
     from raddiag.data.read import SliceReader
 
     assembler = BlockAssembler(cfg.model_dump(mode="json"), label_names, vocabularies, train=False, epoch=0)
-    reader = SliceReader(cfg.store.url, cfg.store.endpoint_url, max_gap_bytes=cfg.data.max_gap_kb * 1024)
+    reader = SliceReader(cfg.store.ref(), max_gap_bytes=cfg.data.max_gap_kb * 1024)
     try:
         for start in range(0, len(records), batch_size):
             items = [Item(i, i, json.dumps(records[i])) for i in range(start, min(start + batch_size, len(records)))]

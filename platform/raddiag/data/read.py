@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from raddiag.storage.store import _is_remote, normalise_url, storage_options
+from raddiag.storage.ref import StoreRef
 
 _MISSING = 2**64 - 1  # index entry of a chunk that was never written (all fill value)
 
@@ -110,9 +110,9 @@ class SliceReader:
     Not thread-safe; create one per Ray task (cheap) and call :meth:`close` when done.
     """
 
-    def __init__(self, url: str, endpoint_url: str | None = None, *, max_gap_bytes: int = 0, max_in_flight: int = 32) -> None:
-        self.url = normalise_url(url)
-        self.endpoint_url = endpoint_url
+    def __init__(self, store: StoreRef | str, *, max_gap_bytes: int = 0, max_in_flight: int = 32) -> None:
+        self.ref = store if isinstance(store, StoreRef) else StoreRef(store)
+        self.url = self.ref.url
         self.max_gap_bytes = max_gap_bytes
         self.max_in_flight = max_in_flight
         self.bytes_fetched = 0
@@ -120,7 +120,7 @@ class SliceReader:
         self._store: Any = None
         self._layouts: dict[str, ScanLayout] = {}
         # local stores are read with os.pread (see _read_local); remote ones through zarr's store
-        self._local_root = None if _is_remote(self.url) else os.path.join(self.url, "scans.zarr")
+        self._local_root = None if self.ref.is_remote else os.path.join(self.url, "scans.zarr")
 
     # ---- store ---------------------------------------------------------------------------------
     def _zarr_store(self) -> Any:
@@ -128,8 +128,8 @@ class SliceReader:
             from zarr.storage import FsspecStore, LocalStore
 
             root = f"{self.url}/scans.zarr"
-            if _is_remote(self.url):  # a filesystem of its own, created here, in this process
-                options = {**storage_options(self.endpoint_url), "skip_instance_cache": True}
+            if self.ref.is_remote:  # a filesystem of its own, created here, in this process
+                options = {**self.ref.storage_options(), "skip_instance_cache": True}
                 self._store = FsspecStore.from_url(root, storage_options=options, read_only=True)
             else:
                 self._store = LocalStore(root, read_only=True)

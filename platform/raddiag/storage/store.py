@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-import fsspec
 import numpy as np
 import pandas as pd
 
 from raddiag import __version__
+from raddiag.storage.ref import StoreRef, storage_options
 
 CASE_COLUMNS = ["case_id", "split", "anatomy", "disorders", "icd10", "source"]
 SCAN_COLUMNS = [
@@ -82,24 +82,6 @@ class Layout:
 
 class StoreError(RuntimeError):
     """A store that cannot be opened or is inconsistent; the message names the URL and the problem."""
-
-
-def storage_options(endpoint_url: str | None) -> dict[str, Any]:
-    """fsspec options for a store URL. Credentials are never passed here: s3fs reads the AWS chain."""
-    return {"client_kwargs": {"endpoint_url": endpoint_url}} if endpoint_url else {}
-
-
-def _is_remote(url: str) -> bool:
-    return "://" in url and not url.startswith("file://")
-
-
-def _local_path(url: str) -> str:
-    return os.path.abspath(url.removeprefix("file://"))
-
-
-def normalise_url(url: str) -> str:
-    """Local paths become absolute (so Ray workers in another cwd find them); remote URLs lose a '/'."""
-    return url.rstrip("/") if _is_remote(url) else _local_path(url)
 
 
 def scan_checksum(volume: np.ndarray) -> str:
@@ -179,14 +161,12 @@ class Store:
     """A dataset store at ``url``. Cheap to construct; open one per process/task (not fork-safe)."""
 
     def __init__(self, url: str, endpoint_url: str | None = None, layout: Layout | None = None) -> None:
-        self.url = normalise_url(url)
+        self.ref = StoreRef(url, endpoint_url)
+        self.url = self.ref.url
         self.endpoint_url = endpoint_url
         self.layout = layout or Layout()
         self.options = storage_options(endpoint_url)
-        if _is_remote(self.url):
-            self.fs, self.root = fsspec.core.url_to_fs(self.url, **self.options)
-        else:
-            self.fs, self.root = fsspec.filesystem("file"), self.url
+        self.fs, self.root = self.ref.filesystem()
         self._zarr_group: Any = None
 
     # ---- paths -------------------------------------------------------------------------------
@@ -201,7 +181,7 @@ class Store:
     def _zarr_store(self) -> Any:
         from zarr.storage import FsspecStore, LocalStore
 
-        if _is_remote(self.url):
+        if self.ref.is_remote:
             return FsspecStore.from_url(self.scans_url, storage_options=self.options)
         return LocalStore(self.scans_url)
 
@@ -288,7 +268,7 @@ class Store:
 
     # ---- manifest ----------------------------------------------------------------------------
     def _write_bytes_atomic(self, path: str, payload: bytes) -> None:
-        if _is_remote(self.url):  # a single PUT is atomic on S3
+        if self.ref.is_remote:  # a single PUT is atomic on S3
             with self.fs.open(path, "wb") as handle:
                 handle.write(payload)
             return

@@ -319,7 +319,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from raddiag.model import build_model
     from raddiag.model.nets.raddiag import compile_model
     from raddiag.observability import TrainMetrics
-    from raddiag.storage.store import Store
     from raddiag.tune.budget import claim_epoch
 
     cfg = RadDiagConfig.model_validate(loop_config["config"])
@@ -329,7 +328,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.train.seed)
     device = ray.train.torch.get_device()
 
-    manifest = Store(cfg.store.url, cfg.store.endpoint_url).manifest()
+    manifest = cfg.store.ref().manifest()
     level = cfg.data.label_level
     names, counts = manifest.label_names(level), manifest.train_counts(level)
     groups, rule = cfg.eval.groups(counts, level)  # head/medium/tail of the validation metrics

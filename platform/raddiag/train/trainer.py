@@ -122,7 +122,7 @@ def resume_conflicts(previous: dict[str, str], cfg: RadDiagConfig) -> list[tuple
 
 def read_store(cfg: RadDiagConfig) -> Any:
     """The store's manifest, or :class:`TrainRefused` naming ``store.url`` and the fix."""
-    from raddiag.storage.store import Store, StoreError
+    from raddiag.storage.store import StoreError
 
     url = cfg.store.url
     create = "create one with `raddiag synth` or `raddiag ingest`"
@@ -130,7 +130,7 @@ def read_store(cfg: RadDiagConfig) -> Any:
         problem = "is a file, not a store folder" if Path(url).exists() else "no such folder"
         raise TrainRefused(f"store.url {url}: {problem} (set store.url to a raddiag store, or {create})")
     try:
-        return Store(url, cfg.store.endpoint_url).manifest()
+        return cfg.store.ref().manifest()
     except StoreError as exc:
         raise TrainRefused(f"store.url {exc}") from None
     except (OSError, ValueError, KeyError) as exc:

@@ -61,10 +61,9 @@ def scores_dir(cfg: RadDiagConfig) -> str:
 def ensure_store(cfg: RadDiagConfig, progress: Any = None) -> Any:
     """The store's manifest; a missing store is synthesised from ``cfg.synth`` (a fresh clone
     reproduces the benchmark). A benchmark store made with other settings is refused."""
-    from raddiag.storage.store import Store
     from raddiag.storage.synth import generate
 
-    store = Store(cfg.store.url, cfg.store.endpoint_url)
+    store = cfg.store.ref().open()
     info = store.info_or_none()
     if info is None:
         return generate(cfg.synth, store, progress)
@@ -115,7 +114,6 @@ def _trial(params: dict[str, Any], *, base: dict[str, Any], ctx: dict[str, Any])
 
     from raddiag import tracking
     from raddiag.metrics import evaluate_scores
-    from raddiag.storage.store import Store
     from raddiag.train.trainer import build_trainer, label_embeddings
 
     arm, seed = params["run"]["arm"], int(params["run"]["seed"])
@@ -131,7 +129,7 @@ def _trial(params: dict[str, Any], *, base: dict[str, Any], ctx: dict[str, Any])
     )
     tracking.log_params(uri, run_id, {**cfg.run_params(), "train.name": name, "ablation.arm": arm,
                                       **{f"arm.{k}": v for k, v in root.ablation.arms[arm].items()}})
-    manifest = Store(cfg.store.url, cfg.store.endpoint_url).manifest()
+    manifest = cfg.store.ref().manifest()
     client.set_tag(run_id, "raddiag.dataset_version", manifest.version)
     level = cfg.data.label_level
     embeddings = label_embeddings(cfg, manifest.label_names(level), manifest.label_codes(level))

@@ -142,7 +142,6 @@ def _run_trial(params: dict[str, Any], *, base: dict[str, Any], ctx: dict[str, A
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from raddiag import tracking
-    from raddiag.storage.store import Store
     from raddiag.train.trainer import build_trainer, label_embeddings
 
     sampled = {k: v for k, v in params.items() if "." in k}
@@ -161,7 +160,7 @@ def _run_trial(params: dict[str, Any], *, base: dict[str, Any], ctx: dict[str, A
             tags={"raddiag.trial_id": trial_id, "raddiag.sweep": cfg.sweep.name, "raddiag.train_name": name},
         )
         tracking.log_params(uri, run_id, {**cfg.run_params(), "train.name": name, **{f"sampled.{k}": v for k, v in sampled.items()}})
-    manifest = Store(cfg.store.url, cfg.store.endpoint_url).manifest()
+    manifest = cfg.store.ref().manifest()
     if not existing:
         client.set_tag(run_id, "raddiag.dataset_version", manifest.version)
         tracking.log_dataset_input(uri, run_id, manifest, cfg.store.url)
@@ -228,14 +227,13 @@ def run_sweep(cfg: RadDiagConfig, verbose: bool = False, resume: bool = False, s
 
     from raddiag import tracking
     from raddiag.runtime import init_ray
-    from raddiag.storage.store import Store
 
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # persist the experiment state often
     init_ray(cfg.ray, verbose)
     optuna.logging.set_verbosity(optuna.logging.DEBUG if verbose else optuna.logging.ERROR)
     experiment_id = tracking.setup(cfg.tracking)
     uri = cfg.tracking.resolved_uri()
-    manifest = Store(cfg.store.url, cfg.store.endpoint_url).manifest()
+    manifest = cfg.store.ref().manifest()
     path = _experiment_path(cfg)
     exists = tune.Tuner.can_restore(path)
     if resume and not exists:
