@@ -104,8 +104,8 @@ def time_steps(model: Any, cfg: Any, batch: dict, steps: int, device: torch.devi
     for step in range(steps + 2):  # two warm-up steps (compilation happens there)
         _sync(device)
         start = time.perf_counter()
-        train_step(model, batch, loss_fn, optimizer, None, cfg.loss.key_slice_weight, amp_dtype,
-                   key_slice_form=cfg.loss.key_slice_form, max_depth=cfg.model.max_depth)
+        train_step(model, batch, loss_fn, optimizer, None, cfg.loss.key_slice.weight, amp_dtype,
+                   key_slice_form=cfg.loss.key_slice.form, max_depth=cfg.model.max_depth)
         _sync(device)
         if step >= 2:
             times.append(time.perf_counter() - start)

@@ -17,7 +17,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from raddiag.config import load_config
-from raddiag.model import build_model, key_slice_loss
+from raddiag.losses import key_slice_loss
+from raddiag.model import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = {  # name: (config files, batch, labels)

@@ -111,7 +111,7 @@ def main() -> None:
                     first, first_cases = time.perf_counter(), len(batch["order"])
                 tensors = to_tensors(batch)
                 tensors["images"] = tensors["images"].float().div_(255.0)
-                train_step(model, tensors, loss_fn, optimizer, None, cfg.loss.key_slice_weight)
+                train_step(model, tensors, loss_fn, optimizer, None, cfg.loss.key_slice.weight)
             ended = time.perf_counter()
             rates.append((len(items) / (ended - started), (len(items) - first_cases) / (ended - first)))
         return rates

@@ -74,9 +74,9 @@ def test_search_space_is_validated() -> None:
 
 def test_trial_overrides_are_revalidated() -> None:
     cfg = load_config()
-    assert with_overrides(cfg, {"loss.type": "asl", "loss.asl_gamma_neg": 3.0}).loss.asl_gamma_neg == 3.0
+    assert with_overrides(cfg, {"loss.type": "asl", "loss.asl.gamma_neg": 3.0}).loss.asl.gamma_neg == 3.0
     with pytest.raises(ConfigError):
-        with_overrides(cfg, {"loss.asl_gamma_neg": -1})
+        with_overrides(cfg, {"loss.asl.gamma_neg": -1})
 
 
 def test_every_job_spec_validates() -> None:

@@ -232,7 +232,7 @@ EXTREME = torch.tensor([[-1e4, -100.0, -30.0, -1e-3, 0.0, 1e-3, 30.0, 100.0]])
 
 
 @pytest.mark.parametrize("loss_type", ALL_TYPES)
-@pytest.mark.parametrize("overrides", [{}, {"focal_gamma": 0.5, "asl_gamma_neg": 0.5, "asl_gamma_pos": 0.5}])
+@pytest.mark.parametrize("overrides", [{}, {"focal": {"gamma": 0.5}, "asl": {"gamma_neg": 0.5, "gamma_pos": 0.5}}])
 def test_finite_gradients_at_extreme_logits(loss_type, overrides):
     loss = build_loss(LossConfig(type=loss_type, **overrides), COUNTS, N_TRAIN)
     for target in (0.0, 1.0):
@@ -290,7 +290,7 @@ def test_build_loss_types(loss_type, cls):
 
 
 def test_build_loss_passes_config_values():
-    cfg = LossConfig(type="asl", asl_gamma_neg=3.0, asl_gamma_pos=0.5, asl_clip=0.1)
+    cfg = LossConfig(type="asl", asl={"gamma_neg": 3.0, "gamma_pos": 0.5, "clip": 0.1})
     loss = build_loss(cfg, None, None)
     assert (loss.gamma_neg, loss.gamma_pos, loss.clip) == (3.0, 0.5, 0.1)
     x, y = np.array([[0.3, -2.0]]), np.array([[1.0, 0.0]])
@@ -341,13 +341,13 @@ def test_count_buffers_move_with_module():
 @pytest.mark.parametrize(
     "bad",
     [
-        {"asl_clip": 1.0},
-        {"focal_alpha": 1.5},
-        {"cb_beta": 1.0},
-        {"db_neg_scale": 0.5},
-        {"ldam_scale": 0.0},
+        {"asl.clip": 1.0},
+        {"focal.alpha": 1.5},
+        {"cb.beta": 1.0},
+        {"db.neg_scale": 0.5},
+        {"ldam.scale": 0.0},
         {"type": "softmax"},
-        {"la_tau": -1.0},
+        {"la.tau": -1.0},
     ],
 )
 def test_config_rejects_out_of_range(bad):
@@ -356,7 +356,7 @@ def test_config_rejects_out_of_range(bad):
 
 
 def test_config_focal_alpha_null_disables_alpha():
-    cfg = load_config(overrides=["loss.type=focal", "loss.focal_alpha=null", "loss.focal_gamma=0"])
+    cfg = load_config(overrides=["loss.type=focal", "loss.focal.alpha=null", "loss.focal.gamma=0"])
     x, y = np.array([[0.7, -1.2]]), np.array([[1.0, 0.0]])
     assert run(build_loss(cfg.loss), x, y) == pytest.approx(np_bce(x, y).mean(), rel=1e-6)
 
@@ -364,6 +364,8 @@ def test_config_focal_alpha_null_disables_alpha():
 def test_every_loss_field_is_described():
     for name, info in LossConfig.model_fields.items():
         assert info.description, f"LossConfig.{name} needs a description"
+        for sub, sub_info in getattr(info.annotation, "model_fields", {}).items():
+            assert sub_info.description, f"loss.{name}.{sub} needs a description"
 
 
 # ----------------------------------------------------------------------------- sweep ranges
@@ -374,17 +376,17 @@ def test_loss_ranges_yaml_is_a_valid_sweep():
     cfg = load_config([path])
     space = cfg.sweep.search_space
     assert set(space["loss.type"]["choice"]) == set(ALL_TYPES)
-    assert space["loss.asl_gamma_neg"]["uniform"] == [2.0, 6.0]
-    assert space["loss.asl_gamma_pos"]["uniform"] == [0.0, 1.0]
-    assert space["loss.asl_clip"]["uniform"] == [0.0, 0.2]
-    assert space["loss.focal_gamma"]["uniform"] == [0.5, 3.0]
-    assert min(space["loss.cb_beta"]["choice"]) == 0.9 and max(space["loss.cb_beta"]["choice"]) == 0.9999
-    assert space["loss.la_tau"]["uniform"] == [0.5, 2.0]
+    assert space["loss.asl.gamma_neg"]["uniform"] == [2.0, 6.0]
+    assert space["loss.asl.gamma_pos"]["uniform"] == [0.0, 1.0]
+    assert space["loss.asl.clip"]["uniform"] == [0.0, 0.2]
+    assert space["loss.focal.gamma"]["uniform"] == [0.5, 3.0]
+    assert min(space["loss.cb.beta"]["choice"]) == 0.9 and max(space["loss.cb.beta"]["choice"]) == 0.9999
+    assert space["loss.la.tau"]["uniform"] == [0.5, 2.0]
     raw = yaml.safe_load(path.read_text())
     assert set(raw) == {"sweep"}
     for key, spec in space.items():
-        section, field_name = key.split(".", 1)
-        assert section == "loss" and field_name in LossConfig.model_fields, key
+        section, *path = key.split(".")
+        assert section == "loss" and (path == ["type"] or path[1] in LossConfig.model_fields[path[0]].annotation.model_fields), key
         when = spec.get("when", {})
         if key != "loss.type":
             assert when.get("loss.type") in ALL_TYPES, f"{key} should be conditional on loss.type"

@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from raddiag.config import ModelConfig, load_config
-from raddiag.model import build_model, key_slice_loss, key_slice_target
+from raddiag.losses import key_slice_loss, key_slice_target
+from raddiag.model import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 16
@@ -256,9 +257,9 @@ def test_paper_scale_config_runs_one_step_on_cpu():
     batch["key_slice"][:] = 1
     out = run(model, batch)
     loss = torch.nn.functional.binary_cross_entropy_with_logits(out["logits"], torch.zeros(1, labels))
-    loss = loss + cfg.loss.key_slice_weight * key_slice_loss(
+    loss = loss + cfg.loss.key_slice.weight * key_slice_loss(
         out["slice_attention"], batch["key_slice"], batch["slice_mask"], batch["scan_mask"],
-        form=cfg.loss.key_slice_form, max_depth=cfg.model.max_depth,
+        form=cfg.loss.key_slice.form, max_depth=cfg.model.max_depth,
     )
     loss.backward()
     assert out["logits"].shape == (1, labels) and torch.isfinite(loss)

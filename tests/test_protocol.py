@@ -25,7 +25,7 @@ def official_kl_with_gaussian(scores: torch.Tensor, centers: torch.Tensor, cutof
 
 
 def test_official_key_slice_loss_matches_the_released_formula() -> None:
-    from raddiag.model import key_slice_loss
+    from raddiag.losses import key_slice_loss
 
     gen = torch.Generator().manual_seed(0)
     b, n, d = 3, 2, 16
@@ -98,6 +98,6 @@ def test_paper_job_sets_the_papers_protocol() -> None:
 
     cfg = load_config([REPO / "jobs" / "paper.yaml"])
     assert cfg.data.case_mix_p == pytest.approx(0.3)
-    assert cfg.eval.grouping == "rank" and cfg.loss.key_slice_form == "official"
+    assert cfg.eval.grouping == "rank" and cfg.loss.key_slice.form == "official"
     raw = yaml.safe_load((REPO / "jobs" / "paper.yaml").read_text())
     assert raw["eval"]["grouping"] == "rank"

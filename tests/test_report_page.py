@@ -9,7 +9,7 @@ from raddiag.report import SweepData, Trial, render_html
 def _data() -> SweepData:
     trials = [
         Trial(f"run{i}", f"trial-{i}", "FINISHED",
-              {"train.lr": lr, "loss.type": "bce", "loss.focal_gamma": "2.0"},
+              {"train.lr": lr, "loss.type": "bce", "loss.focal.gamma": "2.0"},
               {"val_auc_macro": [(0, 0.5 + i / 10), (1, 0.6 + i / 10)], "val_auc_tail": [(1, 0.55)]})
         for i, lr in enumerate(("0.17367144413306937", "0.000312345678"))
     ]

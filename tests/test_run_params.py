@@ -10,13 +10,19 @@ from conftest import REPO
 def test_run_params_drop_settings_the_run_does_not_use() -> None:
     from raddiag.config import load_config
 
+    def loss_keys(params: dict) -> set[str]:
+        return {key for key in params if key.startswith("loss.")}
+
+    key_slice = {"loss.type", "loss.key_slice.weight", "loss.key_slice.form"}
     bce = load_config(None, ["loss.type=bce", "model.head=mlp"]).run_params()
-    assert "loss.pos_weight" in bce and not any(k.startswith(("loss.focal_", "loss.asl_", "loss.cb_", "loss.ldam_")) for k in bce)
+    assert loss_keys(bce) == key_slice | {"loss.bce.pos_weight"}  # no loss.focal.gamma on a BCE run
     assert not any(k.startswith(("model.ke.", "model.vit_", "synth.", "ingest.", "sweep.", "ablation.")) for k in bce)
     focal = load_config(None, ["loss.type=focal"]).run_params()
-    assert "loss.focal_gamma" in focal and "loss.pos_weight" not in focal and "model.ke.dim" in focal
-    cb = load_config(None, ["loss.type=cb", "loss.cb_base=focal"]).run_params()
-    assert {"loss.cb_beta", "loss.focal_gamma"} <= set(cb)
+    assert loss_keys(focal) == key_slice | {"loss.focal.gamma", "loss.focal.alpha"} and "model.ke.dim" in focal
+    cb = load_config(None, ["loss.type=cb", "loss.cb.base=focal"]).run_params()
+    assert loss_keys(cb) == key_slice | {"loss.cb.beta", "loss.cb.base", "loss.focal.gamma", "loss.focal.alpha"}
+    cb_bce = load_config(None, ["loss.type=cb"]).run_params()
+    assert loss_keys(cb_bce) == key_slice | {"loss.cb.beta", "loss.cb.base"}
     vit = load_config(None, ["model.encoder=vit"]).run_params()
     assert "model.vit_patch_size" in vit and "model.backbone_depth" not in vit
     assert "sweep.num_samples" in load_config().run_params("sweep")

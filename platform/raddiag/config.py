@@ -8,11 +8,13 @@ a typo fails loudly. Errors are raised as :class:`ConfigError` with one line nam
 from __future__ import annotations
 
 import copy
+import difflib
+import logging
 import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -251,11 +253,172 @@ class ModelConfig(_Strict):
         return self
 
 
+class BCELossConfig(_Strict):
+    """``loss.type=bce``: binary cross-entropy on logits."""
+
+    pos_weight: float = Field(default=1.0, gt=0, description="weight of the positive term (1 = plain BCE)")
+
+
+class FocalLossConfig(_Strict):
+    """``loss.type=focal`` (and ``cb`` with ``cb.base=focal``): sigmoid focal loss."""
+
+    gamma: float = Field(default=2.0, ge=0, le=10, description="focusing exponent γ (0 = no focusing)")
+    alpha: float | None = Field(
+        default=0.25, ge=0, le=1, description="weight α of positives, 1-α of negatives (null = unweighted)"
+    )
+
+
+class ASLConfig(_Strict):
+    """``loss.type=asl``: asymmetric loss."""
+
+    gamma_neg: float = Field(default=4.0, ge=0, le=10, description="focusing exponent γ- of negatives")
+    gamma_pos: float = Field(default=0.0, ge=0, le=10, description="focusing exponent γ+ of positives")
+    clip: float = Field(default=0.05, ge=0, lt=1, description="probability margin m shifted off negatives (0 = none)")
+
+
+class CBConfig(_Strict):
+    """``loss.type=cb``: class-balanced re-weighting by effective number."""
+
+    beta: float = Field(
+        default=0.999, ge=0, lt=1, description="β of the effective number (1-β^n)/(1-β) (0 = unweighted)"
+    )
+    base: Literal["bce", "focal"] = Field(
+        default="bce", description="loss that the class-balanced weights multiply (focal uses loss.focal.*)"
+    )
+
+
+class LAConfig(_Strict):
+    """``loss.type=la``: logit-adjusted BCE."""
+
+    tau: float = Field(default=1.0, ge=0, le=5, description="logits + τ·log(prior) during training (0 = BCE)")
+    log_odds: bool = Field(default=False, description="adjust by τ·log(prior/(1-prior)) instead of τ·log(prior)")
+
+
+class DBConfig(_Strict):
+    """``loss.type=db``: distribution-balanced loss."""
+
+    smooth_alpha: float = Field(
+        default=0.1, ge=0, le=1, description="floor α of the smoothed re-balancing weight α + σ(β(r-μ))"
+    )
+    smooth_beta: float = Field(default=10.0, ge=0, le=100, description="slope β of the smoothing sigmoid")
+    smooth_mu: float = Field(default=0.2, ge=0, le=1, description="centre μ of the smoothing sigmoid")
+    neg_scale: float = Field(default=2.0, ge=1, le=20, description="negative-tolerant scale λ on negative logits (1 = off)")
+    bias_scale: float = Field(
+        default=0.05, ge=0, le=1, description="κ, logits shifted by κ·log(prior/(1-prior)) (0 = off)"
+    )
+
+
+class LDAMConfig(_Strict):
+    """``loss.type=ldam``: label-distribution-aware margins."""
+
+    max_margin: float = Field(
+        default=0.5, ge=0, le=5, description="margin of the rarest class; others ∝ n^(-1/4) (0 = BCE)"
+    )
+    scale: float = Field(default=1.0, gt=0, le=64, description="logit scale s applied after the margin")
+
+
+class KeySliceConfig(_Strict):
+    """The key-slice attention term, added to every classification loss."""
+
+    weight: float = Field(default=0.001, ge=0, description="weight of the key-slice attention loss")
+    form: Literal["raddiag", "official"] = Field(
+        default="raddiag",
+        description="raddiag: sigma = real slices / 16, KL(a||g) + KL(g||a) over scans with > 1 slice; official: the "
+        "released code's sigma = padded depth / 16 and the mean of the two directions (half the weight)",
+    )
+
+
+#: The flat loss keys of earlier versions and their nested names (``loss.focal_gamma`` ->
+#: ``loss.focal.gamma``): still read, with a one-line deprecation warning, from YAML, ``--set``,
+#: ``sweep.search_space`` and ``ablation.arms``, and silently from configs stored with old runs.
+LEGACY_LOSS_KEYS: dict[str, str] = {
+    "pos_weight": "bce.pos_weight",
+    "focal_gamma": "focal.gamma", "focal_alpha": "focal.alpha",
+    "asl_gamma_neg": "asl.gamma_neg", "asl_gamma_pos": "asl.gamma_pos", "asl_clip": "asl.clip",
+    "cb_beta": "cb.beta", "cb_base": "cb.base",
+    "la_tau": "la.tau", "la_log_odds": "la.log_odds",
+    "db_smooth_alpha": "db.smooth_alpha", "db_smooth_beta": "db.smooth_beta", "db_smooth_mu": "db.smooth_mu",
+    "db_neg_scale": "db.neg_scale", "db_bias_scale": "db.bias_scale",
+    "ldam_max_margin": "ldam.max_margin", "ldam_scale": "ldam.scale",
+    "key_slice_weight": "key_slice.weight", "key_slice_form": "key_slice.form",
+}
+
+
+def legacy_key(dotted: str) -> str | None:
+    """The current name of a pre-nesting dotted key (``"loss.focal_gamma"`` -> ``"loss.focal.gamma"``), else None."""
+    section, _, name = dotted.partition(".")
+    new = LEGACY_LOSS_KEYS.get(name) if section == "loss" else None
+    return f"loss.{new}" if new else None
+
+
+def _upgrade_loss_section(loss: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``loss`` with its flat legacy keys moved into their sub-sections, and the old keys found.
+    An old key next to a different value under its new name is an error (which one is meant?)."""
+    found = [key for key in loss if key in LEGACY_LOSS_KEYS]
+    if not found:
+        return loss, []
+    out = copy.deepcopy(loss)
+    for old in found:
+        value = out.pop(old)
+        section, name = LEGACY_LOSS_KEYS[old].split(".")
+        sub = out.get(section)
+        if sub is None:
+            sub = out[section] = {}
+        if not isinstance(sub, dict):
+            raise ValueError(f"loss.{old} is the old name of loss.{section}.{name}, but loss.{section} is not a mapping")
+        if name in sub and sub[name] != value:
+            raise ValueError(f"loss.{old} (old name) and loss.{section}.{name} are both set: keep only loss.{section}.{name}")
+        sub[name] = value
+    return out, found
+
+
+def _upgrade_keys(mapping: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``mapping`` (dotted key -> value) with legacy loss keys renamed, and the old keys found; an
+    old and a new name of the same key both present is an error."""
+    found = [key for key in mapping if isinstance(key, str) and legacy_key(key)]
+    if not found:
+        return mapping, []
+    out = {}
+    for key, value in mapping.items():
+        new = legacy_key(key) if isinstance(key, str) else None
+        if new and new in mapping and mapping[new] != value:
+            raise ValueError(f"{key} (old name) and {new} are both given: keep only {new}")
+        out[new or key] = value
+    return out, found
+
+
+def _upgrade_space(space: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A search space with legacy loss keys renamed in its keys and in every ``when``; the old keys found."""
+    space, found = _upgrade_keys(space)
+    out = {}
+    for key, spec in space.items():
+        if isinstance(spec, dict) and isinstance(spec.get("when"), dict):
+            when, old = _upgrade_keys(spec["when"])
+            if old:
+                spec = {**spec, "when": when}
+                found += [k for k in old if k not in found]
+        out[key] = spec
+    return out, found
+
+
+def _upgrade_arms(arms: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Ablation arms with legacy loss keys renamed in their overrides; the old keys found."""
+    out, found = {}, []
+    for arm, overrides in arms.items():
+        if isinstance(overrides, dict):
+            overrides, old = _upgrade_keys(overrides)
+            found += [k for k in old if k not in found]
+        out[arm] = overrides
+    return out, found
+
+
 class LossConfig(_Strict):
     """Multi-label classification loss on logits plus the key-slice attention term.
 
-    ``type`` picks the loss (see :mod:`raddiag.losses`); each parameter below is read only by the
-    loss named in its prefix. ``cb``, ``la``, ``db`` and ``ldam`` need the training class counts.
+    ``type`` picks the loss (see :mod:`raddiag.losses`); its parameters live in the sub-section of
+    the same name (``loss.focal.gamma``, ``loss.cb.beta``, ...) and only that one is read (``cb``
+    with ``cb.base=focal`` also reads ``focal``). ``cb``, ``la``, ``db`` and ``ldam`` need the
+    training class counts. ``key_slice`` is read by every type.
     """
 
     type: Literal["bce", "focal", "asl", "cb", "la", "db", "ldam"] = Field(
@@ -263,47 +426,26 @@ class LossConfig(_Strict):
         description="bce | focal | asl (asymmetric) | cb (class-balanced) | la (logit-adjusted) | "
         "db (distribution-balanced) | ldam (label-distribution-aware margins)",
     )
-    pos_weight: float = Field(default=1.0, gt=0, description="bce: weight of the positive term (1 = plain BCE)")
-    focal_gamma: float = Field(default=2.0, ge=0, le=10, description="focal: focusing exponent γ (0 = no focusing)")
-    focal_alpha: float | None = Field(
-        default=0.25, ge=0, le=1, description="focal: weight α of positives, 1-α of negatives (null = unweighted)"
-    )
-    asl_gamma_neg: float = Field(default=4.0, ge=0, le=10, description="asl: focusing exponent γ- of negatives")
-    asl_gamma_pos: float = Field(default=0.0, ge=0, le=10, description="asl: focusing exponent γ+ of positives")
-    asl_clip: float = Field(
-        default=0.05, ge=0, lt=1, description="asl: probability margin m shifted off negatives (0 = none)"
-    )
-    cb_beta: float = Field(
-        default=0.999, ge=0, lt=1, description="cb: β of the effective number (1-β^n)/(1-β) (0 = unweighted)"
-    )
-    cb_base: Literal["bce", "focal"] = Field(
-        default="bce", description="cb: loss that the class-balanced weights multiply (focal uses focal_*)"
-    )
-    la_tau: float = Field(default=1.0, ge=0, le=5, description="la: logits + τ·log(prior) during training (0 = BCE)")
-    la_log_odds: bool = Field(
-        default=False, description="la: adjust by τ·log(prior/(1-prior)) instead of τ·log(prior)"
-    )
-    db_smooth_alpha: float = Field(
-        default=0.1, ge=0, le=1, description="db: floor α of the smoothed re-balancing weight α + σ(β(r-μ))"
-    )
-    db_smooth_beta: float = Field(default=10.0, ge=0, le=100, description="db: slope β of the smoothing sigmoid")
-    db_smooth_mu: float = Field(default=0.2, ge=0, le=1, description="db: centre μ of the smoothing sigmoid")
-    db_neg_scale: float = Field(
-        default=2.0, ge=1, le=20, description="db: negative-tolerant scale λ on negative logits (1 = off)"
-    )
-    db_bias_scale: float = Field(
-        default=0.05, ge=0, le=1, description="db: κ, logits shifted by κ·log(prior/(1-prior)) (0 = off)"
-    )
-    ldam_max_margin: float = Field(
-        default=0.5, ge=0, le=5, description="ldam: margin of the rarest class; others ∝ n^(-1/4) (0 = BCE)"
-    )
-    ldam_scale: float = Field(default=1.0, gt=0, le=64, description="ldam: logit scale s applied after the margin")
-    key_slice_weight: float = Field(default=0.001, ge=0, description="weight of the key-slice attention loss")
-    key_slice_form: Literal["raddiag", "official"] = Field(
-        default="raddiag",
-        description="raddiag: sigma = real slices / 16, KL(a||g) + KL(g||a) over scans with > 1 slice; official: the "
-        "released code's sigma = padded depth / 16 and the mean of the two directions (half the weight)",
-    )
+    bce: BCELossConfig = Field(default_factory=BCELossConfig, description="bce: binary cross-entropy")
+    focal: FocalLossConfig = Field(default_factory=FocalLossConfig, description="focal: sigmoid focal loss (Lin et al. 2017)")
+    asl: ASLConfig = Field(default_factory=ASLConfig, description="asl: asymmetric loss (Ridnik et al. 2021)")
+    cb: CBConfig = Field(default_factory=CBConfig, description="cb: class-balanced weights (Cui et al. 2019)")
+    la: LAConfig = Field(default_factory=LAConfig, description="la: logit adjustment (Menon et al. 2021)")
+    db: DBConfig = Field(default_factory=DBConfig, description="db: distribution-balanced loss (Wu et al. 2020)")
+    ldam: LDAMConfig = Field(default_factory=LDAMConfig, description="ldam: label-distribution-aware margins (Cao et al. 2019)")
+    key_slice: KeySliceConfig = Field(default_factory=KeySliceConfig, description="key-slice attention term (every type)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_keys(cls, data: Any) -> Any:
+        """Flat keys of earlier versions (``focal_gamma``) read as their nested names: configs
+        stored with old runs and models still load (user input is translated, with a warning, by
+        :func:`load_config`)."""
+        return _upgrade_loss_section(data)[0] if isinstance(data, dict) else data
+
+    def sections(self) -> tuple[str, ...]:
+        """The parameter sub-sections the active ``type`` reads (``cb`` with ``base=focal`` also reads ``focal``)."""
+        return (self.type, "focal") if self.type == "cb" and self.cb.base == "focal" else (self.type,)
 
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._ +-]{0,99}")
@@ -384,13 +526,19 @@ class SweepConfig(_Strict):
     search_space: dict[str, dict[str, Any]] = Field(
         default_factory=lambda: {
             "loss.type": {"choice": ["bce", "focal", "asl"]},
-            "loss.focal_gamma": {"uniform": [0.5, 3.0], "when": {"loss.type": "focal"}},
-            "loss.asl_gamma_neg": {"uniform": [2.0, 6.0], "when": {"loss.type": "asl"}},
+            "loss.focal.gamma": {"uniform": [0.5, 3.0], "when": {"loss.type": "focal"}},
+            "loss.asl.gamma_neg": {"uniform": [2.0, 6.0], "when": {"loss.type": "asl"}},
             "model.head": {"choice": ["mlp", "ke"]},
             "model.ke.temperature_init": {"loguniform": [0.03, 0.2], "when": {"model.head": "ke"}},
             "train.lr": {"loguniform": [1e-3, 4e-3]},
         }
     )
+
+    @field_validator("search_space", mode="before")
+    @classmethod
+    def _legacy_keys(cls, space: Any) -> Any:
+        """Pre-nesting loss keys (``loss.focal_gamma``) read as their nested names, in keys and ``when``."""
+        return _upgrade_space(space)[0] if isinstance(space, dict) else space
 
     @field_validator("search_space")
     @classmethod
@@ -430,6 +578,12 @@ class AblationConfig(_Strict):
     )
     n_bootstrap: int = Field(default=1000, ge=0)
     max_concurrent_trials: int = Field(default=2, ge=1)
+
+    @field_validator("arms", mode="before")
+    @classmethod
+    def _legacy_keys(cls, arms: Any) -> Any:
+        """Pre-nesting loss keys (``loss.focal_gamma``) in an arm's overrides read as their nested names."""
+        return _upgrade_arms(arms)[0] if isinstance(arms, dict) else arms
 
     @field_validator("arms")
     @classmethod
@@ -548,14 +702,13 @@ class RadDiagConfig(_Strict):
 
     def run_params(self, scope: str = "run") -> dict[str, Any]:
         """The MLflow params of a training run: :meth:`flat` without the keys that cannot affect it —
-        the other losses' settings (a BCE run does not show ``loss.focal_gamma``), the KE head's
+        the other losses' sections (a BCE run shows ``loss.type``, ``loss.key_slice.*`` and
+        ``loss.bce.*`` only; ``cb`` with ``cb.base=focal`` also ``loss.focal.*``), the KE head's
         when ``model.head=mlp``, the ViT's for a CNN and the CNN's for a ViT, and ingest/synth
         (the store is recorded by its dataset version). ``scope="sweep"``/``"ablation"`` keeps that
         section (a parent run)."""
         flat = self.flat()
-        loss = self.loss
-        used_loss = {"bce": ("pos_weight",), "focal": ("focal_",), "asl": ("asl_",), "la": ("la_",), "db": ("db_",),
-                     "ldam": ("ldam_",), "cb": ("cb_", "focal_") if loss.cb_base == "focal" else ("cb_",)}[loss.type]
+        used_loss = ("loss.type", "loss.key_slice.", *(f"loss.{section}." for section in self.loss.sections()))
         drop = ["synth.", "ingest."]
         drop += [section for section in ("sweep.", "ablation.") if not section.startswith(scope)]
         if self.model.head != "ke":
@@ -568,11 +721,134 @@ class RadDiagConfig(_Strict):
         def kept(key: str) -> bool:
             if key.startswith(tuple(drop)):
                 return False
-            if key.startswith("loss.") and not key.startswith(("loss.type", "loss.key_slice")):
-                return key.removeprefix("loss.").startswith(used_loss)
-            return True
+            return key.startswith(used_loss) if key.startswith("loss.") else True
 
         return {key: value for key, value in flat.items() if kept(key)}
+
+    @model_validator(mode="after")
+    def _check_override_keys(self) -> "RadDiagConfig":
+        """Every ``sweep.search_space`` key and ``when`` key and every ``ablation.arms`` override
+        names a real config key, and every value a trial or an arm can set (each choice, both ends
+        of a range, an arm's overrides together) is valid for it: a typo fails at load, in one
+        line, before Ray starts, instead of in every trial."""
+        if self.sweep.search_space or self.ablation.arms:
+            base = self.model_dump(mode="json")
+            base["sweep"]["search_space"], base["ablation"]["arms"] = {}, {}
+            _check_search_space(self.sweep.search_space, base)
+            for arm, overrides in self.ablation.arms.items():
+                _check_arm(arm, overrides, base)
+        return self
+
+
+#: Config keys a sweep or an arm cannot set (they hold the overrides themselves).
+_NOT_OVERRIDABLE = ("sweep.search_space", "ablation.arms")
+
+
+def _field_annotation(dotted: str) -> Any:
+    """The type annotation of config key ``dotted`` (a leaf, a section, or an entry of a
+    ``dict``-typed field such as ``train.resources_per_worker.GPU``), or None if no such key."""
+    model: Any = RadDiagConfig
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return None
+        annotation = field.annotation
+        if i == len(parts) - 1:
+            return annotation
+        sub = next((a for a in (annotation, *get_args(annotation)) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if sub is not None:
+            model = sub
+        elif get_origin(annotation) is dict and i == len(parts) - 2:
+            return get_args(annotation)[1]
+        else:
+            return None
+    return None
+
+
+def _known_key(dotted: str, base: dict[str, Any], what: str) -> None:
+    """Raise naming ``what`` and the closest valid key unless ``dotted`` is a config key."""
+    if isinstance(dotted, str) and dotted not in _NOT_OVERRIDABLE and _field_annotation(dotted) is not None:
+        return
+    valid = [key for key in flatten(base) if key not in _NOT_OVERRIDABLE]
+    close = difflib.get_close_matches(str(dotted), valid, n=1, cutoff=0.6)
+    hint = f" (did you mean '{close[0]}'?)" if close else " (see `raddiag config show --keys`)"
+    raise ValueError(f"{what}: unknown config key '{cut(str(dotted), 120)}'{hint}")
+
+
+def _first_problem(tree: dict[str, Any], blamed: Any) -> tuple[str, str] | None:
+    """``(key, message)`` of the first validation error of ``tree`` that ``blamed(loc)`` accepts, else None."""
+    try:
+        RadDiagConfig.model_validate(tree)
+    except ValidationError as exc:
+        for error in exc.errors():
+            loc = ".".join(str(p) for p in error["loc"])
+            if blamed(loc):
+                return loc, cut(error["msg"].removeprefix("Value error, "), 160)
+    return None
+
+
+def _check_search_space(space: dict[str, dict[str, Any]], base: dict[str, Any]) -> None:
+    """See :meth:`RadDiagConfig._check_override_keys`: keys, ``when`` conditions and values."""
+    earlier: list[str] = []
+    for key, spec in space.items():
+        where = f"sweep.search_space['{cut(str(key), 120)}']"
+        _known_key(key, base, "sweep.search_space")
+        kind = next(k for k in spec if k != "when")
+        when = spec.get("when") or {}
+        if not isinstance(when, dict):
+            raise ValueError(f"{where}.when must be a mapping {{key: value}}, got {shown(when)}")
+        for cond, value in when.items():
+            _known_key(cond, base, f"{where}.when")
+            if cond not in earlier:
+                raise ValueError(f"{where}.when: '{cond}' is not sampled above '{key}' in sweep.search_space, so the condition "
+                                 f"never holds (add '{cond}' to the search space before '{key}')")
+            cond_spec = space[cond]
+            cond_kind = next(k for k in cond_spec if k != "when")
+            if cond_kind == "choice" and value not in cond_spec["choice"]:
+                raise ValueError(f"{where}.when: {cond}={shown(value)} is never sampled (choices: {shown(cond_spec['choice'])})")
+            if cond_kind != "choice" and not (cond_kind == "int" and isinstance(value, int)
+                                              and cond_spec["int"][0] <= value <= cond_spec["int"][1]):
+                raise ValueError(f"{where}.when: {cond}={shown(value)} is never sampled from {{{cond_kind}: {shown(cond_spec[cond_kind])}}}")
+        annotation = _field_annotation(key)
+        if kind in ("uniform", "loguniform") and annotation is int:
+            raise ValueError(f"{where}: {key} is an integer; sample it with {{int: [low, high]}}, not {kind}")
+        others = [k for k in space if k != key]
+        for value in spec[kind]:
+            tree = copy.deepcopy(base)
+            for cond, cond_value in when.items():
+                set_dotted(tree, cond, cond_value)
+            set_dotted(tree, key, value)
+
+            def blamed(loc: str, key: str = key, others: list[str] = others) -> bool:
+                if loc == key or loc.startswith(key + "."):
+                    return True  # the key's own constraint
+                if loc and not key.startswith(loc + "."):
+                    return False  # another section's problem
+                # A cross-field check of a section holding the key: the key's fault unless another
+                # sampled key of that section could satisfy it in a trial.
+                return not any(not loc or other.startswith(loc + ".") for other in others)
+
+            problem = _first_problem(tree, blamed)
+            if problem:
+                what = "value" if kind == "choice" else "bound"
+                named = problem[0] if problem[0].startswith(key) else key
+                raise ValueError(f"{where}: {kind} {what} {shown(value)} is not valid for {named}: {problem[1]}")
+        earlier.append(key)
+
+
+def _check_arm(arm: str, overrides: dict[str, Any], base: dict[str, Any]) -> None:
+    """See :meth:`RadDiagConfig._check_override_keys`: an arm's keys, and its overrides applied together."""
+    tree = copy.deepcopy(base)
+    for key, value in overrides.items():
+        _known_key(key, base, f"ablation.arms.{arm}")
+        set_dotted(tree, key, value)
+    problem = _first_problem(tree, lambda loc: True)
+    if problem:
+        key, message = problem
+        value = overrides.get(key)
+        got = f" (got {shown(value)})" if key in overrides else ""
+        raise ValueError(f"ablation.arms.{arm}: config key '{key}': {message}{got}")
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -721,10 +997,41 @@ def _describe(error: ValidationError, origin: str) -> str:
     key = cut(".".join(str(p) for p in first["loc"]) or "(top level)", 120)
     if first["type"] == "extra_forbidden":
         return f"{origin}: unknown config key '{key}'"
+    if not first["loc"]:  # a whole-config check (search-space and arm keys): the message names its key
+        return f"{origin}: {cut(first['msg'].removeprefix('Value error, '), 400)}"
     value = first.get("input")
     got = "" if isinstance(value, dict) else f" (got {shown(value)})"
     msg = cut(first["msg"].removeprefix("Value error, "), 200)
     return f"{origin}: config key '{key}': {msg}{got}"
+
+
+def _upgrade_tree(tree: dict[str, Any], origin: str) -> dict[str, Any]:
+    """``tree`` (a YAML file, a preset) with pre-nesting loss keys renamed in ``loss``,
+    ``sweep.search_space`` and ``ablation.arms``, and one warning line naming the old keys."""
+    found: list[str] = []
+    try:
+        loss = tree.get("loss")
+        if isinstance(loss, dict):
+            loss, old = _upgrade_loss_section(loss)
+            tree = {**tree, "loss": loss}
+            found += [f"loss.{key}" for key in old]
+        for section, field, upgrade in (("sweep", "search_space", _upgrade_space), ("ablation", "arms", _upgrade_arms)):
+            node = tree.get(section)
+            if isinstance(node, dict) and isinstance(node.get(field), dict):
+                value, old = upgrade(node[field])
+                tree = {**tree, section: {**node, field: value}}
+                found += [f"{key} in {section}.{field}" for key in old]
+    except ValueError as exc:
+        raise ConfigError(f"{origin}: {exc}") from None
+    if found:
+        _deprecated(origin, found)
+    return tree
+
+
+def _deprecated(origin: str, found: list[str]) -> None:
+    """One warning line for the legacy keys ``found`` in ``origin`` (stderr unless logging is configured)."""
+    names = ", ".join(f"{key} -> {legacy_key(key)}{sep}{where}" for key, sep, where in (k.partition(" ") for k in found))
+    logging.getLogger("raddiag.config").warning(f"{origin}: deprecated config keys read as their new names ({cut(names, 400)}); rename them")
 
 
 def build_config(tree: dict[str, Any], origin: str = "config") -> RadDiagConfig:
@@ -742,12 +1049,16 @@ def load_config(
     tree: dict[str, Any] = copy.deepcopy(base) if base else {}
     origin = "defaults"
     for path in paths or []:
-        tree = _merge(tree, _read_yaml(Path(path)))
+        tree = _merge(tree, _upgrade_tree(_read_yaml(Path(path)), f"config file {path}"))
         origin = str(path)
     for text in overrides or []:
         key, value = parse_override(text)
+        if legacy_key(key):
+            _deprecated(f"--set {cut(key)}", [key])
+            key = legacy_key(key)  # type: ignore[assignment]
         set_dotted(tree, key, value)
         origin = "--set" if not paths else f"{origin} + --set"
+    tree = _upgrade_tree(tree, origin)  # a preset, or a search space / arms given whole with --set
     return absolute_paths(build_config(tree, origin))
 
 
@@ -778,7 +1089,7 @@ def with_overrides(cfg: RadDiagConfig, values: dict[str, Any]) -> RadDiagConfig:
     """A copy of ``cfg`` with dotted ``values`` applied and re-validated (used per sweep trial)."""
     tree = cfg.model_dump(mode="json")
     for key, value in values.items():
-        set_dotted(tree, key, value)
+        set_dotted(tree, legacy_key(key) or key, value)
     return build_config(tree, "trial overrides")
 
 

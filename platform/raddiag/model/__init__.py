@@ -1,4 +1,5 @@
-"""RadDiag network (``nets``), its parts (``blocks``) and the key-slice attention loss.
+"""RadDiag network (``nets``) and its parts (``blocks``); the training losses, the key-slice
+attention loss included, are in :mod:`raddiag.losses`.
 
 Typical use::
 
@@ -7,7 +8,6 @@ Typical use::
     loss = bce(out["logits"], labels) + w * key_slice_loss(out["slice_attention"], key_slice, slice_mask, scan_mask)
 """
 
-from raddiag.model.losses import key_slice_loss, key_slice_target
 from raddiag.model.nets import RadDiagNet, build_model, load_pretrained
 
-__all__ = ["RadDiagNet", "build_model", "key_slice_loss", "key_slice_target", "load_pretrained"]
+__all__ = ["RadDiagNet", "build_model", "load_pretrained"]

@@ -55,7 +55,7 @@ def compute_losses(
     key_slice_form: str = "raddiag", max_depth: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """``{"loss", "cls_loss", "key_slice_loss"}`` for one batch (loss = cls + w * key-slice)."""
-    from raddiag.model import key_slice_loss
+    from raddiag.losses import key_slice_loss
 
     cls_loss = loss_fn(out["logits"].float(), batch["labels"].float())
     ks_loss = key_slice_loss(
@@ -213,8 +213,8 @@ def train_epoch(model, batches, loss_fn, optimizer, scheduler, cfg: RadDiagConfi
         data_wait += time.perf_counter() - fetch
         pending += 1
         terms = train_step(
-            model, batch, loss_fn, optimizer, scheduler, cfg.loss.key_slice_weight, amp_dtype,
-            accumulate=accumulate, step=pending == accumulate, key_slice_form=cfg.loss.key_slice_form,
+            model, batch, loss_fn, optimizer, scheduler, cfg.loss.key_slice.weight, amp_dtype,
+            accumulate=accumulate, step=pending == accumulate, key_slice_form=cfg.loss.key_slice.form,
             max_depth=cfg.model.max_depth,
         )
         pending %= accumulate

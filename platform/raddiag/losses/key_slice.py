@@ -1,5 +1,6 @@
 """The key-slice attention loss (RadDiag): the slice transformer's CLS attention should peak at the
-slice a radiologist marked."""
+slice a radiologist marked. Training adds it to the classification loss with weight
+``loss.key_slice.weight``; ``loss.key_slice.form`` picks the variant."""
 
 from __future__ import annotations
 
