@@ -29,8 +29,8 @@ from raddiag.metrics import (
     evaluate_scores,
     group_of_counts,
     interpolated_roc,
-    print_report,
 )
+from raddiag.views.console import metric_table, print_report
 
 FPRS = {"r01": 0.01, "r05": 0.05, "r10": 0.1, "r20": 0.2, "r50": 0.5}
 
@@ -392,7 +392,7 @@ def test_bootstrap_with_validation_thresholds():
 
 def _render(report: MetricReport, **kwargs) -> str:
     console = Console(file=io.StringIO(), width=200, record=True)
-    console.print(report.table("Disorders", **kwargs))
+    console.print(metric_table(report, "Disorders", **kwargs))
     return console.export_text()
 
 
@@ -434,7 +434,7 @@ def test_table_is_shaped_like_the_paper():
     lo, hi = report.ci["tail"]["auc"]
     assert f"{100 * lo:.2f}–" in text and f"{100 * hi:.2f}" in text
     with pytest.raises(ValueError, match="validation"):
-        report.table("x", variant="honest")
+        metric_table(report, "x", variant="honest")
 
 
 def test_print_report_writes_json_and_honest_table(tmp_path):
@@ -448,3 +448,57 @@ def test_print_report_writes_json_and_honest_table(tmp_path):
     text = console.export_text()
     assert "thresholds chosen on validation" in text and "(val" in text and "thr)" in text
     assert json.loads(out.read_text()) == json.loads(json.dumps(report.to_json()))
+
+
+# ----------------------------------------------------------------------------- the metric table
+
+
+def test_every_metric_the_kernel_computes_is_in_the_table_and_vice_versa():
+    """METRIC_SPECS is the one list of metrics: the kernel's per-class outputs (curve statistics and
+    the honest variant), minus its bookkeeping (counts, thresholds, TP/FP at thresholds), are exactly
+    the table's names, each once, and a report carries them in table order."""
+    from raddiag import metrics
+    from raddiag.metrics import FPR_POINTS, METRIC_SPECS, TABLE_VARIANTS, metric_keys, specs_for
+
+    curve_stats = getattr(metrics, "curve_stats", None) or metrics._curve_stats  # made public by #16
+    sort_block = getattr(metrics, "sort_block", None) or metrics._sort_block
+    rng = np.random.default_rng(18)
+    y, s = random_split(rng, 60, 5)
+    val_y, val_s = random_split(rng, 40, 5)
+    _, vs, vy = sort_block(np.ascontiguousarray(val_s.T), np.ascontiguousarray(val_y.T))
+    vstats = curve_stats(vs, vy)
+    thresholds = {"f1": vstats["threshold"]} | {f"r{sfx}": vstats[f"threshold_r{sfx}"] for sfx, _ in FPR_POINTS}
+    _, ss, sy = sort_block(np.ascontiguousarray(s.T), np.ascontiguousarray(y.T))
+    stats = curve_stats(ss, sy, None, thresholds)
+    stats |= metrics._honest(stats)
+    computed = {key for key in stats if key not in ("n_pos", "n_neg", "valid", "threshold")
+                and not key.startswith(("threshold_", "tp_", "fp_"))}
+    names = [spec.name for spec in METRIC_SPECS]
+    assert len(names) == len(set(names)) and set(names) == computed
+
+    report = evaluate_scores(y, s, np.full(5, 150), val_true=val_y, val_score=val_s)
+    assert report.metrics == tuple(names)
+    assert set(metric_keys()) <= set(report.flat())
+    for variant in TABLE_VARIANTS:
+        labels = [spec.label for spec in specs_for(variant)]
+        assert labels and len(labels) == len(set(labels)), variant  # one column per metric in each table
+        text = _render(report, variant=variant)
+        assert all(label in text for label in labels), variant
+
+
+@pytest.mark.parametrize(("key", "value", "fix"), [
+    ("train.metric", "val_auc_macr", "val_auc_macro"), ("sweep.metric", "auc_macro", "val_auc_macro"),
+    ("promote.metric", "val_auc_tail", "auc_tail"), ("sweep.metric", "val_f1_val_tail", None),
+])
+def test_a_metric_name_outside_the_table_fails_at_config_load(key, value, fix):
+    """``train.metric`` / ``sweep.metric`` name what a run logs each epoch (val_<metric>_<group>, no
+    validation-threshold variants) and ``promote.metric`` a test metric: a typo is one line at load."""
+    from raddiag.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, [f"{key}={value}"])
+    message = str(caught.value)
+    assert "\n" not in message and key in message and "head, medium, tail, macro" in message
+    assert fix is None or repr(fix) in message
+    cfg = load_config(None, ["train.metric=train_loss", "sweep.metric=val_r50_interp_tail", "promote.metric=f1_val_macro"])
+    assert (cfg.train.metric, cfg.sweep.metric, cfg.promote.metric) == ("train_loss", "val_r50_interp_tail", "f1_val_macro")

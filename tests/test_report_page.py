@@ -3,7 +3,8 @@ not columns, numbers are rounded, wide tables scroll, and the registry's test fi
 
 from __future__ import annotations
 
-from raddiag.report import SweepData, Trial, render_html
+from raddiag.report import SweepData, Trial
+from raddiag.views.html import render_html
 
 
 def _data() -> SweepData:

@@ -62,39 +62,16 @@ def _config(config: list[Path] | None, overrides: list[str] | None) -> RadDiagCo
         raise UserError(str(exc), code=2) from None
 
 
-def _progress() -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=False)
-
-
-def synth_store(cfg: RadDiagConfig) -> Any:
-    """Generate the synthetic dataset of ``cfg.synth`` into ``cfg.store`` with a progress bar."""
-    from raddiag.storage.synth import generate
-
-    store = cfg.store.ref().open()
-    with _progress() as progress:
-        task = progress.add_task("synthesising cases", total=cfg.synth.n_cases)
-        manifest = generate(cfg.synth, store, progress=lambda done, total: progress.update(task, completed=done))
-    return manifest
-
-
 @app.command()
 def synth(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Write a synthetic RP3D-like long-tailed dataset (2D + 3D scans, ICD-10-CM labels) to the store."""
+    from raddiag.storage.synth import synth_store
+    from raddiag.views import console as show
+
     cfg = _config(config, set_)
-    manifest = synth_store(cfg)
-    _print_manifest(manifest, cfg.store.url)
-
-
-def _print_manifest(manifest: Any, url: str) -> None:
-    from rich.markup import escape
-
-    groups = manifest.labels[manifest.labels["level"] == "disorder"]["group"].value_counts().to_dict()
-    console.print(
-        f"store [bold]{escape(plain(url).plain)}[/] version [bold]{manifest.version}[/]: {manifest.info['n_cases']} cases, "
-        f"{manifest.info['n_scans']} scans, splits {manifest.info['splits']}, disorder labels by group {groups}"
-    )
+    with show.progress_bar(console, "synthesising cases", cfg.synth.n_cases) as update:
+        manifest = synth_store(cfg, update)
+    show.manifest(console, manifest, cfg.store.url)
 
 
 IngestSources = Annotated[
@@ -127,6 +104,7 @@ def ingest(
     from raddiag.storage.ingest import IngestError, load_vocabulary, run_ingest
     from raddiag.storage.preprocess import Plan
     from raddiag.storage.readers import Limits
+    from raddiag.views import console as show
 
     cfg = _config(config, set_)
     if fmt not in ("auto", "rp3d", "table"):
@@ -146,52 +124,20 @@ def ingest(
     limits = Limits(max_side=ing.max_side, max_depth=max(ing.max_side, 4096), max_voxels=ing.max_voxels, max_bytes=ing.memory_mb * 2**20 // (1 if on_ray else workers))
     try:
         vocabulary = load_vocabulary(vocab_path) if vocab_path else None
-        with _progress() as progress:
-            task = progress.add_task("ingesting cases", total=None)
+        with show.progress_bar(console, "ingesting cases") as update:
             result = run_ingest(
                 list(sources), store, data_root=root, vocabulary=vocabulary, plan=plan, limits=limits,
                 val_fraction=ing.val_fraction, test_fraction=ing.test_fraction, seed=ing.seed,
                 keep_flagged=ing.keep_flagged, trust_pixels=tuple(ing.trust_pixels), key_env=ing.deid_key_env, fmt=fmt, workers=workers,
-                progress=lambda done, total: progress.update(task, completed=done, total=total),
+                progress=update,
                 on_ray=(lambda: init_ray(cfg.ray, verbose)) if on_ray else None, task_cpus=task_cpus,
             )
     except (IngestError, DeidKeyMissing) as exc:
         raise UserError(str(exc), code=2) from None
-    _print_rejected(result.rejected)
+    show.rejected(console, result.rejected)
     if result.manifest is None:
         raise UserError(f"nothing could be ingested from {', '.join(map(str, sources))} ({len(result.rejected)} rejected)")
-    console.print(
-        f"ingested {result.n_cases} cases, {result.n_scans} scans in {result.seconds:.1f} s "
-        f"({result.scans_per_second:.1f} scans/s); rejected {len(result.rejected)}"
-    )
-    _print_manifest(result.manifest, url)
-
-
-def plain(value: Any, limit: int = 300) -> Any:
-    """User-supplied text (case ids, paths, reasons) as an inert rich ``Text``: no markup is
-    interpreted (``[/oops]``, ``[link=...]``), control characters (ANSI/OSC escapes) are shown as
-    ``?``, and long values are cut."""
-    import re
-
-    from rich.text import Text
-
-    text = re.sub(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", "?", str(value))
-    return Text(text if len(text) <= limit else text[: limit - 1] + "…")
-
-
-def _print_rejected(rejected: Any, limit: int = 50) -> None:
-    if rejected.empty:
-        return
-    from rich.table import Table
-
-    table = Table(title=f"rejected ({len(rejected)}; stored as versions/<version>/rejected.parquet)")
-    for column in ("source", "case_id", "item", "reason"):
-        table.add_column(column, overflow="fold")
-    for row in rejected.head(limit).itertuples(index=False):
-        table.add_row(plain(row.source), plain(row.case_id), plain(row.item), plain(row.reason))
-    console.print(table)
-    if len(rejected) > limit:
-        console.print(f"... and {len(rejected) - limit} more")
+    show.ingested(console, result, url)
 
 
 @app.command()
@@ -204,15 +150,13 @@ def verify(
     """Verify a store: recompute every scan checksum and check manifest/array consistency; exit 1 on any problem."""
     from raddiag.storage.ref import StoreRef
     from raddiag.storage.verify import verify_store
+    from raddiag.views import console as show
 
     cfg = _config(config, set_)
     target = url or cfg.store.url
     with console.status(f"verifying {target}"):
         report = verify_store(StoreRef(target, endpoint_url or cfg.store.endpoint_url).open())
-    for note in report.notes:
-        console.print(f"note: {note}", soft_wrap=True)
-    for problem in report.problems:
-        console.print(f"[red]problem[/]: {problem}", highlight=False, soft_wrap=True)
+    show.verification(console, report)
     summary = f"{target} version {report.version or '?'}: {report.n_cases} cases, {report.n_scans} scans checked"
     if report.problems:
         raise UserError(f"{summary}; {len(report.problems)} problem(s)")
@@ -228,10 +172,11 @@ def train(
 ) -> None:
     """Train one model with Ray Train (DDP) and track it in MLflow; re-running the same name resumes."""
     from raddiag.train.trainer import TrainRefused, run_train
+    from raddiag.views import console as show
 
     cfg = _config(config, set_)
     if dry_run:
-        _print_plan(cfg, "train")
+        _dry_run(cfg, "train")
         return
     try:
         with console.status(f"training {cfg.train.name} ({cfg.train.num_workers} workers, {cfg.train.epochs} epochs)"):
@@ -239,15 +184,9 @@ def train(
     except TrainRefused as exc:  # no store, or a name that holds another run: before Ray started
         raise UserError(str(exc), code=2) from None
     if result.already_complete:
-        console.print(
-            f"train.name {cfg.train.name!r} is already complete ({result.already_complete}), nothing trained: "
-            f"MLflow run {result.run_id}, model runs:/{result.run_id}/model, checkpoint {result.checkpoint_path} "
-            "(raise train.epochs to train on, or choose another train.name)",
-            soft_wrap=True, highlight=False, markup=False,
-        )
+        show.already_complete(console, cfg.train.name, result)
         return
-    shown = {k: round(v, 4) for k, v in result.metrics.items() if k.startswith("val_auc") and isinstance(v, float)}
-    console.print(f"run {result.run_id}: {shown}\ncheckpoint: {result.checkpoint_path}")
+    show.trained(console, result)
 
 
 @app.command()
@@ -259,44 +198,24 @@ def sweep(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would run (store, search space, budget); start nothing.")] = False,
 ) -> None:
     """Run a Ray Tune + Optuna (TPE) + ASHA sweep; each trial is a TorchTrainer and a child MLflow run."""
+    from raddiag.tune.sweep import run_sweep
+    from raddiag.views import console as show
+
     cfg = _config(config, set_)
     if dry_run:
-        _print_plan(cfg, "sweep")
+        _dry_run(cfg, "sweep")
         return
-    result = run_sweep_with_progress(cfg, verbose, resume)
-    _print_trials(result, cfg)
+    with console.status(show.sweep_status(cfg, resume)):
+        result = run_sweep(cfg, verbose, resume)
+    show.trials(console, result, cfg.sweep.metric)
 
 
-def _print_plan(cfg: RadDiagConfig, verb: str) -> None:
-    """``--dry-run``: the plan as YAML, from the config and the store's manifest; nothing starts."""
-    import yaml
-
+def _dry_run(cfg: RadDiagConfig, verb: str) -> None:
+    """``--dry-run``: the plan, from the config and the store's manifest; nothing starts."""
     from raddiag.discover import plan_summary
+    from raddiag.views import console as show
 
-    print(yaml.safe_dump(plan_summary(cfg, verb), sort_keys=False, allow_unicode=True), end="")
-    print(f"dry run: nothing started (drop --dry-run to {verb})", file=sys.stderr)
-
-
-def run_sweep_with_progress(cfg: RadDiagConfig, verbose: bool, resume: bool = False) -> Any:
-    from raddiag.tune.sweep import run_sweep
-
-    action = "resuming" if resume else "running"
-    budget = f"a budget of {cfg.sweep.max_trial_epochs} trial-epochs" if cfg.sweep.max_trial_epochs else f"{cfg.sweep.num_samples} trials x {cfg.train.epochs} epochs"
-    with console.status(f"{action} sweep {cfg.sweep.name}: {budget}"):
-        return run_sweep(cfg, verbose, resume)
-
-
-def _print_trials(result: Any, cfg: RadDiagConfig) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"sweep {result.name} — {cfg.sweep.metric} (best over epochs)")
-    for column in ("trial", "status", "epochs", cfg.sweep.metric, "sampled parameters"):
-        table.add_column(column)
-    for trial in sorted(result.trials, key=lambda t: -(t["value"] if t["value"] == t["value"] else -1)):
-        params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(trial["params"].items()))
-        mark = " *" if trial["run_id"] == result.best_run_id else ""
-        table.add_row(trial["trial_id"] + mark, trial["status"], str(trial["epochs"]), f"{trial['value']:.4f}", params)
-    console.print(table)
+    show.plan(plan_summary(cfg, verb), verb)
 
 
 @app.command()
@@ -310,16 +229,14 @@ def evaluate(
 ) -> None:
     """Evaluate a model on a split: AUC/AP/F1/MCC/R@FPR by head/medium/tail, as a table and JSON."""
     from raddiag.evaluate import evaluate_model
+    from raddiag.views import console as show
 
     cfg = _config(config, set_)
     if split not in ("train", "val", "test"):
         raise UserError(f"--split {split!r}: expected train, val or test", code=2)
     uri = _model_uri(cfg, model)
     result = evaluate_model(uri, cfg, split, n_bootstrap=bootstrap)
-    title = f"{uri} on {split} ({result.n_cases} cases, dataset {result.dataset_version})"
-    console.print(result.report.table(title))
-    if "f1_val" in result.report.metrics:
-        console.print(result.report.table("honest variant: F1 / MCC / R@FPR at thresholds chosen on validation", variant="honest"))
+    show.evaluation(console, result.report, f"{uri} on {split} ({result.n_cases} cases, dataset {result.dataset_version})")
     if output:
         output.write_text(json.dumps({"model": uri, "split": split, "dataset_version": result.dataset_version, **result.report.to_json()}, indent=2))
         console.print(f"report written to {output}")
@@ -335,39 +252,14 @@ def promote(
     """Register a sweep's best model; move @champion only if it beats the current one on the test split."""
     from raddiag.registry import PromotionError
     from raddiag.registry import promote as do_promote
+    from raddiag.views import console as show
 
     cfg = _config(config, set_)
     try:
         result = do_promote(cfg, sweep_name, dry_run=dry_run)
     except PromotionError as exc:
         raise UserError(str(exc)) from None
-    _print_promotion(result)
-
-
-def _print_promotion(result: Any) -> None:
-    if result.evaluation is not None:
-        console.print(result.evaluation.report.table(f"test split — {result.evaluation.n_cases} cases"))
-    nothing = f"nothing written to MLflow ({result.tracking_uri})" if result.dry_run else "nothing changed"
-    if result.unchanged:
-        console.print(
-            f"run {result.run_id} is {result.model_name} v{result.version}, already @champion "
-            f"(test {result.metric} {result.candidate_value:.4f}): {nothing}", soft_wrap=True, highlight=False, markup=False,
-        )
-        return
-    candidate = f"test {result.metric} {result.candidate_value:.4f} ({result.candidate_source})"
-    against = (
-        f"champion v{result.champion_version} {result.champion_value:.4f} ({result.champion_source})" if result.champion_version else "no champion yet"
-    )
-    decision = result.decision.removeprefix("dry-run:")
-    if result.dry_run:
-        action = (
-            f"would reuse {result.model_name} v{result.version} (run {result.run_id}, registered before)" if result.reused
-            else f"would register run {result.run_id} as a new version of {result.model_name}"
-        )
-        console.print(f"dry run, {nothing}: {action}; {candidate} vs {against} → would set @{decision}", soft_wrap=True, highlight=False, markup=False)
-        return
-    how = "registered before, reused" if result.reused else "registered"
-    console.print(f"{result.model_name} v{result.version} ({how}; run {result.run_id}): {candidate} vs {against} → @{decision}", soft_wrap=True, highlight=False, markup=False)
+    show.promotion(console, result)
 
 
 def _model_uri(cfg: RadDiagConfig, model: str) -> str:
@@ -409,17 +301,6 @@ def _read_case(case: Path) -> list[dict[str, Any]]:
         raise UserError(str(exc), code=2) from None
 
 
-def _print_ranked(rows: list[dict[str, Any]], title: str) -> None:
-    from rich.table import Table
-
-    table = Table(title=title)
-    table.add_column("label")
-    table.add_column("probability", justify="right")
-    for row in rows:
-        table.add_row(row["label"], f"{row['probability']:.3f}")
-    console.print(table)
-
-
 @app.command()
 def predict(
     case: Annotated[Path, typer.Argument(help="A case folder (.npy / .nii / .nii.gz / .dcm / .png / .jpg scans).")],
@@ -441,7 +322,9 @@ def predict(
     if as_json:
         print(json.dumps({"model": uri, "case": str(case), "top_k": ranked}, indent=2))
         return
-    _print_ranked(ranked, f"{case.name} — {uri}")
+    from raddiag.views import console as show
+
+    show.ranked(console, ranked, f"{case.name} — {uri}")
 
 
 @app.command()
@@ -461,6 +344,7 @@ def score(
 ) -> None:
     """Batch-score a store split on Ray Data (an actor pool) into Parquet; re-run to resume."""
     from raddiag.score import ScoreError, run_score
+    from raddiag.views import console as show
 
     cfg = _config(config, set_)
     if split not in ("train", "val", "test"):
@@ -469,20 +353,14 @@ def score(
         raise UserError("--actors, --batch-size and --chunk-cases must be >= 1 and --cpus-per-actor > 0", code=2)
     uri = _model_uri(cfg, model)
     try:
-        with _progress() as progress:
-            task = progress.add_task(f"scoring {split}", total=None)
+        with show.progress_bar(console, f"scoring {split}") as update:
             result = run_score(
                 cfg, uri, split, output, actors=actors, cpus_per_actor=cpus_per_actor, use_gpu=gpu, batch_size=batch_size,
-                chunk_cases=chunk_cases, embeddings=embeddings, verbose=verbose,
-                progress=lambda done, total: progress.update(task, completed=done, total=total),
+                chunk_cases=chunk_cases, embeddings=embeddings, verbose=verbose, progress=update,
             )
     except ScoreError as exc:
         raise UserError(str(exc), code=2) from None
-    resumed = f", {result.skipped_chunks} parts kept from an earlier run" if result.skipped_chunks else ""
-    console.print(
-        f"{result.n_cases} cases of {split} scored with {result.model_uri} in {result.seconds:.1f} s "
-        f"({result.cases_per_s:.1f} cases/s{resumed}) → {output}"
-    )
+    show.scored(console, result, split, output)
 
 
 @app.command()
@@ -526,8 +404,9 @@ def finetune(
             result = do_finetune(cfg, uri, head, verbose)
     except TrainRefused as exc:
         raise UserError(str(exc), code=2) from None
-    shown = {k: round(v, 4) for k, v in result.metrics.items() if k.startswith("val_auc") and isinstance(v, float)}
-    console.print(f"run {result.run_id} (from {uri}): {shown}\ncheckpoint: {result.checkpoint_path}")
+    from raddiag.views import console as show
+
+    show.trained(console, result, source=uri)
 
 
 @app.command("import-checkpoint")
@@ -561,15 +440,9 @@ def import_checkpoint(
         print(json.dumps({"model": result.uri, "run_id": result.run_id, "mapped": result.mapped, "num_labels": result.num_labels,
                           "sha256": result.sha256, "unused": [list(row) for row in result.unused]}, indent=2))
         return
-    from rich.table import Table
+    from raddiag.views import console as show
 
-    table = Table(title=f"official tensors not used ({sum(row[1] for row in result.unused)}); {result.mapped} mapped")
-    for column in ("official key", "count", "why"):
-        table.add_column(column)
-    for pattern, count, why in result.unused:
-        table.add_row(plain(pattern), str(count), why)
-    console.print(table)
-    console.print(f"registered {result.uri} ({result.num_labels} labels, sha256 {result.sha256[:12]}…, run {result.run_id})")
+    show.imported(console, result)
 
 
 @app.command()
@@ -604,9 +477,11 @@ def zeroshot(
     if as_json:
         print(json.dumps({"model": uri, "case": str(case), **result}, indent=2))
         return
+    from raddiag.views import console as show
+
     abnormal = result["abnormal_probability"]
     suffix = f" — P(abnormal) {abnormal:.3f}" if abnormal is not None else ""
-    _print_ranked(result["labels"], f"{case.name} — zero-shot with {uri}{suffix}")
+    show.ranked(console, result["labels"], f"{case.name} — zero-shot with {uri}{suffix}")
 
 
 @app.command()
@@ -632,6 +507,7 @@ def ablate(
     """Train named arms × seeds as one Ray Tune grid (child MLflow runs under one parent) and print the
     paper-shaped table: AUC/AP/F1 by head/medium/tail with 95% CIs and paired differences between arms."""
     from raddiag.tune.ablate import AblationError, arm_configs, run_ablation
+    from raddiag.views import console as show
 
     cfg = _config(config, set_)
     try:
@@ -644,19 +520,12 @@ def ablate(
         f"{cfg.ablation.max_concurrent_trials} at a time"
     )
     try:
-        with _progress() as progress:
-            task = progress.add_task("synthesising cases (no store yet)", total=cfg.synth.n_cases, visible=False)
-
-            def synth_progress(done: int, total: int) -> None:
-                progress.update(task, completed=done, visible=True)
-
+        with show.progress_bar(console, "synthesising cases (no store yet)", cfg.synth.n_cases, visible=False) as synth_progress:
             with console.status(f"training {runs} runs with Ray Tune (results under {cfg.train.storage_path})"):
                 result = run_ablation(cfg, verbose, progress=synth_progress, resume=resume)
     except AblationError as exc:
         raise UserError(str(exc)) from None
-    console.print(result.markdown, highlight=False, soft_wrap=True)
-    console.print(f"train seconds per run, by arm: {result.seconds_per_arm}")
-    console.print(f"MLflow parent run {result.parent_run_id} (artifacts ablation.json, ablation.md)")
+    show.ablation(console, result)
     if output:
         output.write_text(json.dumps({**result.table.to_json(), "train_seconds_per_run": result.seconds_per_arm, "runs": result.runs}, indent=2))
         output.with_suffix(".md").write_text(result.markdown + "\n")
@@ -721,25 +590,9 @@ def report(
 
 
 def _print_rows(rows: list[dict[str, Any]], columns: list[str], title: str, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(rows, indent=2))
-        return
-    from rich.table import Table
+    from raddiag.views import console as show
 
-    table = Table(title=title, title_justify="left")
-    for column in columns:
-        table.add_column(column.replace("_", " "))
-    for row in rows:
-        cells = []
-        for column in columns:
-            value = row.get(column, "")
-            if isinstance(value, dict):
-                value = "  ".join(f"{k.removeprefix('val_')} {v:.4f}" for k, v in value.items())
-            elif isinstance(value, list):
-                value = ", ".join(map(str, value))
-            cells.append(plain(str(value)))
-        table.add_row(*cells)
-    console.print(table)
+    show.rows(console, rows, columns, title, as_json)
 
 
 def _listing(fn: Any, *args: Any) -> Any:
@@ -772,7 +625,9 @@ def sweeps(
     """List the sweeps (parent runs) of tracking.experiment: trials, best run, status."""
     rows = _run_listing(config, set_, limit, as_json, sweeps_only=True)
     if rows and not as_json:
-        console.print(f"next: raddiag report {plain(rows[0]['sweep'])}  ·  raddiag promote --sweep {plain(rows[0]['sweep'])}", highlight=False)
+        from raddiag.views import console as show
+
+        show.next_steps_after_sweeps(console, rows[0]["sweep"])
 
 
 def _run_listing(config: Any, set_: Any, limit: int, as_json: bool, sweeps_only: bool) -> list[dict[str, Any]]:
@@ -878,10 +733,9 @@ def knowledge_build(
     (knowledge/<version>/), cached by content hash and logged to MLflow. Codes come from a reviewed
     --mapping first, then the data (each disorder's most frequent code), then text matching at
     model.ke.match_threshold; the whole mapping is written as mapping.csv to review and feed back."""
-    from rich.table import Table
-
     from raddiag.knowledge import build_knowledge
     from raddiag.storage.store import storage_options
+    from raddiag.views.console import knowledge_table
 
     if mapping is not None:
         if not mapping.is_file():
@@ -905,19 +759,7 @@ def knowledge_build(
                                     cfg.tracking.experiment)
     except (ValueError, FileNotFoundError, ImportError) as exc:
         raise UserError(str(exc), code=2) from None
-    order = {"unmatched": 0, "matched": 1, "given": 2, "override": 3, "normal": 4}
-    rows = sorted(table.mappings, key=lambda m: (order.get(m.source, 4), m.score))[: max(show, 0)]
-    view = Table(title=f"knowledge {table.version}: {len(names)} labels, dim {table.embeddings.shape[1]}, "
-                       f"{table.meta['mapping_counts']}")
-    for column in ("label", "source", "code", "score", "ICD-10-CM description", "best text match"):
-        view.add_column(column)
-    for m in rows:
-        view.add_row(m.name, m.source, m.code or "-", f"{m.score:.2f}", m.description if m.code else "-",
-                     m.matched_text or "-")
-    if rows:
-        console.print(view)
-    cached = " (cached)" if table.meta.get("cached") else ""
-    console.print(f"knowledge table {table.version}{cached}: {table.uri} (review {table.uri}/mapping.csv; correct it and pass it back with --mapping)")
+    knowledge_table(console, table, len(names), show)
 
 
 @knowledge_app.command("evaluate")
@@ -930,9 +772,8 @@ def knowledge_evaluate(
 ) -> None:
     """Train the ICD text encoder without held-out inclusion terms and compare it with character
     n-gram TF-IDF baselines in the same run: synonym R@1/R@10 and hierarchy consistency (CPU, minutes)."""
-    from rich.table import Table
-
     from raddiag.knowledge.evaluate import beats_baseline, compare_encoders
+    from raddiag.views import console as show
 
     cfg = _config(config, set_)
     if steps < 0 or not 0 < fraction < 1:
@@ -940,16 +781,7 @@ def knowledge_evaluate(
     ke = cfg.model.ke
     with console.status(f"training + evaluating the text encoder (d={ke.dim}, {steps or ke.text_train_steps} steps)"):
         results = compare_encoders(ke.dim, steps or ke.text_train_steps, fraction)
-    wins = beats_baseline(results)
-    view = Table(title="knowledge encoders: held-out ICD-10-CM inclusion terms -> descriptions")
-    view.add_column("encoder", no_wrap=True)
-    for column in ("synonym R@1", "synonym R@10", "hierarchy", "beats baseline", "train s"):
-        view.add_column(column, justify="right")
-    for name, m in results.items():
-        view.add_row(name, f"{m['synonym_r1']:.3f}", f"{m['synonym_r10']:.3f}", f"{m['hierarchy']:.3f}",
-                     {True: "yes", False: "no"}.get(wins.get(name), "(baseline)"),
-                     f"{m['train_seconds']:.0f}" if "train_seconds" in m else "-")
-    console.print(view)
+    show.knowledge_encoders(console, results, beats_baseline(results))
     if output:
         output.write_text(json.dumps(results, indent=2))
         console.print(f"results written to {output}")

@@ -461,6 +461,21 @@ def run_name(value: str) -> str:
     return value
 
 
+def run_metric(value: str) -> str:
+    """``train.metric`` / ``sweep.metric``: a metric a training run logs each epoch, ``val_<metric>_<group>``
+    of :data:`raddiag.metrics.METRIC_SPECS` (the table imports no pandas) or the training loss."""
+    from raddiag.metrics import TRAINING_LOSS, check_metric
+
+    return check_metric(value, "val_", validation=False, extra=(TRAINING_LOSS,))
+
+
+def evaluation_metric(value: str) -> str:
+    """``promote.metric``: a test-split metric of :data:`raddiag.metrics.METRIC_SPECS`, ``<metric>_<group>``."""
+    from raddiag.metrics import check_metric
+
+    return check_metric(value)
+
+
 class TrainConfig(_Strict):
     """Ray Train TorchTrainer settings and the optimisation schedule."""
 
@@ -484,6 +499,7 @@ class TrainConfig(_Strict):
     max_failures: int = Field(default=0, ge=-1, description="worker restarts from the last checkpoint (-1 = forever)")
     early_stop_patience: int = Field(default=0, ge=0, description="epochs without improvement before stopping (0 = off)")
     metric: str = Field(default="val_auc_macro", description="validation metric for early stopping and the best model")
+    _metric = field_validator("metric")(classmethod(lambda cls, v: run_metric(v)))
     storage_path: str = ".raddiag/ray_results"
     seed: int = 0
     fraction: float = Field(
@@ -516,6 +532,7 @@ class SweepConfig(_Strict):
     max_trial_epochs: int = Field(default=0, ge=0, description="budget in trial-epochs over all trials (0 = unlimited)")
     max_concurrent_trials: int = Field(default=0, ge=0, description="0 = derived from cluster CPUs")
     metric: str = "val_auc_macro"
+    _metric = field_validator("metric")(classmethod(lambda cls, v: run_metric(v)))
     mode: Literal["max", "min"] = "max"
     searcher: Literal["optuna", "random"] = "optuna"
     scheduler: Literal["asha", "none"] = "asha"
@@ -676,6 +693,7 @@ class RayConfig(_Strict):
 
 class PromoteConfig(_Strict):
     metric: str = "auc_macro"
+    _metric = field_validator("metric")(classmethod(lambda cls, v: evaluation_metric(v)))
     margin: float = Field(default=0.0, ge=0)
 
 

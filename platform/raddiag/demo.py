@@ -3,18 +3,22 @@
 synth -> Zarr store + manifest -> (Ray Data inside each trial) -> Tune sweep (Optuna TPE + ASHA,
 TorchTrainer DDP per trial, child MLflow runs) -> best model registered, ``@champion`` decided on
 the test split -> test table, where to look.
+
+The steps are the core's (:func:`~raddiag.storage.synth.synth_store`,
+:func:`~raddiag.tune.sweep.run_sweep`, :func:`~raddiag.registry.promote`) and what is shown is
+:mod:`raddiag.views.console`'s, the same as the ``synth``, ``sweep`` and ``promote`` verbs show.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-
-from rich.console import Console
+from typing import TYPE_CHECKING, Any
 
 from raddiag.config import RadDiagConfig
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 @dataclass
@@ -25,31 +29,27 @@ class DemoResult:
 
 
 def run_demo(cfg: RadDiagConfig, verbose: bool = False, console: Console | None = None) -> DemoResult:
-    from raddiag.cli import _print_manifest, _print_promotion, _print_trials, run_sweep_with_progress, synth_store
     from raddiag.registry import promote
+    from raddiag.storage.synth import synth_store
+    from raddiag.tune.sweep import run_sweep
+    from raddiag.views import console as show
 
-    console = console or Console()
+    console = console or show.new_console()
     started = time.perf_counter()
     if cfg.sweep.name == "raddiag-sweep":
         cfg = cfg.model_copy(update={"sweep": cfg.sweep.model_copy(update={"name": time.strftime("demo-%Y%m%d-%H%M%S")})})
     console.rule("[bold]1/4 synthesise a long-tailed multi-scan dataset into the Zarr store")
-    manifest = synth_store(cfg)
-    _print_manifest(manifest, cfg.store.url)
+    with show.progress_bar(console, "synthesising cases", cfg.synth.n_cases) as update:
+        manifest = synth_store(cfg, update)
+    show.manifest(console, manifest, cfg.store.url)
     console.rule(f"[bold]2/4 sweep {cfg.sweep.name}: Ray Tune + Optuna + ASHA, TorchTrainer x{cfg.train.num_workers} per trial")
-    result = run_sweep_with_progress(cfg, verbose)
-    _print_trials(result, cfg)
+    with console.status(show.sweep_status(cfg)):
+        result = run_sweep(cfg, verbose)
+    show.trials(console, result, cfg.sweep.metric)
     console.rule("[bold]3/4 register the best trial, decide @champion on the test split")
     promotion = promote(cfg, result.name)
-    _print_promotion(promotion)
+    show.promotion(console, promotion)
     console.rule("[bold]4/4 where things are")
-    uri = cfg.tracking.resolved_uri()
     seconds = time.perf_counter() - started
-    console.print(
-        f"store:        {Path(cfg.store.url).resolve() if '://' not in cfg.store.url else cfg.store.url}\n"
-        f"ray results:  {Path(cfg.train.storage_path).resolve()}/{result.name}*\n"
-        f"mlflow:       {uri} (experiment {cfg.tracking.experiment!r}, parent run {result.parent_run_id})\n"
-        f"model:        models:/{promotion.model_name}/{promotion.version} (@{promotion.decision})\n"
-        f"see the runs: mlflow ui --backend-store-uri {uri}\n"
-        f"done in {seconds:.0f} s"
-    )
+    show.demo_locations(console, cfg, result, promotion, seconds)
     return DemoResult(sweep=result, promotion=promotion, seconds=seconds)

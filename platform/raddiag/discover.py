@@ -16,9 +16,15 @@ from typing import Any
 from pydantic import BaseModel
 
 from raddiag.config import RadDiagConfig
+from raddiag.metrics import headline_keys
 
-#: Metrics shown beside each run (the last logged value), when the run has them.
-KEY_METRICS = ("val_auc_macro", "val_auc_head", "val_auc_medium", "val_auc_tail", "test_auc_tail")
+#: Metrics shown beside each run (the last logged value), when the run has them: the headline metrics
+#: of :data:`raddiag.metrics.METRIC_SPECS` on validation (macro first, then by group), and the test tail
+#: group's (ablation arms are scored on test).
+KEY_METRICS = (
+    *sorted((f"val_{key}" for key in headline_keys()), key=lambda key: not key.endswith("_macro")),
+    *(f"test_{key}" for key in headline_keys() if key.endswith("_tail")),
+)
 
 
 class NothingThere(ValueError):

@@ -35,7 +35,6 @@ Replicates re-score only the classes evaluated on the split, 32 classes at a tim
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterator
@@ -43,40 +42,144 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas as pd  # imported where used: config validation needs the metric table, not pandas
 
 __all__ = [
     "FPR_POINTS",
     "GROUPS",
+    "GROUP_KEYS",
     "METRICS",
+    "METRIC_SPECS",
     "PAPER_METRICS",
+    "TABLE_VARIANTS",
+    "TRAINING_LOSS",
     "VAL_METRICS",
     "MetricReport",
+    "MetricSpec",
     "calibration_bins",
+    "check_metric",
     "evaluate_scores",
+    "flat_key",
     "group_of_counts",
     "group_of_rank",
     "groups_for",
+    "headline_keys",
     "interpolated_roc",
     "interpolated_roc_replicates",
-    "print_report",
+    "metric_keys",
+    "specs_for",
 ]
 
 GROUPS = ("head", "medium", "tail")
+#: The groups as flat metric keys name them (``auc_head`` ... ``auc_macro``, the macro mean over all classes).
+GROUP_KEYS = GROUPS + ("macro",)
 #: FPR operating points for recall, and the column suffix used for each.
 FPR_POINTS: tuple[tuple[str, float], ...] = (("01", 0.01), ("05", 0.05), ("10", 0.1), ("20", 0.2), ("50", 0.5))
+#: Table variants a metric can be shown in (:func:`raddiag.views.console.metric_table`): the paper's
+#: (nearest-point R@x, in-split F1 threshold), interpolated R@x, honest (validation thresholds).
+TABLE_VARIANTS = ("paper", "interp", "honest")
+#: The training loop's mean loss per epoch (minimised), the one non-kernel metric a run may select on.
+TRAINING_LOSS = "train_loss"
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One per-class metric of :func:`evaluate_scores` (macro-averaged per group in its summary).
+
+    ``name``: the per-class column and summary key (flat keys are ``<name>_<group>``, logged with a
+    ``val_``/``test_`` prefix); ``label``: its column header; ``variants``: the tables of
+    :data:`TABLE_VARIANTS` that show it, in table order; ``validation``: computed only when
+    validation scores are given (thresholds chosen there); ``headline``: shown beside runs and
+    tagged on registered model versions, per group; values are shown ``scale``-times, with
+    ``decimals`` decimals.
+    """
+
+    name: str
+    label: str
+    description: str
+    variants: tuple[str, ...]
+    validation: bool = False
+    headline: bool = False
+    higher_is_better: bool = True
+    scale: float = 100.0
+    decimals: int = 2
+
+    def format(self, value: float) -> str:
+        """``value`` as shown in a table (percent, 2 decimals)."""
+        return f"{self.scale * value:.{self.decimals}f}"
+
+
+def _recall_label(fpr: float) -> str:
+    return "R@" + f"{fpr:g}".removeprefix("0")  # R@.01 ... R@.5
+
+
+#: Every metric the kernel computes, once, in table order: the CLI/evaluate/promote tables, the
+#: report, registry tags and logged-model metrics, and the validation of ``train.metric`` /
+#: ``sweep.metric`` / ``promote.metric`` iterate this table.
+METRIC_SPECS: tuple[MetricSpec, ...] = (
+    MetricSpec("auc", "AUC", "area under the ROC curve", TABLE_VARIANTS, headline=True),
+    MetricSpec("ap", "AP", "average precision", TABLE_VARIANTS),
+    MetricSpec("f1", "F1", "max F1 over the thresholds of the split", ("paper", "interp")),
+    MetricSpec("mcc", "MCC", "Matthews correlation at the F1-max threshold", ("paper", "interp")),
+    *(MetricSpec(f"r{suffix}", _recall_label(fpr), f"TPR at the kept ROC point nearest FPR {fpr:g}", ("paper",))
+      for suffix, fpr in FPR_POINTS),
+    *(MetricSpec(f"r{suffix}_interp", _recall_label(fpr), f"TPR of the interpolated ROC curve at FPR {fpr:g}", ("interp",))
+      for suffix, fpr in FPR_POINTS),
+    MetricSpec("f1_val", "F1", "F1 at the validation F1-max threshold", ("honest",), validation=True),
+    MetricSpec("mcc_val", "MCC", "Matthews correlation at the validation F1-max threshold", ("honest",), validation=True),
+    *(MetricSpec(f"r{suffix}_val", _recall_label(fpr), f"TPR at the validation threshold of FPR <= {fpr:g}", ("honest",), validation=True)
+      for suffix, fpr in FPR_POINTS),
+)
 #: Columns of the paper's table, in order.
-PAPER_METRICS = ("auc", "ap", "f1", "mcc", "r01", "r05", "r10", "r20", "r50")
-METRICS = PAPER_METRICS + tuple(f"r{suffix}_interp" for suffix, _ in FPR_POINTS)
+PAPER_METRICS = tuple(spec.name for spec in METRIC_SPECS if "paper" in spec.variants)
+#: Metrics of every evaluation.
+METRICS = tuple(spec.name for spec in METRIC_SPECS if not spec.validation)
 #: Honest (validation-threshold) metrics, present when validation scores are given.
-VAL_METRICS = ("f1_val", "mcc_val") + tuple(f"r{suffix}_val" for suffix, _ in FPR_POINTS)
-_HEADERS = {
-    "auc": "AUC", "ap": "AP", "f1": "F1", "mcc": "MCC", "r01": "R@.01", "r05": "R@.05", "r10": "R@.1", "r20": "R@.2", "r50": "R@.5",
-}
+VAL_METRICS = tuple(spec.name for spec in METRIC_SPECS if spec.validation)
+
+
+def specs_for(variant: str) -> tuple[MetricSpec, ...]:
+    """The metrics a table ``variant`` shows (see :data:`TABLE_VARIANTS`), in column order."""
+    return tuple(spec for spec in METRIC_SPECS if variant in spec.variants)
+
+
+def flat_key(metric: str, group: str) -> str:
+    """``auc_head`` ... ``auc_macro``: the flat key of ``metric`` in ``group`` (``all`` -> ``macro``)."""
+    return f"{metric}_{'macro' if group == 'all' else group}"
+
+
+def metric_keys(validation: bool = True) -> tuple[str, ...]:
+    """Every flat summary key ``<metric>_<group>`` (validation-threshold metrics when ``validation``)."""
+    return tuple(flat_key(spec.name, group) for spec in METRIC_SPECS if validation or not spec.validation for group in GROUP_KEYS)
+
+
+def headline_keys() -> tuple[str, ...]:
+    """Flat keys of the headline metrics, per group (``auc_head``, ..., ``auc_macro``)."""
+    return tuple(flat_key(spec.name, group) for spec in METRIC_SPECS if spec.headline for group in GROUP_KEYS)
+
+
+def check_metric(value: str, prefix: str = "", validation: bool = True, extra: tuple[str, ...] = ()) -> str:
+    """``value`` if it names a metric that is logged as ``<prefix><metric>_<group>`` (or is one of
+    ``extra``), else a one-line ``ValueError`` naming the closest known name and the form expected."""
+    known = tuple(prefix + key for key in metric_keys(validation)) + extra
+    if value in known:
+        return value
+    import difflib
+
+    close = difflib.get_close_matches(value, known, n=1)
+    names = [spec.name for spec in METRIC_SPECS if validation or not spec.validation]
+    forms = sorted({name.partition("_")[2] for name in names if "_" in name})
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    alternatives = f" or {' / '.join(extra)}" if extra else ""
+    raise ValueError(f"unknown metric{hint}; expected {prefix}<metric>_<group>{alternatives}; groups {', '.join(GROUP_KEYS)}; "
+                     f"metrics {', '.join(n for n in names if '_' not in n)}" + (f" (some with _{' / _'.join(forms)})" if forms else ""))
+
+
 #: Elements (classes × cases) processed per block; bounds memory at a few hundred MB.
 _BLOCK_ELEMENTS = 1 << 21
 #: Classes per bootstrap chunk (their (classes × cases) temporaries fit in cache).
@@ -450,10 +553,6 @@ class MetricReport:
     draws: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
     grouping: str = ""  # how classes were grouped, for captions ("" = the head_min/medium_min thresholds)
 
-    @staticmethod
-    def _key(group: str) -> str:
-        return "macro" if group == "all" else group
-
     def flat(self) -> dict[str, float]:
         """``{f"{metric}_{group}": value}`` with the all-classes group spelled ``macro``
         (``auc_head``, ``auc_macro``, ...), counts as ``n_skipped_tail`` etc., and CI bounds as
@@ -461,14 +560,14 @@ class MetricReport:
         out: dict[str, float] = {}
         for group, values in self.summary.items():
             for metric, value in values.items():
-                out[f"{metric}_{self._key(group)}"] = float(value)
+                out[flat_key(metric, group)] = float(value)
         for group, values in self.counts.items():
             for name, value in values.items():
-                out[f"{name}_{self._key(group)}"] = float(value)
+                out[flat_key(name, group)] = float(value)
         for group, values in self.ci.items():
             for metric, (lo, hi) in values.items():
-                out[f"{metric}_{self._key(group)}_lo"] = float(lo)
-                out[f"{metric}_{self._key(group)}_hi"] = float(hi)
+                out[flat_key(metric, group) + "_lo"] = float(lo)
+                out[flat_key(metric, group) + "_hi"] = float(hi)
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -488,81 +587,6 @@ class MetricReport:
                 "per_class": self.per_class.to_dict(orient="records"),
             }
         )
-
-    def table(self, title: str = "RadDiag evaluation", variant: str = "paper") -> Any:
-        """A :class:`rich.table.Table` shaped like the paper's: rows head/medium/tail/all, columns
-        AUC AP F1 MCC R@.01 R@.05 R@.1 in percent (2 decimals), each with its 95% CI ``lo–hi`` on two
-        more lines when bootstrapped; ``Classes`` is evaluated/total classes of the group.
-
-        ``variant``: ``paper`` (nearest-point R@x, in-split F1 threshold), ``interp`` (interpolated
-        R@x) or ``honest`` (F1/MCC/R@x at validation thresholds; needs validation scores).
-        """
-        from rich import box
-        from rich.table import Table
-
-        columns = {
-            "paper": PAPER_METRICS,
-            "interp": ("auc", "ap", "f1", "mcc") + tuple(f"r{suffix}_interp" for suffix, _ in FPR_POINTS),
-            "honest": ("auc", "ap") + VAL_METRICS,
-        }.get(variant)
-        if columns is None:
-            raise ValueError(f"table variant must be paper, interp or honest; got {variant!r}")
-        if variant == "honest" and "f1_val" not in self.metrics:
-            raise ValueError("the honest table needs validation scores (evaluate_scores(val_true=..., val_score=...))")
-        table = Table(
-            title=title,
-            title_justify="left",
-            caption_justify="left",
-            box=box.SIMPLE_HEAD,
-            pad_edge=False,
-            collapse_padding=True,  # fits an 80-column terminal with CIs
-        )
-        table.add_column("Group", no_wrap=True)
-        table.add_column("Classes", justify="right", no_wrap=True)
-        for metric in columns:
-            header = _HEADERS[metric.split("_")[0]]
-            header += "\n(val thr)" if metric.endswith("_val") else ""
-            table.add_column(header, justify="right", overflow="fold", min_width=6)
-        for group in GROUPS + ("all",):
-            count = self.counts[group]
-            cells = [group, f"{count['n_evaluated']}/{count['n_classes']}"]
-            for metric in columns:
-                value = self.summary[group].get(metric, math.nan)
-                text = "-" if not math.isfinite(value) else f"{100 * value:.2f}"
-                if metric in self.ci.get(group, {}) and math.isfinite(value):
-                    lo, hi = self.ci[group][metric]
-                    if math.isfinite(lo) and math.isfinite(hi):
-                        text += f"\n{100 * lo:.2f}–\n{100 * hi:.2f}"
-                cells.append(text)
-            table.add_row(*cells)
-        skipped = sum(self.counts[g]["n_skipped"] for g in GROUPS)
-        table.caption = (
-            f"{self.n_cases} cases; {skipped} class(es) skipped (no positive or no negative case in the split); "
-            + (self.grouping or f"head >= {self.head_min}, medium {self.medium_min}-{self.head_min - 1}, tail < {self.medium_min} training cases")
-            + (f"; 95% CI: {self.n_bootstrap} bootstrap resamples of cases, median-centred pivotal intervals" if self.ci else "")
-        )
-        return table
-
-
-def print_report(
-    report: MetricReport,
-    title: str = "RadDiag evaluation",
-    json_path: str | Path | None = None,
-    console: Any = None,
-) -> None:
-    """Print the paper-shaped table (and the honest one when available) and write
-    :meth:`MetricReport.to_json` to ``json_path`` -- what ``raddiag evaluate`` shows and saves."""
-    from rich.console import Console
-
-    console = console or Console()
-    console.print(report.table(title))
-    if "f1_val" in report.metrics:
-        console.print(report.table(f"{title} - thresholds chosen on validation", variant="honest"))
-    if json_path is not None:
-        path = Path(json_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report.to_json(), indent=2))
-        console.print(f"metrics written to {path}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -595,6 +619,8 @@ def evaluate_scores(
     ``groups`` (C,) gives each class's group (e.g. :func:`groups_for` by rank) with ``grouping``
     describing the rule for the report.
     """
+    import pandas as pd
+
     truth, score = _as_inputs(y_true, y_score, "evaluate_scores")
     n_cases, n_classes = truth.shape
     counts = np.asarray(train_counts)
@@ -830,6 +856,8 @@ def calibration_bins(
     columns ``lower, upper, count, mean_score, frac_pos``; ``df.attrs["ece"]`` is the expected
     calibration error ``Σ count/total · |frac_pos - mean_score|``.
     """
+    import pandas as pd
+
     truth, score = _as_inputs(y_true, y_score, "calibration_bins")
     prob = score.ravel().astype(np.float64)
     hit = truth.ravel().astype(np.float64)

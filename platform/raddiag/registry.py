@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from raddiag.config import RadDiagConfig
+from raddiag.metrics import headline_keys
 
 
 class PromotionError(RuntimeError):
@@ -251,7 +252,9 @@ def promote(cfg: RadDiagConfig, sweep_name: str, dry_run: bool = False) -> Promo
     return result
 
 
-HEADLINE_TAGS = ("test_auc_head", "test_auc_medium", "test_auc_tail", "test_auc_macro")
+#: Test metrics tagged on a registered version (registry UI, ``raddiag models``, the report): the
+#: headline metrics of :data:`raddiag.metrics.METRIC_SPECS` by group; every test metric goes on its logged model.
+HEADLINE_TAGS = tuple(f"test_{key}" for key in headline_keys())
 
 
 def _log_model_metrics(client: Any, name: str, version: str, run_id: str, metrics: dict[str, float], dataset_version: str) -> None:

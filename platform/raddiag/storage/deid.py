@@ -206,8 +206,8 @@ def _shared_pixel_measures(ds: Any) -> Any:
 def _slice_gap(headers: list[Any]) -> list[float]:
     if len(headers) < 2:
         return []
-    from raddiag.storage.readers import _slice_position
+    from raddiag.storage.readers import slice_position
 
-    positions = np.asarray([_slice_position(ds) for ds in headers], float)
+    positions = np.asarray([slice_position(ds) for ds in headers], float)
     gaps = np.diff(positions)
     return [float(np.median(np.abs(gaps)))] if gaps.size and np.all(np.isfinite(gaps)) else []

@@ -229,7 +229,7 @@ def _instance_number(ds: Any) -> float:
         return 0.0
 
 
-def _slice_position(ds: Any) -> float:
+def slice_position(ds: Any) -> float:
     """Position along the slice normal (ImagePositionPatient · normal); InstanceNumber when either
     tag is absent or malformed (not numbers, wrong count)."""
     try:
@@ -324,7 +324,7 @@ def read_dicom_series(paths: list[Path], limits: Limits = Limits()) -> tuple[np.
     if len(rows) != 1 or len(cols) != 1:
         raise BadInput(f"series mixes image sizes {sorted(rows)}x{sorted(cols)}")
     check_shape((frames, rows.pop(), cols.pop()), limits, "DICOM series")
-    headers.sort(key=lambda item: (_slice_position(item[1]), _instance_number(item[1])))
+    headers.sort(key=lambda item: (slice_position(item[1]), _instance_number(item[1])))
     slices = []
     for path, header in headers:
         try:

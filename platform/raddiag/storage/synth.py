@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pandas as pd
 
-from raddiag.config import SynthConfig
+from raddiag.config import RadDiagConfig, SynthConfig
 from raddiag.storage.splits import stratified_split
 from raddiag.storage.store import Manifest, Store, label_table, to_uint8
 
@@ -241,6 +241,12 @@ def generate(
         extra["benchmark"] = spec(cfg)
     source = f"raddiag synth profile={cfg.profile} seed={cfg.seed} n_cases={cfg.n_cases}"
     return store.publish(cases, scans, table, source=source, extra_info=extra)
+
+
+def synth_store(cfg: RadDiagConfig, progress: Callable[[int, int], None] | None = None) -> Manifest:
+    """Generate the synthetic dataset of ``cfg.synth`` into the store of ``cfg.store`` (``raddiag synth``,
+    the demo's first step); ``progress(done, total)`` is called after each case."""
+    return generate(cfg.synth, cfg.store.ref().open(), progress)
 
 
 def write_rp3d_source(cfg: SynthConfig, out_dir: Path, foreign_root: str = "/home/authors/RP3D") -> list[Path]:
