@@ -21,7 +21,7 @@ from raddiag.knowledge.icd import icd_version
 from raddiag.knowledge.labels import LabelMapping, get_text_encoder, label_texts, map_labels, read_mapping, write_mapping
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 2  # label matching / table layout; part of the version
+FORMAT_VERSION = 3  # label matching / table layout; part of the version (3: #16 text matching)
 
 
 @dataclass

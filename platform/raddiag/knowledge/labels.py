@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -10,7 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from raddiag.config import KEConfig
-from raddiag.knowledge.icd import code_length, description, load_icd, normalise_code
+from raddiag.knowledge.icd import description, normalise_code
+from raddiag.knowledge.textmatch import match_candidates
 from raddiag.knowledge.tfidf import load_or_fit_tfidf
 
 log = logging.getLogger(__name__)
@@ -34,39 +34,11 @@ class LabelMapping:
     matched_text: str = ""
 
 
-@functools.lru_cache(maxsize=1)
-def _match_index():
-    """Char 3-5-gram and word TF-IDF rows of every category/subcategory (<= 4 chars) description and
-    inclusion term, fit on those texts (a few seconds, once per process)."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
-    texts, codes = [], []
-    for entry in load_icd():
-        if entry.kind in ("category", "subcategory") and code_length(entry.code) <= 4:
-            for text in (entry.description, *entry.synonyms):
-                texts.append(text)
-                codes.append(entry.code)
-    chars = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True, dtype=np.float32)
-    words = TfidfVectorizer(analyzer="word", token_pattern=r"(?u)\b\w+\b", sublinear_tf=True, dtype=np.float32)
-    return chars, chars.fit_transform(texts), words, words.fit_transform(texts), texts, codes
-
-
 def match_text(names: list[str]) -> list[tuple[str, str, float]]:
-    """Best ICD-10-CM ``(code, matched text, score)`` per name; score = mean of the character
-    n-gram and the word TF-IDF cosines over descriptions and inclusion terms, so a shared word piece
-    alone ("Glioblastoma" ~ "Hepatoblastoma") scores low."""
-    chars, char_rows, words, word_rows, texts, codes = _match_index()
-    scores = (chars.transform(names) @ char_rows.T + words.transform(names) @ word_rows.T) * 0.5
-    scores = scores.tocsr()
-    out = []
-    for row in range(len(names)):
-        line = scores.getrow(row)
-        if not line.nnz:
-            out.append(("", "", 0.0))
-            continue
-        best = int(line.indices[line.data.argmax()])
-        out.append((codes[best], texts[best], float(line.data.max())))
-    return out
+    """Best ICD-10-CM ``(code, matched text, score)`` per name (``("", "", 0.0)`` when nothing
+    matches): see :mod:`raddiag.knowledge.textmatch` (normalised spelling and organ words, index
+    terms, anatomy and context penalties over the character n-gram and word TF-IDF cosines)."""
+    return [picks[0] if picks else ("", "", 0.0) for picks in match_candidates(names, 1)]
 
 
 def read_mapping(path: str | os.PathLike) -> dict[str, str | None]:
