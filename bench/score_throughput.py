@@ -67,9 +67,9 @@ def main() -> None:
     import torch
 
     from raddiag.config import load_config
-    from raddiag.evaluate import load_pyfunc
     from raddiag.runtime import quiet
-    from raddiag.score import model_eval_config, run_score, score_records
+    from raddiag.score import run_score, score_records
+    from raddiag.serve.bundle import ModelBundle
     from raddiag.storage.store import Store
     from raddiag.storage.synth import generate
 
@@ -85,10 +85,10 @@ def main() -> None:
         uri = "models:/bench@champion"
         records = manifest.case_records(args.split)
 
-        _, wrapper = load_pyfunc(uri)
+        bundle = ModelBundle.load(uri).on_store(cfg.store.ref())
         torch.set_num_threads(1)
         started = time.perf_counter()
-        score_records(wrapper.model, records, model_eval_config(wrapper.meta, cfg), wrapper.label_names)
+        score_records(bundle, records)
         in_process = len(records) / (time.perf_counter() - started)
 
         results = {"in_process": {"cases_per_s": round(in_process, 2), "threads": 1}}

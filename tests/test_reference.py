@@ -277,7 +277,7 @@ def test_import_then_finetune_then_evaluate(tmp_path: Path, ray_local, monkeypat
     evaluation = evaluate_model(f"runs:/{tuned.run_id}/model", cfg, split="test")
     assert evaluation.n_cases > 0 and 0.0 <= evaluation.report.summary["all"]["auc"] <= 1.0
     # the fine-tuned network kept the official architecture and started from the imported weights
-    from raddiag.evaluate import load_pyfunc
+    from raddiag.serve.bundle import ModelBundle, run_model_uri
 
-    _, wrapper = load_pyfunc(f"runs:/{tuned.run_id}/model")
-    assert wrapper.meta["config"]["model"]["transformer"] == "rp3d" and wrapper.model.num_labels == cfg.synth.n_labels
+    bundle = ModelBundle.load(run_model_uri(tuned.run_id))
+    assert bundle.config.model.transformer == "rp3d" and bundle.network.num_labels == cfg.synth.n_labels

@@ -119,7 +119,7 @@ def test_rerunning_a_finished_run_says_already_complete_before_ray(trained) -> N
     result = run_cli("train", *_sets([*overrides, "train.num_workers=2", NO_RAY]), cwd=tmp)  # workers may differ
     assert result.returncode == 0, result.stderr
     out = " ".join(result.stdout.split())
-    assert f"train.name 't1' is already complete (1/1 epochs done), nothing trained: MLflow run {run_id}, model runs:/{run_id}/model" in out, out
+    assert f"train.name 't1' is already complete (1/1 epochs done), nothing trained: MLflow run {run_id}, model runs:/{run_id}/raddiag-classifier" in out, out
     again = run_train(cfg)
     assert again.run_id == run_id and again.already_complete == "1/1 epochs done"
     assert again.checkpoint_path == tracking.client(cfg.tracking.resolved_uri()).get_run(run_id).data.tags["raddiag.checkpoint"]

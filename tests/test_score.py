@@ -54,8 +54,11 @@ def registered(tiny_store, tmp_path_factory):
 
 
 def test_score_equals_evaluate_and_resumes_by_chunk(registered, ray_local, tmp_path: Path) -> None:
-    from raddiag.evaluate import load_pyfunc, score_split
+    import mlflow.pyfunc
+
+    from raddiag.evaluate import score_split
     from raddiag.score import ScoreError, part_name, read_scores, run_score
+    from raddiag.serve.bundle import ModelBundle
 
     cfg, manifest = registered
     uri = "models:/scoretest@champion"
@@ -67,18 +70,18 @@ def test_score_equals_evaluate_and_resumes_by_chunk(registered, ray_local, tmp_p
     scored = read_scores(str(out))
     assert scored.case_ids == [r["case_id"] for r in records]
 
-    model, wrapper = load_pyfunc(uri)
-    labels, scores = score_split(model, wrapper, manifest, cfg, "test")  # what evaluate scores
+    bundle = ModelBundle.load(uri).on_store(cfg.store.ref())
+    labels, scores = score_split(bundle, manifest, "test")  # what evaluate scores
     np.testing.assert_allclose(scored.scores, scores, rtol=0, atol=1e-6)
     np.testing.assert_array_equal(scored.labels, labels.astype(np.uint8))
     # and what the served pyfunc model answers for the same assembled batches
     from raddiag.data.pipeline import local_batches
     from raddiag.schema import MODEL_INPUTS
-    from raddiag.score import model_eval_config
 
+    model = mlflow.pyfunc.load_model(uri)
     served = np.concatenate([
-        model.predict({k: batch[k] for k in MODEL_INPUTS})[wrapper.label_names].to_numpy()
-        for batch in local_batches(records, model_eval_config(wrapper.meta, cfg), wrapper.label_names, 8)
+        model.predict({k: batch[k] for k in MODEL_INPUTS})[bundle.label_names].to_numpy()
+        for batch in local_batches(records, bundle.config, bundle.label_names, 8)
     ])
     np.testing.assert_allclose(scored.scores, served, rtol=0, atol=1e-6)
     assert scored.embedding is not None and scored.embedding.shape == (len(records), cfg.model.embed_dim)

@@ -51,12 +51,13 @@ def _npy(array: np.ndarray) -> bytes:
 @pytest.mark.slow
 def test_served_model_scores_scan_files_as_predict_does(tmp_path: Path, monkeypatch) -> None:
     import mlflow
+    import mlflow.pyfunc
     import pandas as pd
 
     from raddiag import tracking
     from raddiag.config import RadDiagConfig, TrackingConfig, load_config
-    from raddiag.evaluate import load_pyfunc
     from raddiag.predict import case_arrays, load_case_folder
+    from raddiag.serve.bundle import ModelBundle
     from raddiag.serve.pyfunc import log_pyfunc, scan_rows
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -78,15 +79,16 @@ def test_served_model_scores_scan_files_as_predict_does(tmp_path: Path, monkeypa
     np.save(case / "xray.npy", xray)
     (case / "case.json").write_text(json.dumps({"scans": {"ct.npy": {"modality": "CT"}, "xray.npy": {"modality": "X-ray", "plane": "frontal"}}}))
 
-    model, wrapper = load_pyfunc(model_uri)
-    data_cfg = RadDiagConfig.model_validate(wrapper.meta["config"]).data
-    expected = model.predict(case_arrays(load_case_folder(case), data_cfg, wrapper.meta["plan"]))  # what raddiag predict does
+    model = mlflow.pyfunc.load_model(model_uri)
+    bundle = ModelBundle.load(model_uri)
+    data_cfg = RadDiagConfig.model_validate(bundle.meta["config"]).data
+    expected = model.predict(case_arrays(load_case_folder(case), data_cfg, bundle.plan))  # what raddiag predict does
     rows = scan_rows("case-1", [("ct.npy", (case / "ct.npy").read_bytes(), "CT", "axial"),
                                 ("xray.npy", (case / "xray.npy").read_bytes(), "X-ray", "frontal")])
     rows = pd.concat([rows, scan_rows("case-2", [("b.npy", _npy(xray[None] / 2), "X-ray", "frontal")])])
     in_process = model.predict(rows)
     assert list(in_process["case_id"]) == ["case-1", "case-2"]
-    assert np.allclose(in_process.iloc[0][wrapper.label_names].to_numpy(float), expected.iloc[0].to_numpy(float), atol=1e-6)
+    assert np.allclose(in_process.iloc[0][bundle.label_names].to_numpy(float), expected.iloc[0].to_numpy(float), atol=1e-6)
 
     port = _free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # uvicorn
@@ -114,7 +116,7 @@ def test_served_model_scores_scan_files_as_predict_does(tmp_path: Path, monkeypa
         served = json.loads(urllib.request.urlopen(request, timeout=120).read())["predictions"]
         assert [row["case_id"] for row in served] == ["case-1", "case-2"]
         for row, (_, local) in zip(served, in_process.iterrows()):
-            assert np.allclose([row[n] for n in wrapper.label_names], local[wrapper.label_names].to_numpy(float), atol=1e-6)
+            assert np.allclose([row[n] for n in bundle.label_names], local[bundle.label_names].to_numpy(float), atol=1e-6)
         bad = {"dataframe_split": {"columns": ["case_id", "name", "data", "modality"], "data": [["c", "x.npy", "bm90IGFuIG5weQ==", "CT"]]}}
         request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(bad).encode(),
                                          headers={"Content-Type": "application/json"})

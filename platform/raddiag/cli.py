@@ -220,7 +220,7 @@ def _dry_run(cfg: RadDiagConfig, verb: str) -> None:
 
 @app.command()
 def evaluate(
-    model: Annotated[str, typer.Option(help="Model URI, e.g. models:/raddiag@champion or runs:/<id>/model.")] = "",
+    model: Annotated[str, typer.Option(help="Model URI, e.g. models:/raddiag@champion or runs:/<run_id>/raddiag-classifier.")] = "",
     split: Annotated[str, typer.Option(help="Split of the store to evaluate on.")] = "test",
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for 95% CIs (0 = none).")] = 0,
     output: Annotated[Optional[Path], typer.Option(help="Write the report as JSON here.")] = None,
@@ -793,6 +793,7 @@ def knowledge_evaluate(
 KNOWN_FAILURES = {
     ("raddiag.storage.store", "StoreError"), ("raddiag.registry", "PromotionError"), ("raddiag.config", "ConfigError"),
     ("mlflow.exceptions", "MlflowException"), ("raddiag.tune.sweep", "SweepError"), ("raddiag.score", "ScoreError"),
+    ("raddiag.serve.bundle", "ModelLoadError"),
 }
 
 

@@ -23,16 +23,16 @@ def finetune(cfg: RadDiagConfig, model_uri: str, head: str | None = None, verbos
     import torch
 
     from raddiag import tracking
-    from raddiag.evaluate import load_pyfunc
+    from raddiag.serve.bundle import ModelBundle
     from raddiag.train.trainer import run_train
 
     tracking.setup(cfg.tracking)
-    _, wrapper = load_pyfunc(model_uri)
-    source = RadDiagConfig.model_validate(wrapper.meta["config"])
+    bundle = ModelBundle.load(model_uri, cfg.tracking.resolved_uri())
+    source = bundle.config
     init_dir = Path(cfg.train.storage_path) / cfg.train.name
     init_dir.mkdir(parents=True, exist_ok=True)
     weights = init_dir / "init_from_source.pt"
-    torch.save({k: v.detach().cpu() for k, v in wrapper.model.state_dict().items()}, weights)
+    torch.save({k: v.detach().cpu() for k, v in bundle.network.state_dict().items()}, weights)
     model_cfg = source.model.model_copy(update={"pretrained_weights": str(weights), "head": head or source.model.head})
     data_cfg = source.data.model_copy(update={"label_level": cfg.data.label_level})
     tuned = cfg.model_copy(update={"model": model_cfg, "data": data_cfg})
@@ -45,22 +45,22 @@ def zeroshot_case(model_uri: str, folder: Path, labels: list[str], top_k: int = 
     """Scores of ``labels`` (any names) for one case folder, plus P(abnormal) = 1 - P(Normal)."""
     import torch
 
-    from raddiag.evaluate import load_pyfunc
     from raddiag.knowledge import embed_labels
-    from raddiag.predict import case_arrays, load_case_folder
+    from raddiag.predict import load_case_folder
+    from raddiag.serve.bundle import ModelBundle
 
     if not labels:
         raise ValueError("zeroshot: give at least one label name")
     scans = scans if scans is not None else load_case_folder(folder)  # a bad case fails before the model loads
-    _, wrapper = load_pyfunc(model_uri)
-    net = wrapper.model
-    source = RadDiagConfig.model_validate(wrapper.meta["config"])
-    if source.model.head != "ke":
+    bundle = ModelBundle.load(model_uri)
+    net = bundle.network
+    source = bundle.config
+    if source.model.head != "ke" or bundle.label_embeddings is None:
         raise ValueError(f"model {model_uri} was trained with model.head={source.model.head!r}; zero-shot needs the KE head")
-    arrays = {k: torch.as_tensor(v) for k, v in case_arrays(scans, source.data, wrapper.meta.get("plan")).items()}
+    arrays = {k: torch.as_tensor(v) for k, v in bundle.case_inputs(scans).items()}
     inputs = (arrays["images"].float(), arrays["scan_mask"].bool(), arrays["slice_mask"].bool(), arrays["modality_ids"].long())
-    names = list(wrapper.label_names)
-    original = torch.tensor(np.asarray(wrapper.meta["label_embeddings"], dtype=np.float32))
+    names = bundle.label_names
+    original = torch.tensor(bundle.label_embeddings)
     with torch.no_grad():
         base = torch.sigmoid(net(*inputs)["logits"].float())[0]
         abnormal = float(1.0 - base[names.index("Normal")]) if "Normal" in names else None

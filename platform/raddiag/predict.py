@@ -126,14 +126,12 @@ def case_arrays(scans: list[dict[str, Any]], data_cfg: Any, plan: dict[str, Any]
 def predict_case(model_uri: str, folder: Path, top_k: int = 5, scans: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Top-k labels with probabilities for one case folder (read first: a bad case fails before
     the model is loaded; pass ``scans`` from :func:`load_case_folder` to read it yourself)."""
-    from raddiag.config import RadDiagConfig
-    from raddiag.evaluate import load_pyfunc
+    from raddiag.serve.bundle import ModelBundle
 
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     scans = scans if scans is not None else load_case_folder(folder)
-    model, wrapper = load_pyfunc(model_uri)
-    data_cfg = RadDiagConfig.model_validate(wrapper.meta["config"]).data
-    frame = model.predict(case_arrays(scans, data_cfg, wrapper.meta.get("plan")))
+    bundle = ModelBundle.load(model_uri)
+    frame = bundle.predict(bundle.case_inputs(scans))
     probs = frame.iloc[0].sort_values(ascending=False)[:top_k]
     return [{"label": str(label), "probability": float(p)} for label, p in probs.items()]

@@ -10,7 +10,6 @@ the tags logged when it was promoted."""
 from __future__ import annotations
 
 import math
-import os
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -90,14 +89,13 @@ def _local_checkpoint(path: str, into: str) -> str:
 
 
 def _example(cfg: RadDiagConfig, checkpoint_dir: str) -> dict[str, Any]:
-    import json
-
+    """One assembled test case of ``cfg``'s store, as the checkpoint's model reads it (the input example)."""
     from raddiag.data.pipeline import local_batches
+    from raddiag.serve.bundle import ModelBundle
 
-    meta = json.loads(Path(checkpoint_dir, "meta.json").read_text())
-    model_cfg = RadDiagConfig.model_validate(meta["config"]).model_copy(update={"store": cfg.store})
+    bundle = ModelBundle.from_checkpoint(checkpoint_dir).on_store(cfg.store.ref())
     records = cfg.store.ref().manifest().case_records("test")[:1]
-    return next(iter(local_batches(records, model_cfg, meta["label_names"], 1)))
+    return next(iter(local_batches(records, bundle.config, bundle.label_names, 1)))
 
 
 def registered_version(client: Any, name: str, run_id: str) -> Any:
@@ -143,22 +141,12 @@ def logged_test_metric(version: Any, metric: str, client: Any = None) -> float |
 
 
 def evaluate_checkpoint(cfg: RadDiagConfig, checkpoint: str, split: str = "test") -> Any:
-    """Evaluate a Train checkpoint on ``split`` exactly as its registered pyfunc would be, from a
-    scratch folder: nothing is logged or registered."""
-    import warnings
-
-    import mlflow.pyfunc
-
+    """Evaluate a Train checkpoint (local or remote) on ``split`` exactly as its registered pyfunc
+    would be (the pyfunc loads the same :class:`ModelBundle`): nothing is logged or registered."""
     from raddiag.evaluate import evaluate_model
-    from raddiag.serve.pyfunc import PIP_REQUIREMENTS, RadDiagPyfunc
+    from raddiag.serve.bundle import ModelBundle
 
-    with tempfile.TemporaryDirectory() as scratch:
-        local = _local_checkpoint(checkpoint, os.path.join(scratch, "checkpoint"))
-        path = os.path.join(scratch, "model")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            mlflow.pyfunc.save_model(path, python_model=RadDiagPyfunc(), artifacts={"checkpoint": local}, pip_requirements=PIP_REQUIREMENTS)
-        return evaluate_model(path, cfg, split)
+    return evaluate_model(ModelBundle.from_checkpoint(checkpoint), cfg, split)
 
 
 def promote(cfg: RadDiagConfig, sweep_name: str, dry_run: bool = False) -> Promotion:
@@ -284,8 +272,9 @@ def _current_champion(client: Any, name: str) -> Any:
 
 
 def log_model_from_checkpoint(cfg: RadDiagConfig, run_id: str, checkpoint: str, registered_model: str | None = None) -> Any:
-    """Package a Train checkpoint (local or remote) as the pyfunc ``model`` of MLflow run ``run_id``
-    (registering it when ``registered_model``); returns MLflow's ModelInfo."""
+    """Package a Train checkpoint (local or remote) as the pyfunc of MLflow run ``run_id``, named
+    :data:`~raddiag.serve.bundle.LOGGED_MODEL_NAME` (registering it when ``registered_model``);
+    returns MLflow's ModelInfo."""
     import warnings
 
     import mlflow

@@ -186,18 +186,16 @@ def _plots_from_checkpoint(cfg: RadDiagConfig, checkpoint: str, scratch: str) ->
     from raddiag import plots
     from raddiag.data.pipeline import local_batches
     from raddiag.metrics import evaluate_scores
-    from raddiag.registry import _local_checkpoint
-    from raddiag.serve.pyfunc import load_network
+    from raddiag.serve.bundle import ModelBundle
     from raddiag.train.loop import predict
 
-    local = _local_checkpoint(checkpoint, scratch)
-    model, meta = load_network(local)
-    model_cfg = RadDiagConfig.model_validate(meta["config"]).model_copy(update={"store": cfg.store})
+    bundle = ModelBundle.from_checkpoint(checkpoint).on_store(cfg.store.ref())
+    model_cfg = bundle.config
     records = cfg.store.ref().manifest().case_records("val")
-    _, scores, labels = predict(model, local_batches(records, model_cfg, meta["label_names"], 8))
-    counts = np.asarray(meta["train_counts"])
+    _, scores, labels = predict(bundle.network, local_batches(records, model_cfg, bundle.label_names, 8))
+    counts = np.asarray(bundle.train_counts)
     groups, rule = model_cfg.eval.groups(counts, model_cfg.data.label_level)
-    report = evaluate_scores(labels, scores, counts, label_names=meta["label_names"], groups=groups, grouping=rule)
+    report = evaluate_scores(labels, scores, counts, label_names=bundle.label_names, groups=groups, grouping=rule)
     out = {}
     out["roc_by_group.png"] = plots.roc_by_group(labels, scores, counts, Path(scratch, "roc.png"), n_bootstrap=50, groups=groups)
     out["auc_vs_frequency.png"] = plots.auc_vs_frequency(report, Path(scratch, "auc.png"))

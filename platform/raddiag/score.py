@@ -22,12 +22,14 @@ import json
 import os
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Callable
 
 import numpy as np
 
 from raddiag.config import RadDiagConfig
+from raddiag.serve.bundle import ModelBundle
+from raddiag.storage.ref import StoreRef
 
 JOB_FILE = "_job.json"
 SUCCESS_FILE = "_SUCCESS.json"
@@ -82,38 +84,32 @@ def _forward(network: Any, batch: dict[str, np.ndarray], device: Any, embeddings
     return probs, emb
 
 
-def model_eval_config(model_meta: dict[str, Any], cfg: RadDiagConfig) -> RadDiagConfig:
-    """The model's own data settings (scans, depth, size, label level) reading ``cfg``'s store."""
-    return RadDiagConfig.model_validate(model_meta["config"]).model_copy(update={"store": cfg.store})
-
-
 def score_records(
-    network: Any,
+    bundle: ModelBundle,
     records: list[dict[str, Any]],
-    eval_cfg: RadDiagConfig,
-    label_names: list[str],
     *,
     batch_size: int = 8,
     device: Any = "cpu",
     embeddings: bool = False,
 ) -> Scores:
-    """Score ``records`` (store case records) in order with ``network`` (eval mode)."""
+    """Score ``records`` (case records of the store ``bundle`` is on, see
+    :meth:`ModelBundle.on_store`) in order with ``bundle``'s network (eval mode, on ``device``)."""
     from raddiag.data.pipeline import local_batches
 
     probs, truth, embs = [], [], []
-    for batch in local_batches(records, eval_cfg, label_names, batch_size):
-        p, e = _forward(network, batch, device, embeddings)
+    for batch in local_batches(records, bundle.config, bundle.label_names, batch_size):
+        p, e = _forward(bundle.network, batch, device, embeddings)
         probs.append(p)
         truth.append(np.asarray(batch["labels"]).astype(np.uint8))
         if e is not None:
             embs.append(e)
-    n_labels = len(label_names)
+    n_labels = len(bundle.label_names)
     return Scores(
         case_ids=[r["case_id"] for r in records],
         scores=np.concatenate(probs) if probs else np.zeros((0, n_labels), np.float32),
         labels=np.concatenate(truth) if truth else np.zeros((0, n_labels), np.uint8),
         embedding=np.concatenate(embs) if embs else None,
-        label_names=list(label_names),
+        label_names=bundle.label_names,
     )
 
 
@@ -151,7 +147,7 @@ def part_name(chunk: int) -> str:
     return f"part-{chunk:05d}.parquet"
 
 
-def _parquet_bytes(scores: Scores, split: str, job: dict[str, Any]) -> bytes:
+def _parquet_bytes(scores: Scores, split: str, job: ScoreJob) -> bytes:
     import io
 
     import pyarrow as pa
@@ -168,46 +164,67 @@ def _parquet_bytes(scores: Scores, split: str, job: dict[str, Any]) -> bytes:
             pa.array(scores.embedding.ravel(), pa.float32()), scores.embedding.shape[1]
         )
     table = pa.table(columns).replace_schema_metadata(
-        {"raddiag.model_uri": job["model_uri"], "raddiag.dataset_version": job["dataset_version"]}
+        {"raddiag.model_uri": job.model_uri, "raddiag.dataset_version": job.dataset_version}
     )
     sink = io.BytesIO()
     pq.write_table(table, sink)
     return sink.getvalue()
 
 
-class ChunkScorer:
-    """Ray Data actor: loads the model once, then scores and writes one chunk per call."""
+@dataclass(frozen=True)
+class ScoreJob:
+    """A scoring job, checked before Ray starts (:func:`plan_job`). Each actor gets it (a few
+    hundred bytes); ``_job.json`` records it without ``tracking_uri`` and ``store`` (no server
+    address in the output)."""
 
-    def __init__(self, job: dict[str, Any], cfg: dict[str, Any], use_gpu: bool, threads: int) -> None:
+    model_uri: str  # an @alias resolved to its version: every actor loads the same model
+    requested_model_uri: str
+    tracking_uri: str
+    dataset_version: str
+    split: str
+    n_cases: int
+    chunk_cases: int
+    batch_size: int
+    embeddings: bool
+    label_names: list[str]
+    output: str
+    store: StoreRef  # read by the actors; its endpoint also serves an s3:// output
+
+    #: what makes a folder hold "the same job" (resume) rather than another one
+    IDENTITY = ("model_uri", "dataset_version", "split", "n_cases", "chunk_cases", "embeddings", "label_names")
+
+    def record(self) -> dict[str, Any]:
+        """The ``_job.json`` content."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("tracking_uri", "store")}
+
+
+class ChunkScorer:
+    """Ray Data actor: loads the model once, then scores and writes one chunk per call. Its input
+    rows and output batches are Ray Data's (``chunk``/``records`` in; ``chunk``, ``cases``,
+    ``seconds`` arrays out)."""
+
+    def __init__(self, job: ScoreJob, use_gpu: bool, threads: int) -> None:
         import mlflow
         import torch
 
-        from raddiag.evaluate import load_pyfunc
-
         # explicitly, not only by environment: a reused Ray worker may have set another URI before
-        os.environ["MLFLOW_TRACKING_URI"] = job["tracking_uri"]
-        mlflow.set_tracking_uri(job["tracking_uri"])
-        mlflow.set_registry_uri(job["tracking_uri"])
+        os.environ["MLFLOW_TRACKING_URI"] = job.tracking_uri
+        mlflow.set_tracking_uri(job.tracking_uri)
+        mlflow.set_registry_uri(job.tracking_uri)
         self.job = job
-        self.cfg = RadDiagConfig.model_validate(cfg)
-        _, wrapper = load_pyfunc(job["model_uri"])
         torch.set_num_threads(max(1, threads))
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-        self.network = wrapper.model.to(self.device).eval()
-        self.eval_cfg = model_eval_config(wrapper.meta, self.cfg)
-        self.names = list(wrapper.label_names)
-        self.fs, self.root = _fs(job["output"], self.cfg.store.endpoint_url)
+        self.bundle = ModelBundle.load(job.model_uri, job.tracking_uri).on_store(job.store)
+        self.bundle.network.to(self.device).eval()
+        self.fs, self.root = _fs(job.output, job.store.endpoint_url)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         chunks, cases, seconds = [], [], []
         for chunk, text in zip(batch["chunk"], batch["records"]):
             started = time.perf_counter()
             records = json.loads(str(text))
-            scores = score_records(
-                self.network, records, self.eval_cfg, self.names, batch_size=self.job["batch_size"],
-                device=self.device, embeddings=self.job["embeddings"],
-            )
-            payload = _parquet_bytes(scores, self.job["split"], self.job)
+            scores = score_records(self.bundle, records, batch_size=self.job.batch_size, device=self.device, embeddings=self.job.embeddings)
+            payload = _parquet_bytes(scores, self.job.split, self.job)
             _write_atomic(self.fs, f"{self.root}/{part_name(int(chunk))}", payload)
             chunks.append(int(chunk))
             cases.append(len(records))
@@ -215,59 +232,54 @@ class ChunkScorer:
         return {"chunk": np.asarray(chunks), "cases": np.asarray(cases), "seconds": np.asarray(seconds)}
 
 
-def plan_job(cfg: RadDiagConfig, model_uri: str, split: str, output: str, *, batch_size: int, chunk_cases: int, embeddings: bool) -> tuple[dict[str, Any], list[list[dict[str, Any]]]]:
+def plan_job(cfg: RadDiagConfig, model_uri: str, split: str, output: str, *, batch_size: int, chunk_cases: int, embeddings: bool) -> tuple[ScoreJob, list[list[dict[str, Any]]]]:
     """Check the inputs (before Ray starts) and cut the split into chunks: (job, chunks)."""
-    from raddiag.evaluate import load_pyfunc
-
     if chunk_cases < 1 or batch_size < 1:
         raise ScoreError("score: --chunk-cases and --batch-size must be >= 1")
-    manifest = cfg.store.ref().manifest()
+    store = cfg.store.ref()
+    manifest = store.manifest()
     splits = sorted(set(manifest.cases["split"]))
     if split not in splits:
         raise ScoreError(f"score: split {split!r} is not in store {cfg.store.url} (it has {', '.join(splits)})")
     records = manifest.case_records(split)
     tracking_uri = cfg.tracking.resolved_uri()
     resolved = resolve_model_uri(model_uri, tracking_uri)
-    _, wrapper = load_pyfunc(resolved)  # fails here, once, for a bad URI or model
-    level = RadDiagConfig.model_validate(wrapper.meta["config"]).data.label_level
-    names = list(wrapper.label_names)
-    if names != manifest.label_names(level):
+    bundle = ModelBundle.load(resolved, tracking_uri)  # fails here, once, for a bad URI or model
+    names = bundle.label_names
+    if names != manifest.label_names(bundle.label_level):
         raise ScoreError(
-            f"model {model_uri}: its {len(names)} labels differ from the store's {len(manifest.label_names(level))} "
+            f"model {model_uri}: its {len(names)} labels differ from the store's {len(manifest.label_names(bundle.label_level))} "
             f"({cfg.store.url}); fine-tune it on this store first"
         )
-    job = {
-        "model_uri": resolved, "requested_model_uri": model_uri, "tracking_uri": tracking_uri,
-        "dataset_version": manifest.version, "split": split, "n_cases": len(records), "chunk_cases": chunk_cases,
-        "batch_size": batch_size, "embeddings": embeddings, "label_names": names, "output": output,
-    }
+    job = ScoreJob(
+        model_uri=resolved, requested_model_uri=model_uri, tracking_uri=tracking_uri, dataset_version=manifest.version,
+        split=split, n_cases=len(records), chunk_cases=chunk_cases, batch_size=batch_size, embeddings=embeddings,
+        label_names=names, output=output, store=store,
+    )
     chunks = [records[i : i + chunk_cases] for i in range(0, len(records), chunk_cases)]
     return job, chunks
 
 
-_JOB_IDENTITY = ("model_uri", "dataset_version", "split", "n_cases", "chunk_cases", "embeddings", "label_names")
-
-
-def _prepare_output(job: dict[str, Any], endpoint_url: str | None) -> tuple[Any, str, set[int]]:
+def _prepare_output(job: ScoreJob) -> tuple[Any, str, set[int]]:
     """Write or check ``_job.json``; the chunks already written (resume)."""
-    fs, root = _fs(job["output"], endpoint_url)
+    fs, root = _fs(job.output, job.store.endpoint_url)
     job_path = f"{root}/{JOB_FILE}"
+    record = job.record()
     if fs.exists(job_path):
         with fs.open(job_path, "rb") as handle:
             previous = json.loads(handle.read())
-        differing = [k for k in _JOB_IDENTITY if previous.get(k) != job[k]]
+        differing = [k for k in ScoreJob.IDENTITY if previous.get(k) != record[k]]
         if differing:
             raise ScoreError(
-                f"score: {job['output']} holds another job (differs in {', '.join(differing)}); "
+                f"score: {job.output} holds another job (differs in {', '.join(differing)}); "
                 "choose another --output or delete that folder"
             )
     else:
         fs.makedirs(root, exist_ok=True)
         stale = [p for p in fs.ls(root, detail=False) if os.path.basename(p).startswith("part-")]
         if stale:
-            raise ScoreError(f"score: {job['output']} has Parquet parts but no {JOB_FILE}; choose an empty --output")
-        identity = {k: v for k, v in job.items() if k != "tracking_uri"}  # no server address in the output
-        _write_atomic(fs, job_path, json.dumps(identity, indent=1).encode())
+            raise ScoreError(f"score: {job.output} has Parquet parts but no {JOB_FILE}; choose an empty --output")
+        _write_atomic(fs, job_path, json.dumps(record, indent=1).encode())
     done = set()
     for path in fs.ls(root, detail=False):
         name = os.path.basename(path)
@@ -295,13 +307,13 @@ def run_score(
     if actors < 1:
         raise ScoreError("score: --actors must be >= 1")
     job, chunks = plan_job(cfg, model_uri, split, output, batch_size=batch_size, chunk_cases=chunk_cases, embeddings=embeddings)
-    fs, root, done = _prepare_output(job, cfg.store.endpoint_url)
+    fs, root, done = _prepare_output(job)
     todo = [i for i in range(len(chunks)) if i not in done]
     started = time.perf_counter()
     scored = kept = sum(len(chunks[i]) for i in done)
     actor_seconds = 0.0
     if progress:
-        progress(scored, job["n_cases"])
+        progress(scored, job.n_cases)
     if todo:
         import ray.data
 
@@ -311,7 +323,7 @@ def run_score(
         items = [{"chunk": i, "records": json.dumps(chunks[i])} for i in todo]
         dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
             ChunkScorer,
-            fn_constructor_kwargs={"job": job, "cfg": cfg.model_dump(mode="json"), "use_gpu": use_gpu, "threads": int(max(1, cpus_per_actor))},
+            fn_constructor_kwargs={"job": job, "use_gpu": use_gpu, "threads": int(max(1, cpus_per_actor))},
             batch_size=1,
             concurrency=min(actors, len(items)),
             num_cpus=cpus_per_actor,
@@ -321,13 +333,13 @@ def run_score(
             scored += int(row["cases"])
             actor_seconds += float(row["seconds"])
             if progress:
-                progress(scored, job["n_cases"])
+                progress(scored, job.n_cases)
     seconds = time.perf_counter() - started
     new_cases = sum(len(chunks[i]) for i in todo)
-    summary = {"n_cases": job["n_cases"], "n_chunks": len(chunks), "skipped_chunks": len(done), "seconds": round(seconds, 3)}
+    summary = {"n_cases": job.n_cases, "n_chunks": len(chunks), "skipped_chunks": len(done), "seconds": round(seconds, 3)}
     _write_atomic(fs, f"{root}/{SUCCESS_FILE}", json.dumps(summary).encode())
     return ScoreResult(
-        output=output, model_uri=job["model_uri"], split=split, n_cases=job["n_cases"], n_chunks=len(chunks),
+        output=output, model_uri=job.model_uri, split=split, n_cases=job.n_cases, n_chunks=len(chunks),
         skipped_chunks=len(done), seconds=seconds, cases_per_s=new_cases / seconds if new_cases and seconds > 0 else 0.0,
         actor_seconds=actor_seconds, kept_cases=kept,
     )

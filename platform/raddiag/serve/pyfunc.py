@@ -36,31 +36,6 @@ MAX_EXAMPLE_VALUES = 200_000
 PIP_REQUIREMENTS = ["torch>=2.4", "monai>=1.6,<1.7", "numpy", "pandas", "pydantic>=2", "pyyaml", "scikit-learn"]
 
 
-def load_network(checkpoint_dir: str, weights: str = "best.pt") -> tuple[Any, dict[str, Any]]:
-    """Rebuild the network from a checkpoint directory (``meta.json`` + weights, weights_only)."""
-    import torch
-
-    from raddiag.config import RadDiagConfig
-    from raddiag.model import build_model
-
-    meta = json.loads(Path(checkpoint_dir, "meta.json").read_text())
-    cfg = RadDiagConfig.model_validate(meta["config"])
-    cfg.model.pretrained_weights = None  # the checkpoint's own weights are loaded below
-    names = meta["label_names"]
-    table = meta.get("label_embeddings")
-    counts = np.asarray(meta.get("train_counts") or np.ones(len(names)), dtype=np.float32)
-    prior = torch.tensor(np.maximum(counts, 1) / max(float(counts.sum()), 1.0), dtype=torch.float32)
-    model = build_model(
-        cfg.model, len(names),
-        label_embeddings=torch.tensor(np.asarray(table, dtype=np.float32)) if table is not None else None,
-        label_prior=prior,
-    )
-    state = torch.load(os.path.join(checkpoint_dir, weights), map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
-    model.eval()
-    return model, meta
-
-
 # MLflow wraps ``predict`` when the class is defined and warns (under its own "once" filter) that
 # it has no type hints; ours has none on purpose: a type-hinted predict makes MLflow infer a schema
 # that rejects our dict-of-arrays input. Only that class definition is silenced.
@@ -73,42 +48,21 @@ with warnings.catch_warnings():
         def load_context(self, context):
             import torch
 
+            from raddiag.serve.bundle import ModelBundle
+
             torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
-            self.model, self.meta = load_network(context.artifacts["checkpoint"])
-            cfg = self.meta["config"]["data"]
-            self.depth, self.size = int(cfg["depth"]), int(cfg["image_size"])
-            self.label_names = list(self.meta["label_names"])
+            self.bundle = ModelBundle.from_checkpoint(context.artifacts["checkpoint"])
 
         def predict(self, context, model_input, params=None):  # no type hints: MLflow would infer a schema from them
-            import torch
-            import torch.nn.functional as F
-
             if _is_scan_table(model_input):
                 return self._predict_files(model_input)
-            inputs = _as_arrays(model_input)
-            images = torch.as_tensor(np.asarray(inputs["images"], dtype=np.float32))
-            if images.ndim != 5:
-                raise ValueError(f"images: expected (B, N, D, H, W), got shape {tuple(images.shape)}")
-            b, n, d, h, w = images.shape
-            if (h, w) != (self.size, self.size):
-                images = F.interpolate(images.reshape(b * n, d, h, w), size=(self.size, self.size), mode="bilinear", align_corners=False)
-                images = images.reshape(b, n, d, self.size, self.size)
-            scan_mask = torch.as_tensor(np.asarray(inputs["scan_mask"]).astype(bool))
-            slice_mask = torch.as_tensor(np.asarray(inputs["slice_mask"]).astype(bool))
-            modality_ids = torch.as_tensor(np.asarray(inputs["modality_ids"]).astype(np.int64))
-            with torch.no_grad():
-                logits = self.model(images, scan_mask, slice_mask, modality_ids)["logits"].float()
-            return pd.DataFrame(torch.sigmoid(logits).numpy(), columns=self.label_names)
+            return self.bundle.predict(_as_arrays(model_input))
 
         def _predict_files(self, table):
-            from raddiag.config import RadDiagConfig
-            from raddiag.predict import case_arrays
-
-            data_cfg = RadDiagConfig.model_validate(self.meta["config"]).data
             cases = scans_from_table(table)
-            arrays = [case_arrays(scans, data_cfg, self.meta.get("plan")) for scans in cases.values()]
+            arrays = [self.bundle.case_inputs(scans) for scans in cases.values()]
             batch = {key: np.concatenate([a[key] for a in arrays]) for key in arrays[0]}
-            frame = self.predict(None, batch)
+            frame = self.bundle.predict(batch)
             frame.insert(0, "case_id", list(cases))
             return frame
 
@@ -184,15 +138,19 @@ def signature_for(example: dict[str, np.ndarray], label_names: list[str]) -> Any
     return ModelSignature(inputs=None, outputs=outputs)
 
 
-def log_pyfunc(checkpoint_dir: str, example: dict[str, np.ndarray], registered_model: str | None = None) -> Any:
-    """Log the model into the active MLflow run (and register it when ``registered_model``)."""
+def log_pyfunc(checkpoint_dir: str, example: dict[str, np.ndarray], registered_model: str | None = None, name: str = "") -> Any:
+    """Log the model into the active MLflow run as ``name`` (default
+    :data:`~raddiag.serve.bundle.LOGGED_MODEL_NAME`: ``runs:/<run_id>/raddiag-classifier``) and
+    register it when ``registered_model``."""
+    from raddiag.serve.bundle import LOGGED_MODEL_NAME
+
     meta = json.loads(Path(checkpoint_dir, "meta.json").read_text())
     from raddiag.schema import MODEL_INPUTS
 
     example = {k: example[k] for k in MODEL_INPUTS}
     small = example["images"].size <= MAX_EXAMPLE_VALUES  # a paper-scale example would be ~100 MB of JSON
     return mlflow.pyfunc.log_model(
-        name="model",
+        name=name or LOGGED_MODEL_NAME,
         python_model=RadDiagPyfunc(),
         artifacts={"checkpoint": checkpoint_dir},
         code_paths=[str(PACKAGE_DIR)],

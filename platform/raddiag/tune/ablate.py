@@ -86,11 +86,11 @@ def _score_checkpoint(cfg: RadDiagConfig, checkpoint_dir: str, manifest: Any) ->
     import torch
 
     from raddiag.data.pipeline import local_batches
-    from raddiag.serve.pyfunc import load_network
+    from raddiag.serve.bundle import ModelBundle
     from raddiag.train.loop import predict_batch, to_tensors
 
-    model, meta = load_network(checkpoint_dir)
-    names = meta["label_names"]
+    bundle = ModelBundle.from_checkpoint(checkpoint_dir)
+    model, names = bundle.network, bundle.label_names
     torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
     out: dict[str, np.ndarray] = {}
     for split in ("val", "test"):
