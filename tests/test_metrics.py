@@ -458,10 +458,8 @@ def test_every_metric_the_kernel_computes_is_in_the_table_and_vice_versa():
     the honest variant), minus its bookkeeping (counts, thresholds, TP/FP at thresholds), are exactly
     the table's names, each once, and a report carries them in table order."""
     from raddiag import metrics
-    from raddiag.metrics import FPR_POINTS, METRIC_SPECS, TABLE_VARIANTS, metric_keys, specs_for
+    from raddiag.metrics import FPR_POINTS, METRIC_SPECS, TABLE_VARIANTS, curve_stats, metric_keys, sort_block, specs_for
 
-    curve_stats = getattr(metrics, "curve_stats", None) or metrics._curve_stats  # made public by #16
-    sort_block = getattr(metrics, "sort_block", None) or metrics._sort_block
     rng = np.random.default_rng(18)
     y, s = random_split(rng, 60, 5)
     val_y, val_s = random_split(rng, 40, 5)

@@ -242,3 +242,45 @@ def test_epoch_planning_runs_on_the_prefetch_thread_while_the_caller_goes_on() -
     (items,) = list(stream)
     assert planned_on == ["raddiag-prefetch"] and threading.current_thread().name != "raddiag-prefetch"
     assert [item.order for item in items] == epoch_records(records, cfg, names, train=True, epoch=1)[0::2]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sparse_replicates_equal_the_curve_of_the_drawn_cases(seed: int) -> None:
+    """The bootstrap kernel (a gather and a running sum over the negatives, the rest at the positives
+    and around each FPR crossing) gives what curve_stats gives on the drawn cases of every class —
+    bit for bit but AP (summation order) — with ties from none to heavy, validation thresholds, and
+    multiplicities that make long straight stretches (all ones: the whole-row window) or do not sum to n."""
+    from raddiag import metrics
+    from raddiag.metrics import FPR_POINTS, METRICS, VAL_METRICS, curve_stats, sort_block
+
+    rng = np.random.default_rng(seed)
+    n, c = 160, 24
+    y = rng.random((n, c)) < rng.uniform(0.02, 0.5, c)
+    y[0], y[1] = True, False  # every class evaluable on the split
+    s = rng.normal(size=(n, c)) + 1.2 * y
+    s[:, 8:16] = np.round(s[:, 8:16], 1)  # ties
+    s[:, 16:] = np.round(s[:, 16:])  # heavy ties
+    order, ss, sy = sort_block(np.ascontiguousarray(s.T), np.ascontiguousarray(y.T))
+    vy = rng.random((n, c)) < 0.2
+    vy[0], vy[1] = True, False
+    _, vs, vsy = sort_block(np.ascontiguousarray(rng.normal(size=(n, c)).T), np.ascontiguousarray(vy.T))
+    vstats = curve_stats(vs, vsy)
+    thresholds = {"f1": vstats["threshold"]} | {f"r{sfx}": vstats[f"threshold_r{sfx}"] for sfx, _ in FPR_POINTS}
+    names = METRICS + VAL_METRICS
+    sparse = metrics._SparseRows(order, ss, sy, thresholds)
+    weight_sets = [np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(8)]
+    weight_sets += [np.ones(n, dtype=np.int64), (rng.random(n) < 0.6) * rng.integers(1, 4, n)]
+    for weights in weight_sets:
+        drawn = weights > 0
+        at = np.flatnonzero(drawn[order])
+        m = int(drawn.sum())
+        expected = curve_stats(ss.ravel()[at].reshape(c, m), sy.ravel()[at].reshape(c, m), weights[order.ravel()[at]].reshape(c, m), thresholds)
+        expected |= metrics._honest(expected)
+        got = sparse.values(weights, names)
+        for j, name in enumerate(names):
+            want = expected[name]
+            assert np.array_equal(np.isnan(got[:, j]), np.isnan(want)), name
+            if name == "ap":
+                np.testing.assert_allclose(got[:, j], want, rtol=0, atol=1e-12)
+            else:
+                assert np.array_equal(got[:, j], want, equal_nan=True), name

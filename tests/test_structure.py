@@ -16,8 +16,6 @@ PACKAGE = Path(__file__).resolve().parents[1] / "platform" / "raddiag"
 #: Private names still allowed across modules while the work that removes them is in flight (#16:
 #: the metric kernel made public; #14: ModelBundle); to be emptied when it lands. (module, from, name)
 PENDING_PRIVATE_IMPORTS: set[tuple[str, str, str]] = {
-    ("raddiag.stats", "raddiag.metrics", "_curve_stats"),  # #16: metrics makes the kernel public
-    ("raddiag.stats", "raddiag.metrics", "_sort_block"),
     ("raddiag.report", "raddiag.registry", "_local_checkpoint"),  # #14: the report loads a ModelBundle instead
 }
 

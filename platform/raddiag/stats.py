@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from raddiag.metrics import GROUPS, _curve_stats, _sort_block, group_of_counts
+from raddiag.metrics import GROUPS, curve_stats, group_of_counts, sort_block
 
 TABLE_METRICS = ("auc", "ap", "f1")
 TABLE_GROUPS = GROUPS + ("all",)
@@ -97,13 +97,13 @@ class _Sorted:
     """One run's test scores sorted per class once (rows = classes), for repeated weighted metrics."""
 
     def __init__(self, truth: np.ndarray, scores: np.ndarray) -> None:
-        self.order, self.s, self.y = _sort_block(
+        self.order, self.s, self.y = sort_block(
             np.ascontiguousarray(scores.T, dtype=np.float64), np.ascontiguousarray(truth.T.astype(bool))
         )
 
     def metrics(self, weights: np.ndarray | None) -> dict[str, np.ndarray]:
         w = None if weights is None else weights[self.order].astype(np.float64)
-        return _curve_stats(self.s, self.y, w)
+        return curve_stats(self.s, self.y, w)
 
 
 def _group_means(stats: dict[str, np.ndarray], groups: np.ndarray, metrics: tuple[str, ...]) -> np.ndarray:
