@@ -29,7 +29,7 @@ def test_the_issues_failure_cases_map_to_the_index_category(name: str, categorie
 
 
 def test_a_candidate_naming_another_organ_is_penalised() -> None:
-    from raddiag.knowledge.textmatch import ANATOMY_PENALTY, MatchIndex, anatomy_disagrees, normalise_name, organs_of, rerank
+    from raddiag.knowledge.textmatch import ANATOMY_PENALTY, SITELESS_PENALTY, MatchIndex, anatomy_disagrees, normalise_name, organs_of, rerank
 
     kidney = organs_of(normalise_name("Renal cell carcinoma"))
     assert kidney == {"kidney"}
@@ -42,7 +42,8 @@ def test_a_candidate_naming_another_organ_is_penalised() -> None:
     index = MatchIndex(None, None, None, None, texts, ["C22.0", "C64", "C4A"], [organs_of(n) for n in normalised],
                        [frozenset()] * 3, np.zeros(3, dtype=bool))
     ranked = dict(rerank(normalise_name("Renal cell carcinoma"), [(0, 0.7), (1, 0.6), (2, 0.5)], index))
-    assert ranked[0] == pytest.approx(0.7 * ANATOMY_PENALTY) and ranked[1] == pytest.approx(0.6) and ranked[2] == pytest.approx(0.5)
+    assert ranked[0] == pytest.approx(0.7 * ANATOMY_PENALTY) and ranked[1] == pytest.approx(0.6)
+    assert ranked[2] == pytest.approx(0.5 * SITELESS_PENALTY)  # names no organ where the label names one: a smaller penalty
     context = MatchIndex(None, None, None, None, ["Congenital hydronephrosis", "Hydronephrosis"], ["Q62.0", "N13.3"], [frozenset()] * 2,
                          [frozenset({"congenital"}), frozenset()], np.zeros(2, dtype=bool))
     assert rerank("hydronephrosis", [(0, 0.9), (1, 0.85)], context)[0][0] == 1  # "congenital" not named: the plain code wins

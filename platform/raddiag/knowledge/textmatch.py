@@ -17,7 +17,8 @@ hemorrhage") rarely share their wording. Both sides are normalised the same way 
 The score is the mean of the character 3-5-gram and the word TF-IDF cosines (as before); the best
 candidates are then re-ranked: a candidate naming a different organ than the label ("Liver cell
 carcinoma" for "Renal cell carcinoma") is penalised, and so is one restricted to a context the label
-does not name (congenital, newborn, pregnancy, poisoning, sequelae ...). Names are matched in
+does not name (congenital, newborn, pregnancy, poisoning, sequelae, in situ, malignant ...); one
+naming no organ when the label names one ("Cancer NOS" for "Prostate cancer") a little. Names are matched in
 batches, so memory stays flat for any vocabulary size.
 """
 
@@ -33,6 +34,7 @@ from raddiag.knowledge.icd import code_length, load_icd
 from raddiag.knowledge.index_terms import INDEX_TERMS
 
 ANATOMY_PENALTY = 0.6  # score factor when the candidate names only organs the label does not
+SITELESS_PENALTY = 0.75  # score factor when the label names an organ and the candidate none ("Cancer NOS" for "Prostate cancer")
 CONTEXT_PENALTY = 0.8  # score factor per context word (congenital, newborn ...) the label does not name
 UNSPECIFIED_BONUS = 0.02  # the index's default ("unspecified", "NOS") wins a near tie
 SHORTLIST = 40  # candidates re-ranked per name
@@ -99,10 +101,10 @@ _REGION = {  # organs that count as agreeing with each other (one region)
     "calcaneus": "foot", "heart": "heart", "pericardium": "heart",
 }
 _MALIGNANT = {"carcinoma", "cancer", "adenocarcinoma", "sarcoma", "malignancy", "carcinomatosis", "cystadenocarcinoma"}
-_SECONDARY = {"metastasis", "secondary"}
+_SECONDARY = {"metastasis"}  # ("secondary" alone is not: secondary syphilis, secondary hypertension)
 _BENIGN = {"adenoma", "cystadenoma", "macroadenoma", "microadenoma"}
 _SEE_ALSO = {"tear": "sprain"}  # Index "Tear, ligament - see Sprain"
-_CONTEXT = ("congenital", "newborn", "neonatal", "perinatal", "fetus", "fetal", "pregnancy", "puerperium", "puerperal", "childbirth",
+_CONTEXT = ("malignant", "neoplasm", "situ", "congenital", "newborn", "neonatal", "perinatal", "fetus", "fetal", "pregnancy", "puerperium", "puerperal", "childbirth",
             "abortion", "obstetric", "labor", "delivery", "history", "sequela", "sequelae", "screening", "poisoning", "toxic",
             "adverse", "underdosing", "postprocedural", "intraoperative", "birth", "family", "personal", "encounter", "complication")
 _CODE_NOTE = re.compile(r"^(?P<term>[^()]*(?:\([^()]*\)[^()]*)*?)\s*\((?P<code>[A-Z][0-9][0-9A-Z](?:\.[0-9A-Z]{1,4})?)[-.]*(?:[,;\s][^()]*)?\)\s*$")
@@ -136,7 +138,7 @@ def normalise_name(text: str) -> str:
     present = set(words)
     if present & _SECONDARY:
         extra += ["secondary", "malignant", "neoplasm"]
-    elif present & _MALIGNANT:
+    elif present & _MALIGNANT or any(w.endswith(("carcinoma", "sarcoma")) for w in words):
         extra += ["malignant", "neoplasm"]
     elif present & _BENIGN:
         extra += ["benign", "neoplasm"]
@@ -155,8 +157,12 @@ def anatomy_disagrees(name_organs: frozenset[str], text_organs: frozenset[str]) 
     return not ({_REGION.get(o, o) for o in name_organs} & {_REGION.get(o, o) for o in text_organs})
 
 
+_IMPLIES = {"developmental": "congenital"}  # a label word that names a context in other words
+
+
 def context_words(normalised: str) -> frozenset[str]:
-    return frozenset(w for w in normalised.split() if w in _CONTEXT)
+    words = normalised.split()
+    return frozenset(w for w in words if w in _CONTEXT) | {_IMPLIES[w] for w in words if w in _IMPLIES}
 
 
 def note_terms(note: str) -> tuple[str, str] | None:
@@ -238,6 +244,8 @@ def rerank(name_norm: str, candidates: list[tuple[int, float]], index: MatchInde
     for position, score in candidates:
         if anatomy_disagrees(name_organs, index.organs[position]):
             score *= ANATOMY_PENALTY
+        elif name_organs and not index.organs[position]:
+            score *= SITELESS_PENALTY
         score *= CONTEXT_PENALTY ** len(index.context[position] - name_context)
         if index.unspecified[position]:
             score += UNSPECIFIED_BONUS
