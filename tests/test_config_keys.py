@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, tiny_overrides
 from raddiag.config import ConfigError, RadDiagConfig, legacy_key, load_config, with_overrides
 
 OLD_YAML = """
@@ -170,3 +170,21 @@ def test_sweep_dry_run_with_a_typo_exits_2_with_one_line(tmp_path: Path) -> None
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "loss.focal.gama" in lines[0] and "did you mean 'loss.focal.gamma'" in lines[0]
     assert not (tmp_path / ".raddiag").exists()  # nothing started, nothing written
+
+
+@pytest.mark.slow  # a real one-trial Ray Tune sweep (~45 s on 2 cores): the nested keys go through Optuna, Tune and MLflow
+def test_a_sweep_samples_nested_loss_keys_and_logs_only_the_active_loss(tmp_path: Path, tiny_store, ray_local) -> None:
+    from raddiag import tracking
+    from raddiag.tune.sweep import run_sweep
+
+    store_cfg, _ = tiny_store
+    space = ("{loss.type: {choice: [focal]}, loss.focal_gamma: {uniform: [1.0, 2.0], when: {loss.type: focal}},"  # old name: translated
+             " loss.key_slice.weight: {loguniform: [1.0e-4, 1.0e-2]}}")
+    cfg = load_config(None, [*tiny_overrides(tmp_path), f"store.url={store_cfg.store.url}", "train.epochs=1", "train.num_workers=1",
+                             "sweep.num_samples=1", "sweep.scheduler=none", "sweep.name=nested-loss", f"sweep.search_space={space}"])
+    result = run_sweep(cfg)
+    (trial,) = result.trials
+    params = tracking.client(cfg.tracking.resolved_uri()).get_run(trial["run_id"]).data.params
+    assert params["loss.type"] == "focal" and 1.0 <= float(params["loss.focal.gamma"]) <= 2.0
+    assert 1e-4 <= float(params["loss.key_slice.weight"]) <= 1e-2
+    assert {k.split(".")[1] for k in params if k.startswith("loss.")} == {"type", "focal", "key_slice"}  # no bce/asl/cb/... keys
