@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import io
 import json
 import os
 import pickle
@@ -125,6 +126,22 @@ def legacy_epoch_order(records: list[dict[str, Any]], label_names: list[str], st
     return np.array([members[c][int(u * len(members[c]))] for c, u in zip(classes, picks)], dtype=np.int64)
 
 
+def legacy_case_records(manifest: Any, split: str) -> list[dict[str, Any]]:
+    """``Manifest.case_records`` before #16's columnar form: one dict per case and per scan."""
+    cases = manifest.cases[manifest.cases["split"] == split].sort_values("case_id")
+    scans_by_case: dict[str, list[dict[str, Any]]] = {}
+    for row in manifest.scans.sort_values(["case_id", "scan_id"]).itertuples(index=False):
+        scans_by_case.setdefault(row.case_id, []).append(
+            {"scan_id": row.scan_id, "modality": row.modality, "plane": row.plane, "depth": int(row.depth),
+             "height": int(row.height), "width": int(row.width), "key_slice": int(row.key_slice)}
+        )
+    return [
+        {"case_id": row.case_id, "anatomy": row.anatomy, "disorders": list(row.disorders), "icd10": list(row.icd10),
+         "scans": scans_by_case.get(row.case_id, [])}
+        for row in cases.itertuples(index=False)
+    ]
+
+
 # ---- measurement -------------------------------------------------------------------------------
 
 
@@ -147,6 +164,77 @@ def timed(fn: Callable[[], Any], memory: bool) -> tuple[Any, dict[str, float]]:
 def rss_mb() -> float:
     with open("/proc/self/statm") as handle:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def write_manifest(records: list[dict[str, Any]], splits: list[str], names: list[str], directory: str) -> None:
+    """The store's manifest tables for ``records`` (all columns, content-hash-like scan ids and
+    checksums) as Parquet files in ``directory``, as ``Store.manifest`` reads them."""
+    import hashlib
+
+    import pandas as pd
+
+    cases = pd.DataFrame({"case_id": [r["case_id"] for r in records], "split": splits, "anatomy": [r["anatomy"] for r in records],
+                          "disorders": [r["disorders"] for r in records], "icd10": [r["icd10"] for r in records], "source": "rp3d"})
+    rows = []
+    for record in records:
+        for scan in record["scans"]:
+            digest = hashlib.sha256(scan["scan_id"].encode()).hexdigest()
+            rows.append({"scan_id": digest, "case_id": record["case_id"], "modality": scan["modality"], "plane": scan["plane"],
+                         "aux_modality": "", "depth": scan["depth"], "height": scan["height"], "width": scan["width"],
+                         "orig_shape": [scan["depth"], 512, 512], "spacing": [1.0, 0.7, 0.7], "key_slice": scan["key_slice"],
+                         "checksum": digest[::-1], "dtype": "uint8", "flags": [], "patient_key": digest[:16], "study_key": digest[16:32],
+                         "series_key": digest[32:48]})
+    labels = pd.DataFrame({"name": names, "level": "disorder", "code": "", "train_count": 0, "group": "tail"})
+    for name, frame in (("cases", cases), ("scans", pd.DataFrame(rows)), ("labels", labels)):
+        frame.to_parquet(os.path.join(directory, f"{name}.parquet"), index=False)
+
+
+def worker_metadata(directory: str, legacy: bool, trace: bool) -> dict[str, Any]:
+    """In a fresh process: what a training worker holds for metadata — the manifest read as
+    ``Store.manifest`` reads it, then the train and val records (``legacy``: one dict per case and
+    scan). Without ``trace``: times. With it: memory held (tracemalloc: Python objects and numpy
+    arrays; plus Arrow's pool, where pandas keeps string columns) after each step and at peak,
+    and what stays once the manifest tables are dropped."""
+    import pandas as pd
+    import pyarrow as pa
+
+    from raddiag.storage.store import Manifest
+
+    def held() -> float:
+        return (tracemalloc.get_traced_memory()[0] + pa.total_allocated_bytes()) / 2**20
+
+    gc.collect()
+    if trace:
+        tracemalloc.start()
+    base = held() if trace else 0.0
+    started = time.perf_counter()
+    frames = []
+    for name in ("cases", "scans", "labels"):
+        with open(os.path.join(directory, f"{name}.parquet"), "rb") as handle:
+            frames.append(pd.read_parquet(io.BytesIO(handle.read())))
+    manifest = Manifest(frames[0], frames[1], frames[2], {"version": "bench"})
+    del frames
+    row: dict[str, Any] = {}
+    if trace:
+        row["manifest_mb"] = round(held() - base, 1)
+    else:
+        row["manifest_s"] = round(time.perf_counter() - started, 2)
+    started, cpu = time.perf_counter(), time.process_time()
+    if legacy:
+        train, val = legacy_case_records(manifest, "train"), legacy_case_records(manifest, "val")
+    else:
+        train, val = manifest.case_records("train"), manifest.case_records("val")
+    if trace:
+        row["manifest_and_records_mb"] = round(held() - base, 1)
+        del manifest
+        gc.collect()
+        row["records_only_mb"] = round(held() - base, 1)
+        row["python_peak_mb"] = round((tracemalloc.get_traced_memory()[1]) / 2**20 - base, 1)
+        tracemalloc.stop()
+    else:
+        row |= {"case_records_s": round(time.perf_counter() - started, 2), "case_records_cpu_s": round(time.process_time() - cpu, 2)}
+    row["cases"] = len(train) + len(val)
+    return row
 
 
 def read_task_bytes(items: list[Any], cfg: RadDiagConfig, names: list[str], vocabularies: dict[str, list[str]], epoch: int, legacy: bool) -> dict[str, Any]:
@@ -192,6 +280,7 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the tracemalloc pass")
     parser.add_argument("--no-legacy", action="store_true", help="skip the pre-#16 algorithms")
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--metadata", action="store_true", help="also measure a worker's metadata memory (manifest + records, fresh processes)")
     args = parser.parse_args()
     if not 0 < args.scale <= 1:
         parser.error(f"--scale must be in (0, 1], got {args.scale}")
@@ -265,6 +354,20 @@ def main() -> None:
             _, ops["roc_by_group_plot"] = timed(
                 lambda: plots.roc_by_group(val_true, val_score, counts, os.path.join(directory, "roc.png"), groups=groups), False
             )
+    if args.metadata:
+        import multiprocessing
+
+        splits = ["val"] * n_val + ["test"] * n_test + ["train"] * len(train)
+        with tempfile.TemporaryDirectory() as directory:
+            write_manifest(records, splits, names, directory)
+            context = multiprocessing.get_context("spawn")  # a fresh process each: RSS of nothing else
+            for key, legacy in (("legacy_worker_metadata", True), ("worker_metadata", False)):
+                if legacy and args.no_legacy:
+                    continue
+                ops[key] = {}
+                for trace in (False, True):
+                    with context.Pool(1) as pool:
+                        ops[key] |= pool.apply(worker_metadata, (directory, legacy, trace))
     out["operations"] = ops
     out["load_average"] = [round(x, 1) for x in os.getloadavg()]  # a shared machine: wall times follow the load, CPU times less so
     out["max_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

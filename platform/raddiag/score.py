@@ -256,7 +256,7 @@ def plan_job(cfg: RadDiagConfig, model_uri: str, split: str, output: str, *, bat
         split=split, n_cases=len(records), chunk_cases=chunk_cases, batch_size=batch_size, embeddings=embeddings,
         label_names=names, output=output, store=store,
     )
-    chunks = [records[i : i + chunk_cases] for i in range(0, len(records), chunk_cases)]
+    chunks = [list(records[i : i + chunk_cases]) for i in range(0, len(records), chunk_cases)]  # plain dicts: JSON to the actors
     return job, chunks
 
 

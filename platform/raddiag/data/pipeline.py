@@ -50,6 +50,7 @@ import numpy as np
 from raddiag.config import AugmentConfig, RadDiagConfig
 from raddiag.data.assemble import build_case, case_fields, plan_case, resize_slices, stack_cases, to_uint8
 from raddiag.data.sampling import ClassIndex, epoch_order
+from raddiag.storage.records import CaseRecords
 from raddiag.storage.ref import StoreRef
 
 LEVELS = ("disorder", "icd")
@@ -82,8 +83,10 @@ def epoch_records(
 def class_index(records: list[dict[str, Any]], label_names: list[str], level: str) -> ClassIndex:
     """Each class's cases among ``records`` at ``level`` (sparse: O(labels on the cases), no dense
     (n_cases, C) matrix); labels outside ``label_names`` are ignored, as in :func:`label_matrix`."""
-    index = {name: i for i, name in enumerate(label_names)}
     field = "disorders" if level == "disorder" else "icd10"
+    if isinstance(records, CaseRecords):  # the label columns directly, no dicts
+        return ClassIndex.from_pairs(*records.label_pairs(field, label_names), len(records), len(label_names))
+    index = {name: i for i, name in enumerate(label_names)}
     rows: list[int] = []
     cols: list[int] = []
     for row, record in enumerate(records):
@@ -109,7 +112,8 @@ def mix_partners(records: list[dict[str, Any]], order: list[int], p: float, seed
         return [None] * len(order)
     rng = np.random.default_rng([seed, epoch, 1])
     uniforms = rng.random(2 * len(order)).reshape(len(order), 2)  # (draw, pick) per position, in stream order
-    _, codes = np.unique(np.array([str(r.get("anatomy", "")) for r in records]), return_inverse=True)
+    anatomies = records.anatomy_names() if isinstance(records, CaseRecords) else [r.get("anatomy", "") for r in records]
+    _, codes = np.unique(np.array([str(a) for a in anatomies]), return_inverse=True)
     by_anatomy = np.argsort(codes, kind="stable")  # case indices grouped by anatomy, ascending within
     bounds = np.searchsorted(codes[by_anatomy], np.arange(int(codes.max(initial=-1)) + 2))
     positions = np.flatnonzero(uniforms[:, 0] < p)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from raddiag.storage.records import CaseRecords
+
 
 @dataclass(frozen=True)
 class ClassIndex:
@@ -121,12 +123,18 @@ def stratified_fraction(records: list[dict], fraction: float, seed: int, level: 
     for name, k in zip(names, take):
         if k:
             chosen.extend(rng.choice(strata[name], size=int(k), replace=False).tolist())
+    if isinstance(records, CaseRecords):
+        return records.take(sorted(chosen))
     return [records[i] for i in sorted(chosen)]
 
 
 def label_counts(records: list[dict], names: list[str], level: str = "disorder") -> np.ndarray:
     """Cases per label (C,) among ``records``, in the order of ``names`` (unknown labels ignored)."""
     key = "icd10" if level == "icd" else "disorders"
+    if isinstance(records, CaseRecords):  # the label columns directly: each (case, label) once
+        rows, cols = records.label_pairs(key, names)
+        pairs = np.unique(rows * max(len(names), 1) + cols)
+        return np.bincount(pairs % max(len(names), 1), minlength=len(names)).astype(np.int64)
     index = {name: i for i, name in enumerate(names)}
     counts = np.zeros(len(names), dtype=np.int64)
     for record in records:

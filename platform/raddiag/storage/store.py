@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from raddiag import __version__
+from raddiag.storage.records import CaseRecords
 from raddiag.storage.ref import StoreRef, storage_options
 
 CASE_COLUMNS = ["case_id", "split", "anatomy", "disorders", "icd10", "source"]
@@ -125,36 +126,17 @@ class Manifest:
         codes = self.labels.loc[self.labels["level"] == level, "code"].tolist()
         return [c if isinstance(c, str) and c else None for c in codes]
 
-    def case_records(self, split: str) -> list[dict[str, Any]]:
-        """Plain-python case records for ``split`` with their scans, sorted by case_id.
+    def case_records(self, split: str) -> CaseRecords:
+        """The case records of ``split`` with their scans, sorted by case_id (scans by scan_id).
 
         Each record: case_id, anatomy, disorders, icd10, scans: [{scan_id, modality, plane, depth,
-        height, width, key_slice}]. Small enough to ship to Ray tasks.
+        height, width, key_slice}]. A columnar, read-only sequence of those dicts
+        (:class:`~raddiag.storage.records.CaseRecords`): small to hold in every worker and to ship to
+        Ray tasks; ``list(...)`` gives plain dicts.
         """
         cases = self.cases[self.cases["split"] == split].sort_values("case_id")
-        scans_by_case: dict[str, list[dict[str, Any]]] = {}
-        for row in self.scans.sort_values(["case_id", "scan_id"]).itertuples(index=False):
-            scans_by_case.setdefault(row.case_id, []).append(
-                {
-                    "scan_id": row.scan_id,
-                    "modality": row.modality,
-                    "plane": row.plane,
-                    "depth": int(row.depth),
-                    "height": int(row.height),
-                    "width": int(row.width),
-                    "key_slice": int(row.key_slice),
-                }
-            )
-        return [
-            {
-                "case_id": row.case_id,
-                "anatomy": row.anatomy,
-                "disorders": list(row.disorders),
-                "icd10": list(row.icd10),
-                "scans": scans_by_case.get(row.case_id, []),
-            }
-            for row in cases.itertuples(index=False)
-        ]
+        scans = self.scans[self.scans["case_id"].isin(cases["case_id"])]
+        return CaseRecords.from_frames(cases, scans.sort_values(["case_id", "scan_id"]))
 
 
 class Store:

@@ -362,6 +362,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         "label_embeddings": embeddings, "dataset_version": manifest.version, "metric": cfg.train.metric,
         "plan": manifest.info.get("plan"),  # the store's preprocessing: predict applies it to files
     }
+    del manifest  # its tables (~150 MB at RP3D size) are not needed past here: the columnar records hold the splits
 
     def train_stream(epoch: int) -> Prefetch:
         """The epoch's training batches, planned and read ahead in a background thread (see

@@ -1,0 +1,98 @@
+"""Benchmark: ``evaluate_scores`` bootstrap at RP3D test size, this code beside an earlier commit's.
+
+The test split of ``bench/rp3d_scale.py`` (6,000 cases × 5,569 labels, float32 sigmoid scores, ~2,800
+evaluable classes) is scored with ``n_bootstrap`` replicates by ``raddiag.metrics`` as checked out and
+by ``platform/raddiag/metrics.py`` of ``--before`` (read with ``git show``, loaded as its own module),
+alternately in one process; every draw of the two must agree within 1e-12 (AP sums in another
+order; the other metrics are equal). ``--full N`` also times this code alone with N replicates (the
+issue's ``evaluate --bootstrap 1000``). CPU seconds are given beside wall seconds: the machine is
+shared. Prints one JSON object.
+
+    PYTHONPATH=platform .venv/bin/python bench/bootstrap_side.py [--before 95e2ee5~1] [--replicates 10] [--full 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from raddiag import metrics  # noqa: E402
+from rp3d_scale import eval_data, make_records  # noqa: E402
+
+
+def load_before(commit: str) -> Any:
+    """``raddiag/metrics.py`` as of ``commit``, as a module of its own."""
+    root = Path(__file__).resolve().parents[1]
+    source = subprocess.run(["git", "-C", str(root), "show", f"{commit}:platform/raddiag/metrics.py"],
+                            check=True, capture_output=True, text=True).stdout
+    path = Path(tempfile.mkdtemp()) / "metrics_before.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("metrics_before", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["metrics_before"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def timed(fn: Any) -> tuple[Any, float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = fn()
+    return result, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--before", default="95e2ee5~1", help="commit whose metrics.py is the baseline")
+    parser.add_argument("--replicates", type=int, default=10, help="replicates timed side by side")
+    parser.add_argument("--full", type=int, default=0, help="also time this code alone with this many replicates")
+    args = parser.parse_args()
+    before = load_before(args.before)
+
+    records, names, _ = make_records(40_936, 195_010, 5_569, 930)
+    test, train = records[2_077:8_077], records[8_077:]
+    index = {name: i for i, name in enumerate(names)}
+    counts = np.zeros(len(names), dtype=np.int64)
+    for record in train:
+        for name in record["disorders"]:
+            counts[index[name]] += 1
+    truth, score = eval_data(test, names, 3)
+    out: dict[str, Any] = {"machine": f"{os.cpu_count()} CPUs", "shape": list(truth.shape), "before": args.before,
+                           "replicates": args.replicates, "bootstrap_threads": metrics.BOOTSTRAP_THREADS,
+                           "load_average_start": [round(x, 1) for x in os.getloadavg()]}
+    draws = {}
+    for name, module in (("before", before), ("after", metrics), ("before_again", before), ("after_again", metrics)):
+        plain, wall0, cpu0 = timed(lambda m=module: m.evaluate_scores(truth, score, counts))
+        report, wall, cpu = timed(lambda m=module: m.evaluate_scores(truth, score, counts, n_bootstrap=args.replicates, seed=0))
+        per_wall, per_cpu = (wall - wall0) / args.replicates, (cpu - cpu0) / args.replicates
+        out[name] = {"plain_s": round(wall0, 2), "plain_cpu_s": round(cpu0, 2), "bootstrap_s": round(wall, 2), "bootstrap_cpu_s": round(cpu, 2),
+                     "per_replicate_s": round(per_wall, 4), "per_replicate_cpu_s": round(per_cpu, 4),
+                     "extrapolated_1000_s": round(wall0 + 1000 * per_wall, 1), "extrapolated_1000_cpu_s": round(cpu0 + 1000 * per_cpu, 1)}
+        out["evaluable_classes"] = int(plain.per_class["evaluated"].sum())
+        draws[name] = report.draws
+        print(name, out[name], file=sys.stderr, flush=True)
+    diffs = [np.abs(draws["before"][g][m] - draws["after"][g][m]) for g in draws["before"] for m in draws["before"][g]]
+    same_nan = all(np.array_equal(np.isnan(draws["before"][g][m]), np.isnan(draws["after"][g][m])) for g in draws["before"] for m in draws["before"][g])
+    out["draws_max_abs_diff"] = float(max(np.nanmax(d) if np.isfinite(d).any() else 0.0 for d in diffs))
+    out["draws_agree"] = bool(same_nan and out["draws_max_abs_diff"] <= 1e-12)
+    out["speedup_per_replicate_cpu"] = round((out["before"]["per_replicate_cpu_s"] + out["before_again"]["per_replicate_cpu_s"])
+                                             / (out["after"]["per_replicate_cpu_s"] + out["after_again"]["per_replicate_cpu_s"]), 2)
+    if args.full:
+        _, wall, cpu = timed(lambda: metrics.evaluate_scores(truth, score, counts, n_bootstrap=args.full, seed=0))
+        out["full"] = {"replicates": args.full, "seconds": round(wall, 1), "cpu_s": round(cpu, 1)}
+    out["load_average_end"] = [round(x, 1) for x in os.getloadavg()]
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
