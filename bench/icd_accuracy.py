@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-LISTS = {name: REPO / "bench" / "data" / f"icd_handcheck_{name}.csv" for name in ("dev", "heldout", "heldout2")}
+LISTS = {name: REPO / "bench" / "data" / f"icd_handcheck_{name}.csv" for name in ("dev", "heldout", "heldout2", "heldout3")}
 VOCAB = REPO.parent / "shared" / "rp3d-demo" / "disorder_label_dict.json"
 THRESHOLD = 0.4
 
