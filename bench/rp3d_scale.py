@@ -14,12 +14,17 @@ process, what a training worker and the driver do with them:
   ``evaluate_scores`` with and without bootstrap (``--bootstrap`` replicates, extrapolated to 1000);
 * the final ROC-by-group plot (``plots.roc_by_group``, its default 100-resample band);
 * memory: tracemalloc peak of each step (``--no-memory`` skips that second, slower pass) and the
-  RSS of the records.
+  RSS of the records;
+* ``--metadata``: what one training worker holds for metadata — the manifest tables read as
+  ``Store.manifest`` reads them (Parquet written from these records with every store column), then
+  ``case_records`` of train and val — each in a fresh process (times; then tracemalloc + Arrow's
+  pool: held after each step, at peak, and once the tables are dropped), beside the pre-#16
+  one-dict-per-case-and-scan records.
 
 ``legacy`` rows time the pre-#16 algorithms (kept here verbatim) on the same inputs, so before and
 after sit side by side in one run. Prints one JSON object.
 
-    .venv/bin/python bench/rp3d_scale.py [--scale 0.1] [--world 8] [--bootstrap 20] [--no-memory]
+    .venv/bin/python bench/rp3d_scale.py [--scale 0.1] [--world 8] [--bootstrap 20] [--no-memory] [--metadata]
 """
 
 from __future__ import annotations
@@ -325,6 +330,13 @@ def main() -> None:
             _, ops[f"legacy_epoch_order_{strategy}"] = timed(lambda q=strategy: legacy_epoch_order(train, names, q, 0.5, 0, 1), memory)
     items, ops["epoch_items_rank0"] = timed(lambda: epoch_items(train, cfg, names, train=True, epoch=1, rank=0, world=args.world), memory)
     ops["epoch_items_rank0"]["items"] = len(items)
+    from raddiag.storage.records import CaseRecords
+
+    columnar = CaseRecords.from_records(train)  # what Manifest.case_records returns since #16
+    columnar_items, ops["epoch_items_rank0_columnar"] = timed(
+        lambda c=columnar: epoch_items(c, cfg, names, train=True, epoch=1, rank=0, world=args.world), memory)
+    ops["epoch_items_rank0_columnar"]["same_items"] = columnar_items == items
+    del columnar, columnar_items
     vocabularies = {"disorder": names, "icd": icd}
     ops["read_tasks_rank0"] = read_task_bytes(items, cfg, names, vocabularies, 1, legacy=False)
     if not args.no_legacy:
