@@ -70,7 +70,7 @@ def test_columnar_records_equal_the_per_row_records(split: str, tiny_store) -> N
             records[len(expected)]
 
 
-def test_the_sampler_reads_the_columns_and_gets_what_the_dicts_give(tiny_store) -> None:
+def test_the_sampler_reads_the_columns_and_gets_what_the_dicts_give() -> None:
     manifest = messy_manifest()
     records = manifest.case_records("train")
     plain = list(records)
