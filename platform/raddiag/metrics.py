@@ -72,6 +72,7 @@ __all__ = [
     "group_of_rank",
     "groups_for",
     "headline_keys",
+    "higher_is_better",
     "interpolated_roc",
     "interpolated_roc_replicates",
     "metric_keys",
@@ -182,6 +183,18 @@ def check_metric(value: str, prefix: str = "", validation: bool = True, extra: t
     alternatives = f" or {' / '.join(extra)}" if extra else ""
     raise ValueError(f"unknown metric{hint}; expected {prefix}<metric>_<group>{alternatives}; groups {', '.join(GROUP_KEYS)}; "
                      f"metrics {', '.join(n for n in names if '_' not in n)}" + (f" (some with _{' / _'.join(forms)})" if forms else ""))
+
+
+def higher_is_better(key: str) -> bool:
+    """Whether a larger value of the logged metric ``key`` (``[val_|test_]<metric>_<group>`` of the
+    table, or :data:`TRAINING_LOSS`) is better: early stopping, checkpointing and sweep modes follow it."""
+    if key == TRAINING_LOSS:
+        return False
+    name = key.removeprefix("val_").removeprefix("test_")
+    for spec in METRIC_SPECS:
+        if any(name == flat_key(spec.name, group) for group in GROUP_KEYS):
+            return spec.higher_is_better
+    raise ValueError(f"{key!r}: not a metric of the table (raddiag.metrics.METRIC_SPECS)")
 
 
 #: Elements (classes × cases) processed per block; bounds memory at a few hundred MB.
@@ -456,6 +469,8 @@ def _accumulate(sums: np.ndarray, counts: np.ndarray, values: np.ndarray, group_
 #: longer straight stretch of the ROC curve there (equal multiplicities in a row) is followed over
 #: the whole row.
 _RUN_WINDOW = 16
+#: Running-weight keys of a block fit int32 (half the memory traffic) below this; int64 above.
+_INT32_KEYS = 2**31 - 1
 
 
 class _SparseRows:
@@ -525,7 +540,7 @@ class _SparseRows:
         k, n, width = self.n_rows, self.n, self.width
         weights = np.asarray(weights)
         span = int(weights.sum()) + 1  # a row's running weight stays below: rows apart as one sorted key array
-        key_dtype = np.int32 if k * span < 2**31 - 1 else np.int64
+        key_dtype = np.int32 if k * span < _INT32_KEYS else np.int64
         w_ext = np.zeros(n + 1, dtype=key_dtype)
         w_ext[:n] = weights
         nw = w_ext.take(self.neg_case)  # negatives' multiplicities in sorted order, (k, width)
