@@ -269,7 +269,7 @@ def test_sparse_replicates_equal_the_curve_of_the_drawn_cases(seed: int, monkeyp
     vstats = curve_stats(vs, vsy)
     thresholds = {"f1": vstats["threshold"]} | {f"r{sfx}": vstats[f"threshold_r{sfx}"] for sfx, _ in FPR_POINTS}
     names = METRICS + VAL_METRICS
-    sparse = metrics._SparseRows(order, ss, sy, thresholds)
+    sparse = metrics.ReplicateCurves(order, ss, sy, thresholds)
     weight_sets = [np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(8)]
     weight_sets += [np.ones(n, dtype=np.int64), (rng.random(n) < 0.6) * rng.integers(1, 4, n)]
     for weights in weight_sets:
@@ -286,3 +286,32 @@ def test_sparse_replicates_equal_the_curve_of_the_drawn_cases(seed: int, monkeyp
                 np.testing.assert_allclose(got[:, j], want, rtol=0, atol=1e-12)
             else:
                 assert np.array_equal(got[:, j], want, equal_nan=True), name
+
+
+def test_ablation_replicates_score_the_drawn_cases_of_every_evaluable_class() -> None:
+    """stats.paired_bootstrap's replicates: AUC/AP/F1 of each class on the drawn cases (the kernel),
+    NaN only for classes without both labels on the split. Before, the undrawn cases stayed in the
+    curve as zero-weight points, and a class whose top-scored case was not drawn got AP = NaN (0/0
+    precision) and silently left that replicate's AP mean."""
+    from raddiag.metrics import curve_stats, sort_block
+    from raddiag.stats import _Sorted
+
+    rng = np.random.default_rng(9)
+    n, c = 120, 16
+    y = (rng.random((n, c)) < rng.uniform(0.05, 0.4, c)).astype(int)
+    y[:, 2] = 0  # not evaluable
+    s = np.round(rng.normal(size=(n, c)) + y, 1)
+    run = _Sorted(y, s)
+    order, ss, sy = sort_block(np.ascontiguousarray(s.T), np.ascontiguousarray(y.T.astype(bool)))
+    names = ("auc", "ap", "f1")
+    for _ in range(6):
+        weights = np.bincount(rng.integers(0, n, n), minlength=n)
+        weights[order[:, 0]] = 0  # no class's top-scored case drawn
+        got = run.metrics(weights, names)
+        drawn = weights > 0
+        at = np.flatnonzero(drawn[order])
+        m = int(drawn.sum())
+        want = curve_stats(ss.ravel()[at].reshape(c, m), sy.ravel()[at].reshape(c, m), weights[order.ravel()[at]].reshape(c, m))
+        assert np.isnan(got["ap"][2]) and np.array_equal(np.isnan(got["ap"]), ~want["valid"])
+        for name in names:
+            np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-12)

@@ -32,7 +32,7 @@ multiplicities (a case drawn k times weighs k), which gives exactly the metrics 
 Replicates re-score only the classes evaluated on the split, ``BOOTSTRAP_THREADS`` at once (the
 draws do not depend on it), each in time proportional to the class's cases for one gather and one
 integer running sum of its negatives' weights, the rest at its positives and around each FPR
-crossing (:class:`_SparseRows`).
+crossing (:class:`ReplicateCurves`).
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ __all__ = [
     "METRICS",
     "METRIC_SPECS",
     "PAPER_METRICS",
+    "ReplicateCurves",
     "TABLE_VARIANTS",
     "TRAINING_LOSS",
     "VAL_METRICS",
@@ -473,7 +474,7 @@ _RUN_WINDOW = 16
 _INT32_KEYS = 2**31 - 1
 
 
-class _SparseRows:
+class ReplicateCurves:
     """A block's classes prepared once for all bootstrap replicates, so that a replicate costs one
     gather and one integer running sum over each class's negatives plus work on its positives.
 
@@ -668,7 +669,7 @@ class _SparseRows:
 def _replicate(b: int, block: tuple, groups: np.ndarray, metrics: tuple[str, ...], boot: tuple) -> None:
     """Bootstrap replicate ``b`` of one block of (evaluated) classes: their curves re-scored with
     the replicate's case multiplicities through the block's sorted order (no re-sort, see
-    :class:`_SparseRows`), added to the replicate's own row of the group accumulators."""
+    :class:`ReplicateCurves`), added to the replicate's own row of the group accumulators."""
     sparse = block
     weights_all, sums, counts = boot
     _accumulate(sums[b], counts[b], sparse.values(weights_all[b], metrics), groups)
@@ -877,7 +878,7 @@ def evaluate_scores(
             # others would be NaN anyway): at RP3D scale 2,150 of 5,569 classes.
             evaluated = np.flatnonzero(stats["valid"])
             if boot_weights and evaluated.size:
-                block = _SparseRows(order[evaluated], s[evaluated], y[evaluated],
+                block = ReplicateCurves(order[evaluated], s[evaluated], y[evaluated],
                                     None if thresholds is None else {name: thr[evaluated] for name, thr in thresholds.items()})
                 one = partial(_replicate, block=block, groups=group_index[cols][evaluated], metrics=metrics,
                               boot=(boot_weights, boot_sum, boot_n))

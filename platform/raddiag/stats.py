@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from raddiag.metrics import GROUPS, curve_stats, group_of_counts, sort_block
+from raddiag.metrics import GROUPS, ReplicateCurves, curve_stats, group_of_counts, sort_block
 
 TABLE_METRICS = ("auc", "ap", "f1")
 TABLE_GROUPS = GROUPS + ("all",)
@@ -94,16 +94,25 @@ class AblationTable:
 
 
 class _Sorted:
-    """One run's test scores sorted per class once (rows = classes), for repeated weighted metrics."""
+    """One run's test scores sorted per class once (rows = classes): its metrics, and its bootstrap
+    replicates through :class:`~raddiag.metrics.ReplicateCurves` (the curve of the drawn cases)."""
 
     def __init__(self, truth: np.ndarray, scores: np.ndarray) -> None:
-        self.order, self.s, self.y = sort_block(
-            np.ascontiguousarray(scores.T, dtype=np.float64), np.ascontiguousarray(truth.T.astype(bool))
-        )
+        order, s, y = sort_block(np.ascontiguousarray(scores.T, dtype=np.float64), np.ascontiguousarray(truth.T.astype(bool)))
+        self.point = curve_stats(s, y)
+        self.rows = np.flatnonzero(self.point["valid"])  # classes with both labels: the others stay NaN
+        self.curves = ReplicateCurves(order[self.rows], s[self.rows], y[self.rows], None) if self.rows.size else None
 
-    def metrics(self, weights: np.ndarray | None) -> dict[str, np.ndarray]:
-        w = None if weights is None else weights[self.order].astype(np.float64)
-        return curve_stats(self.s, self.y, w)
+    def metrics(self, weights: np.ndarray | None, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """Per-class ``names`` (C,) on the test cases, or on the resample with case multiplicities ``weights``."""
+        if weights is None:
+            return {name: self.point[name] for name in names}
+        out = {name: np.full(self.point["valid"].shape, np.nan) for name in names}
+        if self.curves is not None:
+            values = self.curves.values(weights, names)
+            for j, name in enumerate(names):
+                out[name][self.rows] = values[:, j]
+        return out
 
 
 def _group_means(stats: dict[str, np.ndarray], groups: np.ndarray, metrics: tuple[str, ...]) -> np.ndarray:
@@ -151,7 +160,7 @@ def paired_bootstrap(
     n_cases = truth.shape[0]
     sorted_runs = {arm: {s: _Sorted(*runs[arm][s]) for s in seeds} for arm in arms}
 
-    point = {arm: {s: _group_means(sorted_runs[arm][s].metrics(None), groups, metrics) for s in seeds} for arm in arms}
+    point = {arm: {s: _group_means(sorted_runs[arm][s].metrics(None, metrics), groups, metrics) for s in seeds} for arm in arms}
     rng = np.random.default_rng(seed)
     draws = np.full((n_bootstrap, len(arms), len(TABLE_GROUPS), len(metrics)), np.nan)
     for b in range(n_bootstrap):
@@ -162,7 +171,7 @@ def paired_bootstrap(
             values = []
             for index in seed_draw:
                 if index not in cache:
-                    cache[index] = _group_means(sorted_runs[arm][seeds[index]].metrics(weights), groups, metrics)
+                    cache[index] = _group_means(sorted_runs[arm][seeds[index]].metrics(weights, metrics), groups, metrics)
                 values.append(cache[index])
             with warnings.catch_warnings():  # a group with no evaluable class in a replicate stays NaN
                 warnings.simplefilter("ignore", RuntimeWarning)
