@@ -500,3 +500,18 @@ def test_a_metric_name_outside_the_table_fails_at_config_load(key, value, fix):
     assert fix is None or repr(fix) in message
     cfg = load_config(None, ["train.metric=train_loss", "sweep.metric=val_r50_interp_tail", "promote.metric=f1_val_macro"])
     assert (cfg.train.metric, cfg.sweep.metric, cfg.promote.metric) == ("train_loss", "val_r50_interp_tail", "f1_val_macro")
+
+
+def test_the_direction_of_a_metric_comes_from_the_table():
+    """Early stopping/checkpointing (train.metric) and the sweep's mode follow ``higher_is_better``:
+    a sweep that would minimise an AUC or maximise the loss is refused at load, naming the fix."""
+    from raddiag.config import ConfigError, load_config
+    from raddiag.metrics import higher_is_better
+
+    assert higher_is_better("val_auc_tail") and higher_is_better("test_r50_interp_macro") and not higher_is_better("train_loss")
+    with pytest.raises(ValueError, match="val_nope"):
+        higher_is_better("val_nope")
+    for overrides, fix in ((["sweep.mode=min"], "sweep.mode=max"), (["sweep.metric=train_loss"], "sweep.mode=min")):
+        with pytest.raises(ConfigError, match=fix):
+            load_config(None, overrides)
+    assert load_config(None, ["sweep.metric=train_loss", "sweep.mode=min"]).sweep.mode == "min"

@@ -575,6 +575,17 @@ class SweepConfig(_Strict):
                 raise ValueError(f"search_space[{key!r}].loguniform bounds must be > 0")
         return space
 
+    @model_validator(mode="after")
+    def _mode_follows_metric(self) -> SweepConfig:
+        """``mode`` agrees with the metric's direction in :data:`raddiag.metrics.METRIC_SPECS`."""
+        from raddiag.metrics import higher_is_better
+
+        expected = "max" if higher_is_better(self.metric) else "min"
+        if self.mode != expected:
+            raise ValueError(f"sweep.mode={self.mode} but sweep.metric {self.metric} is better when "
+                             f"{'higher' if expected == 'max' else 'lower'}: set sweep.mode={expected}")
+        return self
+
 
 class AblationConfig(_Strict):
     """``raddiag ablate``: named arms (config overlays) × seeds as one Ray Tune grid.

@@ -316,6 +316,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from raddiag.data.pipeline import Prefetch, device_augment, iter_batches, worker_dataset
     from raddiag.data.sampling import label_counts, stratified_fraction
     from raddiag.losses import build_loss
+    from raddiag.metrics import higher_is_better
     from raddiag.model import build_model
     from raddiag.model.nets.raddiag import compile_model
     from raddiag.observability import TrainMetrics
@@ -352,7 +353,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     loss_fn = build_loss(cfg.loss, fit_counts, n_train).to(device)
     amp_dtype = torch.bfloat16 if (cfg.train.amp and device.type == "cuda") else None
     progress = restore(ray.train.get_checkpoint(), model, optimizer, scheduler)
-    sign = -1.0 if "loss" in cfg.train.metric else 1.0  # losses are minimised, scores maximised
+    sign = 1.0 if higher_is_better(cfg.train.metric) else -1.0  # the metric table's direction (losses are minimised)
 
     uri, run_id = loop_config.get("mlflow_uri"), loop_config.get("mlflow_run_id")
     monitor = _system_monitor(cfg, uri, run_id) if rank == 0 else None
