@@ -64,7 +64,7 @@ def epoch_results(uri: str, experiment_id: str, parent_run_id: str) -> list[dict
     for run in tracking.child_runs(uri, experiment_id, parent_run_id):
         values = {m.step: m.value for m in client.get_metric_history(run.info.run_id, METRIC)}
         for epoch in client.get_metric_history(run.info.run_id, "epoch"):  # always logged, one per epoch
-            rows.append({"run_id": run.info.run_id, "trial_id": run.data.tags.get("raddiag.trial_id", ""),
+            rows.append({"run_id": run.info.run_id, "trial_id": run.data.tags.get(tracking.Tags.TRIAL_ID, ""),
                          "epoch": epoch.step, "timestamp": epoch.timestamp, "value": values.get(epoch.step, math.nan)})
     return sorted(rows, key=lambda r: (r["timestamp"], r["epoch"]))
 
@@ -91,7 +91,7 @@ def test_tail_auc(cfg: Any, run_id: str) -> dict[str, float]:
     from raddiag.evaluate import evaluate_model
     from raddiag.registry import log_model_from_checkpoint
 
-    checkpoint = tracking.client(cfg.tracking.resolved_uri()).get_run(run_id).data.tags["raddiag.checkpoint"]
+    checkpoint = tracking.client(cfg.tracking.resolved_uri()).get_run(run_id).data.tags[tracking.Tags.CHECKPOINT]
     meta = json.loads(Path(checkpoint, "meta.json").read_text()) if "://" not in checkpoint else {}
     info = log_model_from_checkpoint(cfg, run_id, checkpoint)
     flat = evaluate_model(info.model_uri, cfg, "test").report.flat()

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
-from tests.conftest import REPO, run_cli
 
+from conftest import REPO, run_cli
 from raddiag.metrics import group_of_counts
 from raddiag.stats import paired_bootstrap
+from raddiag.tracking import Tags
 
 
 def _runs(seed: int = 0, n: int = 300, classes: int = 6, noise: tuple[float, ...] = (0.5, 2.0)) -> tuple[dict, np.ndarray, np.ndarray]:
@@ -111,15 +112,15 @@ def test_tiny_ablation_end_to_end(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = tracking.client(uri)
     experiment = client.get_experiment_by_name("tests")
-    parents = client.search_runs([experiment.experiment_id], filter_string="tags.`raddiag.role` = 'ablation'")
+    parents = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{Tags.ROLE}` = 'ablation'")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     parent = parents[0]
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"ablation.json", "ablation.md"}
     assert "fused.test_auc_all" in parent.data.metrics
     children = tracking.child_runs(uri, experiment.experiment_id, parent.info.run_id)
-    assert sorted(c.data.tags["raddiag.arm"] for c in children) == ["fused", "late"]
+    assert sorted(c.data.tags[Tags.ARM] for c in children) == ["fused", "late"]
     for child in children:
-        assert child.info.status == "FINISHED" and child.data.tags["raddiag.seed"] == "3"
+        assert child.info.status == "FINISHED" and child.data.tags[Tags.SEED] == "3"
         assert "test_auc_macro" in child.data.metrics
         assert client.get_metric_history(child.info.run_id, "val_auc_macro")  # per-epoch validation
     assert {c.data.params["model.fusion"] for c in children} == {"late", "transformer"}

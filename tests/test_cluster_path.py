@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, run_cli, tiny_overrides
+from raddiag.tracking import Tags
 from raycluster import LocalRayCluster, free_port
 
 pytestmark = pytest.mark.slow
@@ -163,7 +164,7 @@ def test_workers_logged_to_the_mlflow_server_with_artifacts_in_s3(cluster_run, s
     client = tracking.client(uri)
     for child in children:  # metrics logged by rank 0 inside the Train worker, by URI
         assert client.get_metric_history(child.info.run_id, "val_auc_macro")
-    best = parent.data.tags["raddiag.best_run_id"]
+    best = parent.data.tags[Tags.BEST_RUN_ID]
     assert {Path(a.path).name for a in client.list_artifacts(best, "plots")} >= {"roc_by_group.png", "auc_vs_frequency.png"}
     s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="raddiag-test", Prefix="mlflow/").get("Contents", [])]

@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from conftest import run_cli
+from raddiag.tracking import Tags
 
 
 def _tracking(tmp_path: Path) -> tuple[str, list[str]]:
@@ -17,21 +18,21 @@ def _tracking(tmp_path: Path) -> tuple[str, list[str]]:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     experiment = client.create_experiment("disc", artifact_location=(tmp_path / "art").as_uri())
-    parent = client.create_run(experiment, run_name="sweep-a", tags={"raddiag.role": "sweep", "raddiag.sweep": "sweep-a"})
+    parent = client.create_run(experiment, run_name="sweep-a", tags={Tags.ROLE: "sweep", Tags.SWEEP: "sweep-a"})
     children = []
     for i, auc in enumerate((0.61, 0.74)):
         child = client.create_run(experiment, run_name=f"trial-{i}", tags={
-            "mlflow.parentRunId": parent.info.run_id, "raddiag.trial_id": str(i), "raddiag.sweep": "sweep-a",
-            "raddiag.dataset_version": "abc123"})
+            Tags.PARENT_RUN_ID: parent.info.run_id, Tags.TRIAL_ID: str(i), Tags.SWEEP: "sweep-a",
+            Tags.DATASET_VERSION: "abc123"})
         client.log_metric(child.info.run_id, "val_auc_macro", auc)
         client.log_metric(child.info.run_id, "val_auc_tail", auc - 0.1)
         client.set_terminated(child.info.run_id, "FINISHED")
         children.append(child.info.run_id)
-    client.set_tag(parent.info.run_id, "raddiag.best_run_id", children[1])
+    client.set_tag(parent.info.run_id, Tags.BEST_RUN_ID, children[1])
     client.set_terminated(parent.info.run_id, "FINISHED")
     client.create_registered_model("disc-model")
     client.create_model_version("disc-model", "runs:/x/model", run_id=children[0])
-    version = client.create_model_version("disc-model", "runs:/y/model", run_id=children[1], tags={"raddiag.decision": "champion"})
+    version = client.create_model_version("disc-model", "runs:/y/model", run_id=children[1], tags={Tags.DECISION: "champion"})
     client.set_registered_model_alias("disc-model", "champion", version.version)
     mlflow.set_tracking_uri(uri)
     return uri, children

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, run_cli, tiny_overrides
+from raddiag.tracking import Tags
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +32,7 @@ def test_parent_and_child_runs_with_every_epoch_logged(demo_run) -> None:
     cfg, result, _ = demo_run
     client = tracking.client(cfg.tracking.resolved_uri())
     parent = client.get_run(result.sweep.parent_run_id)
-    assert parent.data.tags["raddiag.role"] == "sweep" and parent.info.status == "FINISHED"
+    assert parent.data.tags[Tags.ROLE] == "sweep" and parent.info.status == "FINISHED"
     assert parent.data.params["sweep.num_samples"] == "2"
     children = tracking.child_runs(cfg.tracking.resolved_uri(), result.sweep.experiment_id, parent.info.run_id)
     assert len(children) == cfg.sweep.num_samples == len(result.sweep.trials)
@@ -69,8 +70,8 @@ def test_champion_loads_and_predicts_one_case(demo_run) -> None:
     client = tracking.client(cfg.tracking.resolved_uri())
     registered = client.get_model_version(cfg.tracking.registered_model, version)
     tags = registered.tags
-    assert tags["raddiag.dataset_version"] == manifest.version
-    assert "test_auc_macro" in tags and tags["raddiag.decision"] == "champion"
+    assert tags[Tags.DATASET_VERSION] == manifest.version
+    assert "test_auc_macro" in tags and tags[Tags.DECISION] == "champion"
     assert len([k for k in tags if k.startswith("test_")]) <= 5  # headline tags only, not ~80
     from raddiag.registry import model_id_of
 
@@ -167,7 +168,7 @@ def test_finetune_on_a_new_label_set_then_zeroshot(demo_run, tmp_path: Path) -> 
     result = finetune(other, f"models:/{cfg.tracking.registered_model}@champion", head="ke")
     client = tracking.client(cfg.tracking.resolved_uri())
     run = client.get_run(result.run_id)
-    assert run.data.tags["raddiag.finetuned_from"].endswith("@champion")
+    assert run.data.tags[Tags.FINETUNED_FROM].endswith("@champion")
     assert len(client.get_metric_history(result.run_id, "epoch")) == 1
 
     case = tmp_path / "case"

@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 from conftest import tiny_overrides
+from raddiag.tracking import Tags
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +34,7 @@ def _kill_a_worker_after_first_epoch(uri: str, experiment: str, name: str, kille
     deadline = time.time() + 600
     while time.time() < deadline and not stop.is_set():
         runs = client.search_runs([e.experiment_id for e in client.search_experiments() if e.name == experiment] or ["0"],
-                                  filter_string=f"tags.`raddiag.train_name` = '{name}'")
+                                  filter_string=f"tags.`{Tags.TRAIN_NAME}` = '{name}'")
         if runs and client.get_metric_history(runs[0].info.run_id, "epoch"):
             pids = _train_worker_pids()
             if pids:

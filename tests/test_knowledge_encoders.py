@@ -16,6 +16,7 @@ from raddiag.knowledge import build_knowledge, embed_labels, get_text_encoder, l
 from raddiag.knowledge import encoder as encoder_module
 from raddiag.knowledge.encoder import TextTrainConfig, TrainedTextEncoder, soft_info_nce, train_text_encoder
 from raddiag.knowledge.evaluate import beats_baseline, evaluate_encoder, held_out_synonyms
+from raddiag.tracking import Tags
 
 TINY = TextTrainConfig(dim=16, hidden=32, vocab_size=400, char_features=4000, word_features=2000, steps=30,
                        groups=8, group_size=3, synonym_codes=16, random_codes=16)
@@ -126,7 +127,7 @@ def test_build_knowledge_is_versioned_cached_in_store_and_logged_to_mlflow(tiny_
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 1
     run = runs[0]
-    assert run.data.tags["raddiag.knowledge_version"] == first.version
+    assert run.data.tags[Tags.KNOWLEDGE_VERSION] == first.version
     assert run.data.params["ke.encoder"] == "trained" and run.data.params["knowledge.version"] == first.version
     assert run.data.metrics["knowledge.given"] == 1 and run.data.metrics["knowledge.dim"] == 16
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "knowledge")}

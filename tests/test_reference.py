@@ -19,6 +19,7 @@ import torch.nn.functional as F
 import yaml
 
 from conftest import REPO, run_cli, tiny_overrides
+from raddiag.tracking import Tags
 from rp3d_layout import official_state_dict
 
 WIDTH, DEPTH = 4, 6  # hid = 128, 6 slice positions
@@ -270,10 +271,10 @@ def test_import_then_finetune_then_evaluate(tmp_path: Path, ray_local, monkeypat
     assert imported["model"] == "models:/rp3d-official/1" and imported["num_labels"] == 6
     client = tracking.client(uri)
     version = client.get_model_version("rp3d-official", "1")
-    assert version.tags["raddiag.imported_from"] == "pytorch_model.bin" and len(version.tags["raddiag.source_sha256"]) == 64
+    assert version.tags[Tags.IMPORTED_FROM] == "pytorch_model.bin" and len(version.tags[Tags.SOURCE_SHA256]) == 64
 
     tuned = finetune(cfg, imported["model"])
-    assert client.get_run(tuned.run_id).data.tags["raddiag.finetuned_from"] == imported["model"]
+    assert client.get_run(tuned.run_id).data.tags[Tags.FINETUNED_FROM] == imported["model"]
     evaluation = evaluate_model(f"runs:/{tuned.run_id}/model", cfg, split="test")
     assert evaluation.n_cases > 0 and 0.0 <= evaluation.report.summary["all"]["auc"] <= 1.0
     # the fine-tuned network kept the official architecture and started from the imported weights

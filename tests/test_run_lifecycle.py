@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, run_cli, tiny_overrides
+from raddiag.tracking import Tags
 
 NO_RAY = "ray.address=127.0.0.1:1"  # nothing listens there: reaching Ray would fail the command
 
@@ -93,7 +94,7 @@ def _runs_named(cfg, name: str) -> list:
 
     client = tracking.client(cfg.tracking.resolved_uri())
     experiment = client.get_experiment_by_name(cfg.tracking.experiment)
-    return client.search_runs([experiment.experiment_id], filter_string=f"tags.`raddiag.train_name` = '{name}'")
+    return client.search_runs([experiment.experiment_id], filter_string=f"tags.`{Tags.TRAIN_NAME}` = '{name}'")
 
 
 @pytest.mark.slow
@@ -122,7 +123,7 @@ def test_rerunning_a_finished_run_says_already_complete_before_ray(trained) -> N
     assert f"train.name 't1' is already complete (1/1 epochs done), nothing trained: MLflow run {run_id}, model runs:/{run_id}/raddiag-classifier" in out, out
     again = run_train(cfg)
     assert again.run_id == run_id and again.already_complete == "1/1 epochs done"
-    assert again.checkpoint_path == tracking.client(cfg.tracking.resolved_uri()).get_run(run_id).data.tags["raddiag.checkpoint"]
+    assert again.checkpoint_path == tracking.client(cfg.tracking.resolved_uri()).get_run(run_id).data.tags[Tags.CHECKPOINT]
     assert [m.step for m in tracking.client(cfg.tracking.resolved_uri()).get_metric_history(run_id, "epoch")] == [0]
 
 
@@ -153,7 +154,7 @@ def _sweep_over(cfg, name: str, best_run_id: str) -> None:
 
     client = tracking.client(cfg.tracking.resolved_uri())
     experiment = client.get_experiment_by_name(cfg.tracking.experiment)
-    run = client.create_run(experiment.experiment_id, run_name=name, tags={"raddiag.sweep": name, "raddiag.role": "sweep", "raddiag.best_run_id": best_run_id})
+    run = client.create_run(experiment.experiment_id, run_name=name, tags={Tags.SWEEP: name, Tags.ROLE: "sweep", Tags.BEST_RUN_ID: best_run_id})
     client.set_terminated(run.info.run_id, "FINISHED")
 
 
@@ -184,7 +185,7 @@ def test_dry_run_promotion_writes_nothing_and_a_run_is_registered_once(trained) 
     # Another trial with the same weights must beat v1 by the margin: a challenger, decided alike
     # by the dry run (from v1's logged test metric) and the real promotion (v1 evaluated again).
     trial = client.create_run(client.get_experiment_by_name(cfg.tracking.experiment).experiment_id, run_name="t1-copy",
-                              tags={"raddiag.checkpoint": client.get_run(run_id).data.tags["raddiag.checkpoint"]})
+                              tags={Tags.CHECKPOINT: client.get_run(run_id).data.tags[Tags.CHECKPOINT]})
     client.set_terminated(trial.info.run_id, "FINISHED")
     _sweep_over(cfg, "s2", trial.info.run_id)
     strict = _sets([*overrides, "promote.margin=0.01"])

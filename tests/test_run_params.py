@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 
 from conftest import REPO
+from raddiag.tracking import Tags
 
 
 def test_run_params_drop_settings_the_run_does_not_use() -> None:
@@ -33,4 +34,4 @@ def test_runs_are_tagged_with_the_git_commit_of_their_code() -> None:
 
     head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     tags = source_tags()
-    assert tags["mlflow.source.git.commit"] == head and tags["raddiag.git_dirty"] in ("true", "false")
+    assert tags[Tags.SOURCE_GIT_COMMIT] == head and tags[Tags.GIT_DIRTY] in ("true", "false")

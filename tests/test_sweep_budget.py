@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_overrides
+from raddiag.tracking import Tags
 
 
 def test_budget_counts_epochs_over_all_trials_and_stops_all_at_the_budget() -> None:
@@ -56,7 +57,7 @@ def test_budget_survives_pickling_and_rejects_an_empty_budget() -> None:
 
 
 def test_ledger_grants_each_epoch_once_and_denies_past_the_budget() -> None:
-    from raddiag.tune.budget import Ledger
+    from raddiag.tune.ledger import Ledger
 
     ledger = Ledger(4)
     assert ledger.claim("a", 1) and ledger.claim("a", 1)  # a second rank asking for the same epoch
@@ -73,7 +74,7 @@ def test_ledger_grants_each_epoch_once_and_denies_past_the_budget() -> None:
 
 
 def test_ledger_prices_a_jump_seeds_from_a_resume_and_ignores_ended_trials() -> None:
-    from raddiag.tune.budget import Ledger
+    from raddiag.tune.ledger import Ledger
 
     resumed = Ledger(6, epochs={"a": 3})  # seeded with the epochs reported before the driver died
     assert resumed.claim("a", 3) and resumed.consumed == 3  # re-runs its last epoch from the checkpoint
@@ -95,7 +96,8 @@ def test_ledger_prices_a_jump_seeds_from_a_resume_and_ignores_ended_trials() -> 
 def test_stopper_ends_the_sweep_when_the_ledger_is_spent(ray_local) -> None:
     import ray
 
-    from raddiag.tune.budget import TrialEpochBudget, claim_epoch, exhausted, release, start_ledger
+    from raddiag.tune.budget import TrialEpochBudget
+    from raddiag.tune.ledger import claim_epoch, exhausted, release, start_ledger
 
     name = "raddiag-budget-unit-test"
     actor = start_ledger(name, 2)
@@ -175,4 +177,4 @@ def test_a_trial_the_budget_denies_its_first_epoch_is_skipped_not_an_error(tmp_p
     skipped = [t for t in result.trials if t["status"] == "SKIPPED"]
     assert len(skipped) == 1 and result.best_run_id != skipped[0]["run_id"]
     run = tracking.client(cfg.tracking.resolved_uri()).get_run(skipped[0]["run_id"])
-    assert run.info.status == "KILLED" and "raddiag.skipped" in run.data.tags
+    assert run.info.status == "KILLED" and Tags.SKIPPED in run.data.tags

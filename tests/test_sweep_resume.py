@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, tiny_overrides
+from raddiag.tracking import Tags
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +35,7 @@ def _finished_children(uri: str, experiment: str) -> list:
     ids = [e.experiment_id for e in client.search_experiments() if e.name == experiment]
     if not ids:
         return []
-    return [r for r in client.search_runs(ids, filter_string="tags.`raddiag.trial_id` != ''") if r.info.status == "FINISHED"]
+    return [r for r in client.search_runs(ids, filter_string=f"tags.`{Tags.TRIAL_ID}` != ''") if r.info.status == "FINISHED"]
 
 
 def test_killed_sweep_driver_resumes_without_losing_or_duplicating_trials(tmp_path: Path, tiny_store) -> None:
@@ -69,18 +70,18 @@ def test_killed_sweep_driver_resumes_without_losing_or_duplicating_trials(tmp_pa
     client = tracking.client(uri)
     parents = client.search_runs(
         [client.get_experiment_by_name(cfg.tracking.experiment).experiment_id],
-        filter_string="tags.`raddiag.role` = 'sweep'",
+        filter_string=f"tags.`{Tags.ROLE}` = 'sweep'",
     )
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     children = tracking.child_runs(uri, parents[0].info.experiment_id, parents[0].info.run_id)
-    live = [c for c in children if c.data.tags.get("raddiag.orphan") != "true"]
-    trial_ids = [c.data.tags["raddiag.trial_id"] for c in live]
+    live = [c for c in children if c.data.tags.get(Tags.ORPHAN) != "true"]
+    trial_ids = [c.data.tags[Tags.TRIAL_ID] for c in live]
     assert len(trial_ids) == len(set(trial_ids)) == cfg.sweep.num_samples
     epochs = []
     for child in live:
         assert child.info.status == "FINISHED"
         steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, "epoch"))
-        assert steps == list(range(len(steps))), (child.data.tags["raddiag.trial_id"], steps)  # each epoch once
+        assert steps == list(range(len(steps))), (child.data.tags[Tags.TRIAL_ID], steps)  # each epoch once
         epochs.append(len(steps))
     assert sorted(epochs) == [1, 3, 3], epochs  # 3 + 3 + 1 = the budget of 7, across the driver's death
     assert (Path(cfg.train.storage_path) / "resumable.optuna.db").exists()

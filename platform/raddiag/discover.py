@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from raddiag.config import RadDiagConfig
 from raddiag.metrics import headline_keys
+from raddiag.tracking import Tags
 
 #: Metrics shown beside each run (the last logged value), when the run has them: the headline metrics
 #: of :data:`raddiag.metrics.METRIC_SPECS` on validation (macro first, then by group), and the test tail
@@ -57,17 +58,17 @@ def _when(millis: int | None) -> str:
 
 
 def _kind(tags: dict[str, str]) -> str:
-    if tags.get("raddiag.role") == "sweep":
+    if tags.get(Tags.ROLE) == "sweep":
         return "sweep"
-    if "raddiag.trial_id" in tags:
+    if Tags.TRIAL_ID in tags:
         return "trial"
-    if "raddiag.ablation" in tags:
+    if Tags.ABLATION in tags:
         return "ablation arm"
-    if "raddiag.imported_from" in tags:
+    if Tags.IMPORTED_FROM in tags:
         return "import"
-    if "raddiag.finetuned_from" in tags:
+    if Tags.FINETUNED_FROM in tags:
         return "finetune"
-    if tags.get("raddiag.stage") == "knowledge":
+    if tags.get(Tags.STAGE) == "knowledge":
         return "knowledge"
     return "train"
 
@@ -79,7 +80,7 @@ def list_runs(cfg: RadDiagConfig, limit: int = 20, sweeps_only: bool = False) ->
     client, uri = _client(cfg)
     experiment_id = _experiment_id(client, cfg, uri)
     runs = client.search_runs(
-        [experiment_id], filter_string="tags.`raddiag.role` = 'sweep'" if sweeps_only else "",
+        [experiment_id], filter_string=tracking.tag_filter({Tags.ROLE: "sweep"}) if sweeps_only else "",
         order_by=["attributes.start_time DESC"], max_results=limit,
     )
     rows = []
@@ -87,13 +88,13 @@ def list_runs(cfg: RadDiagConfig, limit: int = 20, sweeps_only: bool = False) ->
         tags = run.data.tags
         row = {
             "run_id": run.info.run_id, "name": run.info.run_name, "kind": _kind(tags), "status": run.info.status,
-            "started": _when(run.info.start_time), "dataset_version": tags.get("raddiag.dataset_version", ""),
+            "started": _when(run.info.start_time), "dataset_version": tags.get(Tags.DATASET_VERSION, ""),
             "metrics": {k: round(float(run.data.metrics[k]), 4) for k in KEY_METRICS if k in run.data.metrics},
         }
         if sweeps_only:
-            row["sweep"] = tags.get("raddiag.sweep", run.info.run_name)
+            row["sweep"] = tags.get(Tags.SWEEP, run.info.run_name)
             row["trials"] = len(tracking.child_runs(uri, experiment_id, run.info.run_id))
-            row["best_run_id"] = tags.get("raddiag.best_run_id", "")
+            row["best_run_id"] = tags.get(Tags.BEST_RUN_ID, "")
         rows.append(row)
     return rows
 
@@ -110,8 +111,8 @@ def list_models(cfg: RadDiagConfig) -> list[dict[str, Any]]:
         for version in sorted(versions, key=lambda v: int(v.version), reverse=True):
             tags = version.tags or {}
             origin = (
-                f"imported {tags['raddiag.imported_from']}" if "raddiag.imported_from" in tags
-                else tags.get("raddiag.decision", "")
+                f"imported {tags[Tags.IMPORTED_FROM]}" if Tags.IMPORTED_FROM in tags
+                else tags.get(Tags.DECISION, "")
             )
             rows.append({
                 "name": model.name, "version": int(version.version), "aliases": sorted(aliases.get(str(version.version), [])),

@@ -37,7 +37,7 @@ def finetune(cfg: RadDiagConfig, model_uri: str, head: str | None = None, verbos
     data_cfg = source.data.model_copy(update={"label_level": cfg.data.label_level})
     tuned = cfg.model_copy(update={"model": model_cfg, "data": data_cfg})
     result = run_train(tuned, verbose)
-    tracking.client(cfg.tracking.resolved_uri()).set_tag(result.run_id, "raddiag.finetuned_from", model_uri)
+    tracking.client(cfg.tracking.resolved_uri()).set_tag(result.run_id, tracking.Tags.FINETUNED_FROM, model_uri)
     return result
 
 

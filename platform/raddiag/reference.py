@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from raddiag.config import ModelConfig, RadDiagConfig
+from raddiag.tracking import Tags
 
 #: The ``rp3d_reference`` preset: the official early-fusion RadNet's semantics and its data shape.
 PRESET: dict[str, Any] = {
@@ -356,7 +357,7 @@ def import_checkpoint(cfg: RadDiagConfig, path: Path, label_names: list[str], mo
         warnings.simplefilter("ignore")  # MLflow nags about the type hints we leave out on purpose
         Path(scratch, "meta.json").write_text(json.dumps(meta))
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, Path(scratch, "best.pt"))
-        tags = {"raddiag.imported_from": path.name, "raddiag.source_sha256": digest, "raddiag.preset": preset}
+        tags = {Tags.IMPORTED_FROM: path.name, Tags.SOURCE_SHA256: digest, Tags.PRESET: preset}
         with mlflow.start_run(experiment_id=experiment_id, run_name=f"import-{path.stem}", tags=tags) as run:
             mlflow.log_params({
                 "preset": preset, "source_file": path.name, "num_labels": len(label_names),

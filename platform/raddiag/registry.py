@@ -18,6 +18,7 @@ from typing import Any
 
 from raddiag.config import RadDiagConfig
 from raddiag.metrics import headline_keys
+from raddiag.tracking import Tags
 
 
 class PromotionError(RuntimeError):
@@ -71,7 +72,7 @@ def find_sweep(cfg: RadDiagConfig, sweep_name: str) -> Any:
     tracking.setup(cfg.tracking)  # points MLflow at ``uri``; the experiment exists, so nothing is created
     runs = tracking.client(uri).search_runs(
         [experiment.experiment_id],
-        filter_string=f"tags.`raddiag.sweep` = {tracking.quoted(sweep_name)} and tags.`raddiag.role` = 'sweep'",
+        filter_string=tracking.tag_filter({Tags.SWEEP: sweep_name, Tags.ROLE: "sweep"}),
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
@@ -157,21 +158,21 @@ def promote(cfg: RadDiagConfig, sweep_name: str, dry_run: bool = False) -> Promo
     uri = cfg.tracking.resolved_uri()
     parent = find_sweep(cfg, sweep_name)
     client = tracking.client(uri)
-    best_run_id = parent.data.tags.get("raddiag.best_run_id")
+    best_run_id = parent.data.tags.get(Tags.BEST_RUN_ID)
     if not best_run_id:
         raise PromotionError(f"sweep {sweep_name!r}: it has no best trial (did it finish?)")
     best_run = client.get_run(best_run_id)
-    checkpoint = best_run.data.tags.get("raddiag.checkpoint")
+    checkpoint = best_run.data.tags.get(Tags.CHECKPOINT)
     if not checkpoint:
         raise PromotionError(f"run {best_run_id}: no checkpoint tag; cannot package the model")
     name = cfg.tracking.registered_model
     metric = cfg.promote.metric
     current = _current_champion(client, name)
     dataset_version = cfg.store.ref().manifest().version
-    if current is not None and current.tags.get("raddiag.dataset_version") != dataset_version:
+    if current is not None and current.tags.get(Tags.DATASET_VERSION) != dataset_version:
         raise PromotionError(
             f"model {name}@champion (v{current.version}) was evaluated on dataset version "
-            f"{current.tags.get('raddiag.dataset_version')}, the candidate would be on {dataset_version} "
+            f"{current.tags.get(Tags.DATASET_VERSION)}, the candidate would be on {dataset_version} "
             f"({cfg.store.url}): refusing to compare across dataset versions"
         )
     prefix = "dry-run:" if dry_run else ""
@@ -215,14 +216,14 @@ def promote(cfg: RadDiagConfig, sweep_name: str, dry_run: bool = False) -> Promo
     )
     decision = "champion" if better else "challenger"
     tags = {
-        "raddiag.dataset_version": dataset_version,
-        "raddiag.git_commit": git_commit(),
-        "raddiag.sweep": sweep_name,
-        "raddiag.run_id": best_run_id,
-        "raddiag.decision": decision,
-        "raddiag.decision_metric": f"test_{metric}",
-        "raddiag.compared_to": f"v{champion_version}={champion_value:.4f}" if champion_version else "none",
-        "raddiag.margin": str(cfg.promote.margin),
+        Tags.DATASET_VERSION: dataset_version,
+        Tags.GIT_COMMIT: git_commit(),
+        Tags.SWEEP: sweep_name,
+        Tags.RUN_ID: best_run_id,
+        Tags.DECISION: decision,
+        Tags.DECISION_METRIC: f"test_{metric}",
+        Tags.COMPARED_TO: f"v{champion_version}={champion_value:.4f}" if champion_version else "none",
+        Tags.MARGIN: str(cfg.promote.margin),
     }
     test_metrics = {} if evaluation is None else {
         f"test_{k}": float(v) for k, v in evaluation.report.flat().items() if isinstance(v, float) and math.isfinite(v)

@@ -23,6 +23,7 @@ import numpy as np
 
 from raddiag.config import RadDiagConfig
 from raddiag.metrics import GROUPS, headline_keys
+from raddiag.tracking import Tags
 
 #: Per-epoch validation metrics of each class-frequency group: the headline metric (AUC) of
 #: :data:`raddiag.metrics.METRIC_SPECS` by group (``val_auc_head`` ...), the leaderboard's group columns.
@@ -88,7 +89,7 @@ def collect(cfg: RadDiagConfig, sweep_name: str) -> SweepData:
         trials.append(
             Trial(
                 run_id=run.info.run_id,
-                name=run.data.tags.get("mlflow.runName", run.info.run_id[:8]),
+                name=run.data.tags.get(Tags.RUN_NAME, run.info.run_id[:8]),
                 status=run.info.status,
                 params={k.removeprefix("sampled."): v for k, v in run.data.params.items() if k.startswith("sampled.")},
                 history=history,
@@ -98,8 +99,8 @@ def collect(cfg: RadDiagConfig, sweep_name: str) -> SweepData:
     trials.sort(key=lambda t: -sign * (t.best(metric, mode)[0] if math.isfinite(t.best(metric, mode)[0]) else -sign * 1e9))
     return SweepData(
         name=sweep_name, parent_run_id=parent.info.run_id, metric=metric, mode=mode,
-        best_run_id=parent.data.tags.get("raddiag.best_run_id", trials[0].run_id if trials else ""),
-        search_space=space, trials=trials, dataset_version=parent.data.tags.get("raddiag.dataset_version", "?"),
+        best_run_id=parent.data.tags.get(Tags.BEST_RUN_ID, trials[0].run_id if trials else ""),
+        search_space=space, trials=trials, dataset_version=parent.data.tags.get(Tags.DATASET_VERSION, "?"),
     )
 
 
@@ -176,7 +177,7 @@ def best_trial_plots(cfg: RadDiagConfig, data: SweepData) -> tuple[dict[str, str
                 local = client.download_artifacts(data.best_run_id, f"plots/{name}", directory)
                 out[name] = base64.b64encode(Path(local).read_bytes()).decode("ascii")
             return out, f"logged by run {data.best_run_id} at its last epoch (validation split)"
-        checkpoint = client.get_run(data.best_run_id).data.tags.get("raddiag.checkpoint")
+        checkpoint = client.get_run(data.best_run_id).data.tags.get(Tags.CHECKPOINT)
         if not checkpoint:
             return {}, f"run {data.best_run_id} logged no plots and has no checkpoint"
         return _plots_from_checkpoint(cfg, checkpoint, directory), f"computed from checkpoint {checkpoint} (validation split)"
@@ -220,7 +221,7 @@ def registry_rows(cfg: RadDiagConfig, data: "SweepData") -> list[dict[str, Any]]
         tags = version.tags or {}
         rows.append({
             "version": version.version, "aliases": ", ".join(a for a, v in (aliases or {}).items() if str(v) == str(version.version)),
-            "run": version.run_id, "decision": tags.get("raddiag.decision", ""),
+            "run": version.run_id, "decision": tags.get(Tags.DECISION, ""),
             **{f"test {key.rsplit('_', 1)[1]}": tags.get(f"test_{key}", "") for key in headline_keys()},
         })
     return rows

@@ -13,6 +13,58 @@ from raddiag.config import TrackingConfig
 _MAX_PARAM_LEN = 6000
 
 
+class Tags:
+    """Every MLflow tag raddiag writes or reads, by name (the only place a tag name is spelled).
+
+    Runs: a training run carries ``KIND`` (``train``/``trial``/``arm``), ``TRAIN_NAME`` (the Ray
+    Train run it is; ``raddiag train`` resumes by it), ``DATASET_VERSION`` and, once trained,
+    ``CHECKPOINT``; a sweep trial ``TRIAL_ID`` + ``SWEEP``, an ablation arm ``ABLATION`` + ``ARM`` +
+    ``SEED``. A sweep or ablation parent run carries ``ROLE`` and ``SWEEP``/``ABLATION``.
+    Model versions carry the promotion's ``DECISION`` and what it was based on."""
+
+    KIND = "raddiag.kind"
+    TRAIN_NAME = "raddiag.train_name"
+    DATASET_VERSION = "raddiag.dataset_version"
+    CHECKPOINT = "raddiag.checkpoint"
+    ROLE = "raddiag.role"
+    SWEEP = "raddiag.sweep"
+    TRIAL_ID = "raddiag.trial_id"
+    SKIPPED = "raddiag.skipped"
+    ORPHAN = "raddiag.orphan"
+    BEST_RUN_ID = "raddiag.best_run_id"
+    ABLATION = "raddiag.ablation"
+    ARM = "raddiag.arm"
+    SEED = "raddiag.seed"
+    FINETUNED_FROM = "raddiag.finetuned_from"
+    STAGE = "raddiag.stage"
+    KNOWLEDGE_VERSION = "raddiag.knowledge_version"
+    GIT_DIRTY = "raddiag.git_dirty"
+    # a run imported from a published reference model (``raddiag reference``)
+    IMPORTED_FROM = "raddiag.imported_from"
+    SOURCE_SHA256 = "raddiag.source_sha256"
+    PRESET = "raddiag.preset"
+    # model-version tags written by ``raddiag promote``
+    GIT_COMMIT = "raddiag.git_commit"
+    RUN_ID = "raddiag.run_id"
+    DECISION = "raddiag.decision"
+    DECISION_METRIC = "raddiag.decision_metric"
+    COMPARED_TO = "raddiag.compared_to"
+    MARGIN = "raddiag.margin"
+    # MLflow's own
+    PARENT_RUN_ID = "mlflow.parentRunId"
+    RUN_NAME = "mlflow.runName"
+    SOURCE_GIT_COMMIT = "mlflow.source.git.commit"
+    DATA_CONTEXT = "mlflow.data.context"
+
+    #: The tag naming a parent run of each role (``sweep``/``ablation``) by its name.
+    ROLE_NAME = {"sweep": SWEEP, "ablation": ABLATION}
+
+
+def tag_filter(tags: dict[str, str]) -> str:
+    """An MLflow search filter matching runs that carry every one of ``tags`` (values quoted)."""
+    return " and ".join(f"tags.`{key}` = {quoted(value)}" for key, value in tags.items())
+
+
 def setup(cfg: TrackingConfig) -> str:
     """Point MLflow at the configured tracking/registry URI, create the experiment; return its id.
 
@@ -89,12 +141,12 @@ def source_tags() -> dict[str, str]:
                                capture_output=True, text=True, timeout=5, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return {}
-    return {"mlflow.source.git.commit": commit, "raddiag.git_dirty": "true" if dirty else "false"} if commit else {}
+    return {Tags.SOURCE_GIT_COMMIT: commit, Tags.GIT_DIRTY: "true" if dirty else "false"} if commit else {}
 
 
 def start_child_run(uri: str, experiment_id: str, parent_run_id: str, name: str, tags: dict[str, str] | None = None) -> str:
     """A run nested under ``parent_run_id`` (the MLflow UI shows it under the parent)."""
-    all_tags = {"mlflow.parentRunId": parent_run_id, "mlflow.runName": name, **source_tags(), **(tags or {})}
+    all_tags = {Tags.PARENT_RUN_ID: parent_run_id, Tags.RUN_NAME: name, **source_tags(), **(tags or {})}
     return client(uri).create_run(experiment_id, tags=all_tags, run_name=name).info.run_id
 
 
@@ -107,7 +159,7 @@ def parent_run(
     mlflow_client = client(uri)
     if resume:
         found = mlflow_client.search_runs(
-            [experiment_id], filter_string=f"tags.`raddiag.{role}` = {quoted(name)} and tags.`raddiag.role` = {quoted(role)}",
+            [experiment_id], filter_string=tag_filter({Tags.ROLE_NAME[role]: name, Tags.ROLE: role}),
             order_by=["attributes.start_time DESC"], max_results=1,
         )
         if found:
@@ -115,7 +167,7 @@ def parent_run(
             return found[0].info.run_id
     run = mlflow_client.create_run(
         experiment_id, run_name=name,
-        tags={f"raddiag.{role}": name, "raddiag.role": role, "raddiag.dataset_version": version, **source_tags()},
+        tags={Tags.ROLE_NAME[role]: name, Tags.ROLE: role, Tags.DATASET_VERSION: version, **source_tags()},
     )
     log_params(uri, run.info.run_id, params)
     return run.info.run_id
@@ -133,7 +185,7 @@ def quoted(value: str) -> str:
 
 def child_runs(uri: str, experiment_id: str, parent_run_id: str) -> list[Any]:
     return client(uri).search_runs(
-        [experiment_id], filter_string=f"tags.mlflow.parentRunId = {quoted(parent_run_id)}", max_results=10000
+        [experiment_id], filter_string=tag_filter({Tags.PARENT_RUN_ID: parent_run_id}), max_results=10000
     )
 
 
@@ -147,7 +199,7 @@ def log_dataset_input(uri: str, run_id: str, manifest: Any, store_url: str, cont
     cases["n_disorders"] = manifest.cases["disorders"].map(len)
     source = store_url if "://" in store_url else Path(store_url).resolve().as_uri()
     dataset = mlflow.data.from_pandas(cases, source=source, name=f"raddiag-store@{manifest.version}", digest=manifest.version)
-    entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
+    entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(Tags.DATA_CONTEXT, context)])
     try:
         client(uri).log_inputs(run_id, datasets=[entity])
     except mlflow.exceptions.MlflowException as error:

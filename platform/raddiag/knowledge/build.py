@@ -19,6 +19,7 @@ import numpy as np
 from raddiag.config import KEConfig
 from raddiag.knowledge.icd import icd_version
 from raddiag.knowledge.labels import LabelMapping, get_text_encoder, label_texts, map_labels, read_mapping, write_mapping
+from raddiag.tracking import Tags, tag_filter
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 3  # label matching / table layout; part of the version (3: #16 text matching)
@@ -117,13 +118,13 @@ def _log_to_mlflow(tracking_uri: str, experiment: str, meta: dict, embeddings: n
 
     mlflow.set_tracking_uri(tracking_uri)
     experiment_id = mlflow.set_experiment(experiment).experiment_id
-    found = mlflow.search_runs([experiment_id], filter_string=f"tags.`raddiag.knowledge_version` = '{meta['version']}'",
+    found = mlflow.search_runs([experiment_id], filter_string=tag_filter({Tags.KNOWLEDGE_VERSION: meta["version"]}),
                                output_format="list", max_results=1)
     if found:
         return found[0].info.run_id
     meta = {k: v for k, v in meta.items() if k != "cached"}
     with mlflow.start_run(run_name=f"knowledge-{meta['version']}") as run, tempfile.TemporaryDirectory() as tmp:
-        mlflow.set_tags({"raddiag.stage": "knowledge", "raddiag.knowledge_version": meta["version"]})
+        mlflow.set_tags({Tags.STAGE: "knowledge", Tags.KNOWLEDGE_VERSION: meta["version"]})
         mlflow.log_params({f"ke.{k}": v for k, v in meta["ke"].items()} | {"knowledge.version": meta["version"]})
         mlflow.log_metrics({f"knowledge.{k}": v for k, v in meta["mapping_counts"].items()}
                            | {"knowledge.labels": meta["labels"], "knowledge.dim": meta["dim"]})

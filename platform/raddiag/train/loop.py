@@ -7,7 +7,7 @@ per-epoch metrics with a checkpoint, and (rank 0 only) logs them to MLflow exact
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 import os
 import tempfile
@@ -20,6 +20,7 @@ import torch
 
 from raddiag.config import RadDiagConfig
 from raddiag.schema import MODEL_INPUTS
+from raddiag.train.run import CheckpointMeta, EpochReport, LoopConfig
 
 
 def lr_lambda(total_steps: int, warmup_fraction: float):
@@ -184,8 +185,9 @@ def restore(checkpoint: Any, model: torch.nn.Module, optimizer: Any, scheduler: 
     return Progress(int(saved["epoch"]) + 1, float(saved["best_value"]), best_state, int(saved["stale"]))
 
 
-def save_checkpoint(directory: str, model: torch.nn.Module, optimizer: Any, scheduler: Any, epoch: int, progress: Progress, meta: dict[str, Any]) -> None:
-    """Write ``state.pt`` (resume), ``best.pt`` (best weights so far) and ``meta.json`` (rebuild)."""
+def save_checkpoint(directory: str, model: torch.nn.Module, optimizer: Any, scheduler: Any, epoch: int, progress: Progress, meta: CheckpointMeta) -> None:
+    """Write ``state.pt`` (resume), ``best.pt`` (best weights so far) and ``meta.json`` (rebuild;
+    ``meta`` with this checkpoint's epoch and best value)."""
     state = {
         "model": _state(model),
         "optimizer": optimizer.state_dict(),
@@ -197,8 +199,7 @@ def save_checkpoint(directory: str, model: torch.nn.Module, optimizer: Any, sche
     }
     torch.save(state, os.path.join(directory, "state.pt"))
     torch.save(progress.best_state, os.path.join(directory, "best.pt"))
-    with open(os.path.join(directory, "meta.json"), "w") as handle:
-        json.dump({**meta, "epoch": epoch, "best_value": progress.best_value}, handle)
+    dataclasses.replace(meta, epoch=epoch, best_value=progress.best_value).write(directory)
 
 
 def train_epoch(model, batches, loss_fn, optimizer, scheduler, cfg: RadDiagConfig, amp_dtype) -> dict[str, float]:
@@ -306,13 +307,13 @@ def _system_monitor(cfg: RadDiagConfig, uri: str | None, run_id: str | None) -> 
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train worker entry point. ``loop_config``: config (dict), mlflow_uri, mlflow_run_id,
-    label_embeddings (list or None), budget (None, or the sweep ledger's ``{"ledger", "trial_id"}``:
-    each epoch is claimed from it first, and the run ends when it is denied)."""
+    """Ray Train worker entry point. ``loop_config``: a :class:`~raddiag.train.run.LoopConfig` as a
+    dict — the config, the MLflow run rank 0 logs to, the label embeddings and a sweep trial's
+    budget claim (each epoch is claimed from it first, and the run ends when it is denied). Imports
+    nothing of Ray Tune (tests/test_run_lifecycle.py checks)."""
     import ray.train
     import ray.train.torch
 
-    from raddiag import tracking
     from raddiag.data.pipeline import Prefetch, device_augment, iter_batches, worker_dataset
     from raddiag.data.sampling import label_counts, stratified_fraction
     from raddiag.losses import build_loss
@@ -320,9 +321,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from raddiag.model import build_model
     from raddiag.model.nets.raddiag import compile_model
     from raddiag.observability import TrainMetrics
-    from raddiag.tune.budget import claim_epoch
 
-    cfg = RadDiagConfig.model_validate(loop_config["config"])
+    payload = LoopConfig.from_dict(loop_config)
+    cfg = RadDiagConfig.model_validate(payload.config)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
@@ -338,7 +339,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     fit_counts = counts if cfg.train.fraction >= 1 else label_counts(train_records, names, level)  # prior, loss weights
     n_train = len(train_records)
 
-    embeddings = loop_config.get("label_embeddings")
+    embeddings = payload.label_embeddings
     table = torch.tensor(np.asarray(embeddings, dtype=np.float32)) if embeddings is not None else None
     prior = torch.tensor(np.maximum(fit_counts, 1) / max(n_train, 1), dtype=torch.float32)
     model = build_model(cfg.model, len(names), label_embeddings=table, label_prior=prior)
@@ -355,14 +356,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     progress = restore(ray.train.get_checkpoint(), model, optimizer, scheduler)
     sign = 1.0 if higher_is_better(cfg.train.metric) else -1.0  # the metric table's direction (losses are minimised)
 
-    uri, run_id = loop_config.get("mlflow_uri"), loop_config.get("mlflow_run_id")
-    monitor = _system_monitor(cfg, uri, run_id) if rank == 0 else None
+    run = payload.run
+    monitor = _system_monitor(cfg, run.uri, run.run_id) if rank == 0 and run is not None else None
     observe = TrainMetrics(context.get_experiment_name(), rank, device)  # Ray metrics for Grafana
-    meta = {
-        "config": cfg.model_dump(mode="json"), "label_names": names, "train_counts": counts.tolist(),
-        "label_embeddings": embeddings, "dataset_version": manifest.version, "metric": cfg.train.metric,
-        "plan": manifest.info.get("plan"),  # the store's preprocessing: predict applies it to files
-    }
+    meta = CheckpointMeta(
+        config=cfg.model_dump(mode="json"), label_names=names, train_counts=counts.tolist(), label_embeddings=embeddings,
+        dataset_version=manifest.version, metric=cfg.train.metric,
+        plan=manifest.info.get("plan"),  # the store's preprocessing: predict applies it to files
+    )
     del manifest  # its tables (~150 MB at RP3D size) are not needed past here: the columnar records hold the splits
 
     def train_stream(epoch: int) -> Prefetch:
@@ -380,25 +381,23 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         return Prefetch(make, depth=cfg.train.prefetch_batches)
 
     val_batches = EvalBatches(val_records, cfg, names, device, rank=rank, world=world)
-    budget = loop_config.get("budget")
     upcoming = train_stream(progress.start_epoch) if progress.start_epoch < cfg.train.epochs else None
     batches = None
     try:
         for epoch in range(progress.start_epoch, cfg.train.epochs):
-            if budget and not claim_epoch(budget["ledger"], budget["trial_id"], epoch + 1):
+            if payload.budget is not None and not payload.budget.claim(epoch + 1):
                 break  # the sweep's trial-epoch budget is spent (every rank gets the same answer)
             started = time.perf_counter()
             batches, upcoming = upcoming, None
-            metrics = train_epoch(model, observe.batches(batches), loss_fn, optimizer, scheduler, cfg, amp_dtype)
+            train_metrics = train_epoch(model, observe.batches(batches), loss_fn, optimizer, scheduler, cfg, amp_dtype)
             if epoch + 1 < cfg.train.epochs:  # its Ray Data start-up overlaps this epoch's validation
                 upcoming = train_stream(epoch + 1)
             labels, scores = validate(model, val_batches.batches(epoch), device)
             val_metrics, report = validation_metrics(labels, scores, counts, names, groups, rule, rank)  # once, on rank 0
-            metrics.update(val_metrics)
-            metrics.update({"epoch": epoch, "lr": scheduler.get_last_lr()[0], "epoch_time_s": time.perf_counter() - started})
-            observe.epoch(metrics)
+            epoch_report = EpochReport(epoch, scheduler.get_last_lr()[0], time.perf_counter() - started, train_metrics, val_metrics)
+            observe.epoch(epoch_report.to_dict())
 
-            value = float(metrics.get(cfg.train.metric, math.nan))
+            value = epoch_report.value(cfg.train.metric)
             improved = math.isfinite(value) and (not math.isfinite(progress.best_value) or sign * value > sign * progress.best_value)
             if improved or progress.best_state is None:
                 progress.best_value = value if improved else progress.best_value
@@ -406,7 +405,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 progress.stale = 0
             else:
                 progress.stale += 1
-            metrics["best_" + cfg.train.metric] = progress.best_value
+            epoch_report.best = (cfg.train.metric, progress.best_value)
             last = epoch == cfg.train.epochs - 1 or bool(cfg.train.early_stop_patience and progress.stale >= cfg.train.early_stop_patience)
 
             with tempfile.TemporaryDirectory() as directory:
@@ -414,11 +413,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 if rank == 0:
                     save_checkpoint(directory, model, optimizer, scheduler, epoch, progress, meta)
                     report_checkpoint = ray.train.Checkpoint.from_directory(directory)
-                    if uri and run_id:  # before report: an ASHA stop may end the trial inside report
-                        tracking.log_epoch_metrics(uri, run_id, metrics, step=epoch, probe="epoch")
+                    if run is not None:  # before report: an ASHA stop may end the trial inside report
+                        run.log_epoch(epoch_report)
                         if last:
-                            log_final_artifacts(uri, run_id, labels, scores, counts, names, report)
-                ray.train.report(metrics, checkpoint=report_checkpoint)
+                            log_final_artifacts(run.uri, run.run_id, labels, scores, counts, names, report)
+                ray.train.report(epoch_report.to_dict(), checkpoint=report_checkpoint)
             if last:
                 break
     finally:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from raddiag.config import RadDiagConfig
+from raddiag.train.run import BudgetClaim, CheckpointMeta, LoopConfig, TrainingRun
 
 
 def label_embeddings(cfg: RadDiagConfig, names: list[str], codes: list[str | None]) -> list[list[float]] | None:
@@ -39,16 +39,15 @@ def derangement(n: int, seed: int) -> np.ndarray:
 def build_trainer(
     cfg: RadDiagConfig,
     *,
-    name: str,
-    mlflow_uri: str | None,
-    mlflow_run_id: str | None,
+    run: TrainingRun,
     embeddings: list[list[float]] | None,
     callbacks: list[Any] | None = None,
-    budget: dict[str, str] | None = None,
+    budget: BudgetClaim | None = None,
 ) -> Any:
-    """A ``TorchTrainer`` (DDP; gloo on CPU, nccl on GPU) for ``cfg``; resumes if ``name`` exists.
-    ``budget``: ``{"ledger", "trial_id"}`` of a sweep's trial-epoch ledger
-    (:mod:`raddiag.tune.budget`) that every epoch must be claimed from."""
+    """A ``TorchTrainer`` (DDP; gloo on CPU, nccl on GPU) for ``cfg``, named after ``run`` (whose
+    MLflow run rank 0 logs every epoch to); resumes from the last checkpoint if that name exists.
+    ``budget``: a sweep trial's claim on the trial-epoch ledger (:mod:`raddiag.tune.ledger`) that
+    every epoch must be claimed from."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -58,13 +57,7 @@ def build_trainer(
         os.makedirs(storage, exist_ok=True)
     return TorchTrainer(
         train_loop_per_worker=_loop,
-        train_loop_config={
-            "config": cfg.model_dump(mode="json"),
-            "mlflow_uri": mlflow_uri,
-            "mlflow_run_id": mlflow_run_id,
-            "label_embeddings": embeddings,
-            "budget": budget,
-        },
+        train_loop_config=LoopConfig(cfg.model_dump(mode="json"), run, embeddings, budget).to_dict(),
         torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=cfg.train.num_workers,
@@ -72,7 +65,7 @@ def build_trainer(
             resources_per_worker={"CPU": cfg.train.cpus_per_worker, **cfg.train.resources_per_worker},
         ),
         run_config=RunConfig(
-            name=name,
+            name=run.name,
             storage_path=storage,
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
@@ -146,7 +139,7 @@ class PriorRun:
     newest checkpoint's ``meta.json`` under ``train.storage_path`` (``checkpoint``, local storage)."""
 
     run: Any = None
-    checkpoint: dict[str, Any] | None = None
+    checkpoint: CheckpointMeta | None = None
     checkpoint_dir: str | None = None
 
     def params(self) -> dict[str, str]:
@@ -155,18 +148,20 @@ class PriorRun:
         from raddiag.tracking import params_from
 
         if self.checkpoint is not None:
-            return params_from(flatten(self.checkpoint["config"]))
+            return params_from(flatten(self.checkpoint.config))
         return dict(self.run.data.params) if self.run is not None else {}
 
     def epochs_done(self) -> int:
         if self.run is not None and "epoch" in self.run.data.metrics:
             return int(self.run.data.metrics["epoch"]) + 1
-        return int(self.checkpoint["epoch"]) + 1 if self.checkpoint is not None else 0
+        return self.checkpoint.epoch + 1 if self.checkpoint is not None else 0
 
     def dataset_version(self) -> str | None:
+        from raddiag.tracking import Tags
+
         if self.checkpoint is not None:
-            return self.checkpoint.get("dataset_version")
-        return self.run.data.tags.get("raddiag.dataset_version") if self.run is not None else None
+            return self.checkpoint.dataset_version
+        return self.run.data.tags.get(Tags.DATASET_VERSION) if self.run is not None else None
 
     def where(self) -> str:
         parts = [f"MLflow run {self.run.info.run_id}"] if self.run is not None else []
@@ -175,33 +170,27 @@ class PriorRun:
         return ", ".join(parts)
 
 
-def latest_local_checkpoint(cfg: RadDiagConfig) -> tuple[dict[str, Any] | None, str | None]:
-    """``(meta.json, folder)`` of the newest checkpoint Ray Train would resume ``train.name`` from,
+def latest_local_checkpoint(cfg: RadDiagConfig) -> tuple[CheckpointMeta | None, str | None]:
+    """``(meta, folder)`` of the newest checkpoint Ray Train would resume ``train.name`` from,
     for a local ``train.storage_path`` (``(None, None)`` when there is none, or storage is remote)."""
     if "://" in cfg.train.storage_path:
         return None, None
-    newest: tuple[dict[str, Any] | None, str | None] = (None, None)
-    for meta_path in Path(cfg.train.storage_path, cfg.train.name).glob("checkpoint_*/meta.json"):
+    newest: tuple[CheckpointMeta | None, str | None] = (None, None)
+    for meta_path in Path(cfg.train.storage_path, cfg.train.name).glob(f"checkpoint_*/{CheckpointMeta.FILE}"):
         try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError):
+            meta = CheckpointMeta.read(str(meta_path.parent))
+        except (OSError, ValueError, TypeError):
             continue  # a checkpoint being written or removed right now
-        if isinstance(meta, dict) and isinstance(meta.get("config"), dict) and (
-            newest[0] is None or int(meta.get("epoch", -1)) > int(newest[0].get("epoch", -1))
-        ):
+        if isinstance(meta.config, dict) and (newest[0] is None or meta.epoch > newest[0].epoch):
             newest = (meta, str(meta_path.parent))
     return newest
 
 
 def find_prior_run(cfg: RadDiagConfig, experiment_id: str) -> PriorRun:
-    from raddiag import tracking
-
-    found = tracking.client(cfg.tracking.resolved_uri()).search_runs(
-        [experiment_id], filter_string=f"tags.`raddiag.train_name` = {tracking.quoted(cfg.train.name)}",
-        order_by=["attributes.start_time DESC"], max_results=1,
-    )
+    """The MLflow run ``raddiag train`` would resume for ``train.name`` and its newest checkpoint."""
+    found = TrainingRun.find(cfg.tracking.resolved_uri(), experiment_id, TrainingRun.resume_tags("train", cfg.train.name))
     meta, folder = latest_local_checkpoint(cfg)
-    return PriorRun(found[0] if found else None, meta, folder)
+    return PriorRun(found, meta, folder)
 
 
 def _shown(value: str) -> str:
@@ -286,30 +275,20 @@ def run_train(cfg: RadDiagConfig, verbose: bool = False) -> TrainResult:
     if done:
         run = prior.run
         metrics = {k: v for k, v in run.data.metrics.items() if not k.startswith("system/")}
-        return TrainResult(run.info.run_id, run.data.tags.get("raddiag.checkpoint"), metrics, already_complete=done)
+        return TrainResult(run.info.run_id, run.data.tags.get(tracking.Tags.CHECKPOINT), metrics, already_complete=done)
     check_checkpoints_present(cfg, prior)
 
     init_ray(cfg.ray, verbose)
     level = cfg.data.label_level
     embeddings = label_embeddings(cfg, manifest.label_names(level), manifest.label_codes(level))
-    if prior.run is not None:  # re-running the same name resumes the same run
-        run_id = prior.run.info.run_id
-    else:
-        run = tracking.client(uri).create_run(
-            experiment_id, run_name=cfg.train.name, tags={"raddiag.train_name": cfg.train.name, **tracking.source_tags()}
-        )
-        run_id = run.info.run_id
-        tracking.log_params(uri, run_id, cfg.run_params())
-        tracking.client(uri).set_tag(run_id, "raddiag.dataset_version", manifest.version)
-        tracking.log_dataset_input(uri, run_id, manifest, cfg.store.url)
-    trainer = build_trainer(cfg, name=cfg.train.name, mlflow_uri=uri, mlflow_run_id=run_id, embeddings=embeddings)
-    result = trainer.fit()
-    checkpoint = result.checkpoint.path if result.checkpoint else None
-    client = tracking.client(uri)
-    if checkpoint:
-        client.set_tag(run_id, "raddiag.checkpoint", checkpoint)
-        from raddiag.registry import log_model_from_checkpoint
+    run = TrainingRun.open(cfg, manifest, kind="train", experiment_id=experiment_id, uri=uri)  # the same name resumes the same run
+    with run.failed_on_error():
+        result = build_trainer(cfg, run=run, embeddings=embeddings).fit()
+        checkpoint = result.checkpoint.path if result.checkpoint else None
+        if checkpoint:
+            run.set_checkpoint(checkpoint)
+            from raddiag.registry import log_model_from_checkpoint
 
-        log_model_from_checkpoint(cfg, run_id, checkpoint)  # runs:/<run_id>/model
-    client.set_terminated(run_id, "FINISHED" if result.error is None else "FAILED")
-    return TrainResult(run_id=run_id, checkpoint_path=checkpoint, metrics=dict(result.metrics or {}))
+            log_model_from_checkpoint(cfg, run.run_id, checkpoint)  # runs:/<run_id>/raddiag-classifier
+    run.finish("FINISHED" if result.error is None else "FAILED")
+    return TrainResult(run_id=run.run_id, checkpoint_path=checkpoint, metrics=dict(result.metrics or {}))

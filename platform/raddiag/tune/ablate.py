@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from raddiag.config import ConfigError, RadDiagConfig, with_overrides
+from raddiag.train.run import TrialContext
 
 
 class AblationError(RuntimeError):
@@ -106,8 +107,30 @@ def _score_checkpoint(cfg: RadDiagConfig, checkpoint_dir: str, manifest: Any) ->
     return out
 
 
-def _trial(params: dict[str, Any], *, base: dict[str, Any], ctx: dict[str, Any]) -> None:
-    """Tune function trainable: train one (arm, seed), score its best checkpoint, save the scores."""
+def _trial(params: dict[str, Any], *, base: dict[str, Any], ctx: TrialContext) -> None:
+    """Tune function trainable: train one (arm, seed) as a child run of the ablation's parent run
+    (ended FAILED if anything raises), score its best checkpoint, save the scores."""
+    from raddiag.tracking import Tags
+    from raddiag.train.run import TrainingRun
+
+    arm, seed = params["run"]["arm"], int(params["run"]["seed"])
+    root = RadDiagConfig.model_validate(base)
+    name = f"{root.ablation.name}-{arm}-s{seed}"
+    overrides = {**root.ablation.arms[arm], "train.seed": seed, "train.name": name}
+    cfg = with_overrides(root, overrides)
+    manifest = cfg.store.ref().manifest()
+    run = TrainingRun.open(
+        cfg, manifest, kind="arm", experiment_id=ctx.experiment_id, uri=ctx.uri, parent=ctx.parent_run_id,
+        tags={Tags.ABLATION: root.ablation.name, Tags.ARM: arm, Tags.SEED: str(seed)},
+        params={"ablation.arm": arm, **{f"arm.{k}": v for k, v in root.ablation.arms[arm].items()}},
+    )
+    with run.failed_on_error():
+        _train_and_score(cfg, run, manifest, arm, seed, ctx.scores_dir)
+
+
+def _train_and_score(cfg: RadDiagConfig, run: Any, manifest: Any, arm: str, seed: int, scores_to: str) -> None:
+    """Train the arm's run, score its best checkpoint on validation and test, log the test metrics
+    to the run and save the scores as ``<scores_to>/<arm>-s<seed>.npz``."""
     import time
 
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -116,31 +139,15 @@ def _trial(params: dict[str, Any], *, base: dict[str, Any], ctx: dict[str, Any])
     from raddiag.metrics import evaluate_scores
     from raddiag.train.trainer import build_trainer, label_embeddings
 
-    arm, seed = params["run"]["arm"], int(params["run"]["seed"])
-    root = RadDiagConfig.model_validate(base)
-    name = f"{root.ablation.name}-{arm}-s{seed}"
-    overrides = {**root.ablation.arms[arm], "train.seed": seed, "train.name": name}
-    cfg = with_overrides(root, overrides)
-    uri = ctx["mlflow_uri"]
-    client = tracking.client(uri)
-    run_id = tracking.start_child_run(
-        uri, ctx["experiment_id"], ctx["parent_run_id"], name,
-        tags={"raddiag.ablation": root.ablation.name, "raddiag.arm": arm, "raddiag.seed": str(seed), "raddiag.train_name": name},
-    )
-    tracking.log_params(uri, run_id, {**cfg.run_params(), "train.name": name, "ablation.arm": arm,
-                                      **{f"arm.{k}": v for k, v in root.ablation.arms[arm].items()}})
-    manifest = cfg.store.ref().manifest()
-    client.set_tag(run_id, "raddiag.dataset_version", manifest.version)
     level = cfg.data.label_level
     embeddings = label_embeddings(cfg, manifest.label_names(level), manifest.label_codes(level))
     started = time.perf_counter()
-    trainer = build_trainer(cfg, name=name, mlflow_uri=uri, mlflow_run_id=run_id, embeddings=embeddings, callbacks=[TuneReportCallback()])
+    trainer = build_trainer(cfg, run=run, embeddings=embeddings, callbacks=[TuneReportCallback()])
     result = trainer.fit()
     train_seconds = time.perf_counter() - started
     if result.error is not None or result.checkpoint is None:
-        client.set_terminated(run_id, "FAILED")
-        raise AblationError(f"{name}: training failed: {result.error}")
-    client.set_tag(run_id, "raddiag.checkpoint", result.checkpoint.path)
+        raise AblationError(f"{run.name}: training failed: {result.error}")
+    run.set_checkpoint(result.checkpoint.path)
     with result.checkpoint.as_directory() as directory:
         scores = _score_checkpoint(cfg, directory, manifest)
     counts = manifest.train_counts(level)
@@ -149,12 +156,12 @@ def _trial(params: dict[str, Any], *, base: dict[str, Any], ctx: dict[str, Any])
         scores["test_labels"], scores["test_scores"], counts, label_names=manifest.label_names(level), groups=groups, grouping=rule
     )
     tracking.log_epoch_metrics(
-        uri, run_id, {**{f"test_{k}": v for k, v in report.flat().items()}, "train_seconds": train_seconds}, step=0, probe="train_seconds"
+        run.uri, run.run_id, {**{f"test_{k}": v for k, v in report.flat().items()}, "train_seconds": train_seconds}, step=0, probe="train_seconds"
     )
-    os.makedirs(ctx["scores_dir"], exist_ok=True)
-    path = os.path.join(ctx["scores_dir"], f"{arm}-s{seed}.npz")
-    np.savez_compressed(path, train_counts=counts, train_seconds=train_seconds, run_id=run_id, **scores)
-    client.set_terminated(run_id, "FINISHED")
+    os.makedirs(scores_to, exist_ok=True)
+    path = os.path.join(scores_to, f"{arm}-s{seed}.npz")
+    np.savez_compressed(path, train_counts=counts, train_seconds=train_seconds, run_id=run.run_id, **scores)
+    run.finish("FINISHED")
 
 
 def _scores_file(cfg: RadDiagConfig, arm: str, seed: int) -> str:
@@ -166,7 +173,7 @@ def metric_key(arm: str, metric: str, group: str) -> str:
     return re.sub(r"[^\w\-. :/]", "_", f"{arm}.test_{metric}_{group}")
 
 
-def _train_pending(cfg: RadDiagConfig, pending: list[dict[str, Any]], ctx: dict[str, Any], verbose: bool) -> list[str]:
+def _train_pending(cfg: RadDiagConfig, pending: list[dict[str, Any]], ctx: TrialContext, verbose: bool) -> list[str]:
     """Train the pending (arm, seed) runs as one Tune grid; returns the trials' error lines."""
     import time
 
@@ -204,7 +211,7 @@ def run_ablation(cfg: RadDiagConfig, verbose: bool = False, progress: Any = None
     experiment_id = tracking.setup(cfg.tracking)
     uri = cfg.tracking.resolved_uri()
     parent_run_id = tracking.parent_run(uri, experiment_id, "ablation", cfg.ablation.name, manifest.version, cfg.run_params("ablation"), resume)
-    ctx = {"mlflow_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent_run_id, "scores_dir": scores_dir(cfg)}
+    ctx = TrialContext(uri, experiment_id, parent_run_id, scores_dir=scores_dir(cfg))
     pending = [{"arm": arm, "seed": seed} for arm in arms for seed in cfg.ablation.seeds if not os.path.exists(_scores_file(cfg, arm, seed))]
     errors: list[str] = []
     if pending:

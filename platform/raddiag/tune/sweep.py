@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from raddiag.config import RadDiagConfig, with_overrides
-from raddiag.tune.budget import LedgerCallback, TrialEpochBudget, ledger_name, start_ledger
+from raddiag.train.run import TrialContext
+from raddiag.tune.budget import LedgerCallback, TrialEpochBudget
+from raddiag.tune.ledger import ledger_name, start_ledger
 
 __all__ = ["TrialEpochBudget", "run_sweep", "planned_trials", "max_concurrent", "SweepResult", "SweepError"]
 
@@ -102,27 +104,26 @@ def max_concurrent(cfg: RadDiagConfig, cluster_cpus: float) -> int:
     return max(1, min(cfg.sweep.num_samples, int(cluster_cpus // trial_cpus(cfg))))
 
 
-def _trial(params: dict[str, Any], *, base: dict[str, Any], ctx: dict[str, Any]) -> None:
+def _trial(params: dict[str, Any], *, base: dict[str, Any], ctx: TrialContext) -> None:
     """Tune function trainable: one TorchTrainer run tracked as a child MLflow run. With a budget,
     the trial stays active in the ledger until its run is recorded (so the sweep is not ended
     under it)."""
     import ray.tune
 
-    from raddiag.tune import budget
+    from raddiag.tune import ledger
 
-    ledger = ctx.get("budget_ledger") or ""
     trial_id = ray.tune.get_context().get_trial_id()
-    if ledger and budget.exhausted(ledger):  # started before Tune saw the budget spent
-        _idle_until_stopped(ledger)
+    if ctx.ledger and ledger.exhausted(ctx.ledger):  # started before Tune saw the budget spent
+        _idle_until_stopped(ctx.ledger)
         return
     trained = False
     try:
-        trained = _run_trial(params, base=base, ctx=ctx, trial_id=trial_id, ledger=ledger)
+        trained = _run_trial(params, base=base, ctx=ctx, trial_id=trial_id)
     finally:
-        if ledger:
-            budget.release(ledger, trial_id)
-    if ledger and not trained:
-        _idle_until_stopped(ledger)
+        if ctx.ledger:
+            ledger.release(ctx.ledger, trial_id)
+    if ctx.ledger and not trained:
+        _idle_until_stopped(ctx.ledger)
 
 
 def _idle_until_stopped(ledger: str) -> None:
@@ -130,54 +131,42 @@ def _idle_until_stopped(ledger: str) -> None:
     ``sweep.metric`` (strict metric checking) and would fail the sweep. The spent budget ends the
     sweep, and Tune stops this trial (Optuna records it as pruned); if the ledger is gone (the
     driver died), return."""
-    from raddiag.tune import budget
+    from raddiag.tune.ledger import exhausted
 
-    while budget.exhausted(ledger):
+    while exhausted(ledger):
         time.sleep(1)
 
 
-def _run_trial(params: dict[str, Any], *, base: dict[str, Any], ctx: dict[str, Any], trial_id: str, ledger: str) -> bool:
-    """The trial's TorchTrainer run and its child MLflow run; False when the budget denied it its
-    first epoch (it trained nothing)."""
+def _run_trial(params: dict[str, Any], *, base: dict[str, Any], ctx: TrialContext, trial_id: str) -> bool:
+    """The trial's TorchTrainer run and its child MLflow run (reopened when a resumed sweep
+    continues the trial); False when the budget denied it its first epoch (it trained nothing)."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from raddiag import tracking
+    from raddiag.tracking import Tags
+    from raddiag.train.run import BudgetClaim, TrainingRun
     from raddiag.train.trainer import build_trainer, label_embeddings
 
     sampled = {k: v for k, v in params.items() if "." in k}
     cfg = with_overrides(RadDiagConfig.model_validate(base), sampled)
-    name = f"{cfg.sweep.name}-{trial_id}"
-    uri = ctx["mlflow_uri"]
-    client = tracking.client(uri)
-    existing = client.search_runs(
-        [ctx["experiment_id"]], filter_string=f"tags.`raddiag.trial_id` = {tracking.quoted(trial_id)} and tags.mlflow.parentRunId = {tracking.quoted(ctx['parent_run_id'])}"
-    )
-    if existing:
-        run_id = existing[0].info.run_id
-    else:
-        run_id = tracking.start_child_run(
-            uri, ctx["experiment_id"], ctx["parent_run_id"], name,
-            tags={"raddiag.trial_id": trial_id, "raddiag.sweep": cfg.sweep.name, "raddiag.train_name": name},
-        )
-        tracking.log_params(uri, run_id, {**cfg.run_params(), "train.name": name, **{f"sampled.{k}": v for k, v in sampled.items()}})
     manifest = cfg.store.ref().manifest()
-    if not existing:
-        client.set_tag(run_id, "raddiag.dataset_version", manifest.version)
-        tracking.log_dataset_input(uri, run_id, manifest, cfg.store.url)
+    run = TrainingRun.open(
+        cfg, manifest, kind="trial", experiment_id=ctx.experiment_id, uri=ctx.uri, name=f"{cfg.sweep.name}-{trial_id}",
+        parent=ctx.parent_run_id, trial_id=trial_id, tags={Tags.SWEEP: cfg.sweep.name},
+        params={f"sampled.{k}": v for k, v in sampled.items()},
+    )
     level = cfg.data.label_level
     embeddings = label_embeddings(cfg, manifest.label_names(level), manifest.label_codes(level))
     trainer = build_trainer(
-        cfg, name=name, mlflow_uri=uri, mlflow_run_id=run_id, embeddings=embeddings, callbacks=[TuneReportCallback()],
-        budget={"ledger": ledger, "trial_id": trial_id} if ledger else None,
+        cfg, run=run, embeddings=embeddings, callbacks=[TuneReportCallback()],
+        budget=BudgetClaim(ctx.ledger, trial_id) if ctx.ledger else None,
     )
     result = trainer.fit()
     if result.checkpoint is not None:
-        client.set_tag(run_id, "raddiag.checkpoint", result.checkpoint.path)
-    if result.error is None and not result.metrics and not existing:  # denied its first epoch
-        client.set_tag(run_id, "raddiag.skipped", "the trial-epoch budget was spent before its first epoch")
-        client.set_terminated(run_id, "KILLED")
+        run.set_checkpoint(result.checkpoint.path)
+    if result.error is None and not result.metrics and not run.resumed:  # denied its first epoch
+        run.finish("KILLED", tags={Tags.SKIPPED: "the trial-epoch budget was spent before its first epoch"})
         return False
-    client.set_terminated(run_id, "FINISHED" if result.error is None else "FAILED")
+    run.finish("FINISHED" if result.error is None else "FAILED")
     return True
 
 
@@ -242,7 +231,7 @@ def run_sweep(cfg: RadDiagConfig, verbose: bool = False, resume: bool = False, s
         raise SweepError(f"sweep {cfg.sweep.name} already exists at {path}: pass --resume to continue it or set sweep.name")
     parent_run_id = tracking.parent_run(uri, experiment_id, "sweep", cfg.sweep.name, manifest.version, cfg.run_params("sweep"), resume)
     ledger = ledger_name(path if "://" in path else os.path.abspath(path)) if cfg.sweep.max_trial_epochs else ""
-    ctx = {"mlflow_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent_run_id, "budget_ledger": ledger}
+    ctx = TrialContext(uri, experiment_id, parent_run_id, ledger=ledger)
     trainable = tune.with_resources(
         tune.with_parameters(_trial, base=cfg.model_dump(mode="json"), ctx=ctx), {"CPU": cfg.sweep.trial_cpus}
     )
@@ -301,9 +290,10 @@ def _summarise(cfg: RadDiagConfig, grid: Any, uri: str, experiment_id: str, pare
     from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY as CHECKPOINT_METRIC_KEY
 
     from raddiag import tracking
+    from raddiag.tracking import Tags
 
     client = tracking.client(uri)
-    runs = {r.data.tags.get("raddiag.trial_id"): r for r in tracking.child_runs(uri, experiment_id, parent_run_id)}
+    runs = {r.data.tags.get(Tags.TRIAL_ID): r for r in tracking.child_runs(uri, experiment_id, parent_run_id)}
     sign = 1.0 if cfg.sweep.mode == "max" else -1.0
     trials, best = [], None
     for result in grid:
@@ -314,14 +304,14 @@ def _summarise(cfg: RadDiagConfig, grid: Any, uri: str, experiment_id: str, pare
         history = client.get_metric_history(run.info.run_id, cfg.sweep.metric) if run is not None else []
         values = [m.value for m in sorted(history, key=lambda m: m.step)]
         value = (max if sign > 0 else min)(values) if values else math.nan
-        checkpoint = (result.metrics or {}).get(CHECKPOINT_METRIC_KEY) or (run.data.tags.get("raddiag.checkpoint") if run else None)
+        checkpoint = (result.metrics or {}).get(CHECKPOINT_METRIC_KEY) or (run.data.tags.get(Tags.CHECKPOINT) if run else None)
         epochs = len(values)
         status = "FINISHED" if epochs >= cfg.train.epochs else "KILLED" if epochs else "SKIPPED"
         if run is not None:
             if run.info.status == "RUNNING":
                 client.set_terminated(run.info.run_id, "KILLED" if status == "SKIPPED" else status)
             if checkpoint:
-                client.set_tag(run.info.run_id, "raddiag.checkpoint", checkpoint)
+                client.set_tag(run.info.run_id, Tags.CHECKPOINT, checkpoint)
         row = {
             "trial_id": trial_id,
             "run_id": run.info.run_id if run else "",
@@ -337,14 +327,14 @@ def _summarise(cfg: RadDiagConfig, grid: Any, uri: str, experiment_id: str, pare
     known = {t["trial_id"] for t in trials}
     for trial_id, run in runs.items():  # child runs of trials the restored experiment never knew
         if trial_id not in known and run.info.status == "RUNNING":
-            client.set_tag(run.info.run_id, "raddiag.orphan", "true")
+            client.set_tag(run.info.run_id, Tags.ORPHAN, "true")
             client.set_terminated(run.info.run_id, "KILLED")
     if best is None:
         client.set_terminated(parent_run_id, "FAILED")
         errors = [str(r.error).strip().splitlines()[-1] for r in grid if r.error is not None]
         cause = f"; first trial error: {errors[0]}" if errors else ""
         raise SweepError(f"sweep {cfg.sweep.name}: no trial reported {cfg.sweep.metric} with a checkpoint{cause}")
-    client.set_tag(parent_run_id, "raddiag.best_run_id", best["run_id"])
+    client.set_tag(parent_run_id, Tags.BEST_RUN_ID, best["run_id"])
     client.log_metric(parent_run_id, f"best_{cfg.sweep.metric}", best["value"])
     client.log_metric(parent_run_id, "trial_epochs", sum(t["epochs"] for t in trials))
     client.set_terminated(parent_run_id, "FINISHED")
