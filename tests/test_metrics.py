@@ -515,3 +515,5 @@ def test_the_direction_of_a_metric_comes_from_the_table():
         with pytest.raises(ConfigError, match=fix):
             load_config(None, overrides)
     assert load_config(None, ["sweep.metric=train_loss", "sweep.mode=min"]).sweep.mode == "min"
+    defaults = load_config(None, [])  # not checked unless set: the defaults must agree
+    assert higher_is_better(defaults.sweep.metric) == (defaults.sweep.mode == "max") and higher_is_better(defaults.train.metric)

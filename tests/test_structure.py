@@ -160,3 +160,19 @@ def test_the_cli_imports_views_inside_its_commands() -> None:
     top_level = [node for node in MODULES["raddiag.cli"].body if isinstance(node, (ast.Import, ast.ImportFrom))]
     names = {_absolute("raddiag.cli", n) if isinstance(n, ast.ImportFrom) else a.name for n in top_level for a in n.names}
     assert not any(_is_view(name) for name in names), names
+
+
+def test_help_loads_no_view_metric_table_or_numpy() -> None:
+    """``raddiag --help`` (≤ 0.5 s) imports no view, not the metric table and not numpy: the config
+    defaults are built at import time, so nothing they validate may import raddiag.metrics."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nsys.argv = ['raddiag', '--help']\nfrom raddiag.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('LOADED', sorted(m for m in sys.modules if m.split('.')[0] == 'numpy' or m.startswith(('raddiag.views', 'raddiag.metrics'))))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "Usage: raddiag" in result.stdout
+    assert result.stdout.strip().splitlines()[-1] == "LOADED []", result.stdout[-500:]

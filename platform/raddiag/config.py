@@ -577,7 +577,10 @@ class SweepConfig(_Strict):
 
     @model_validator(mode="after")
     def _mode_follows_metric(self) -> SweepConfig:
-        """``mode`` agrees with the metric's direction in :data:`raddiag.metrics.METRIC_SPECS`."""
+        """``mode`` agrees with the metric's direction in :data:`raddiag.metrics.METRIC_SPECS` (checked
+        when either is set: the defaults agree, and importing the table at import time would cost --help)."""
+        if not {"metric", "mode"} & self.model_fields_set:
+            return self
         from raddiag.metrics import higher_is_better
 
         expected = "max" if higher_is_better(self.metric) else "min"
