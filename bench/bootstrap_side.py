@@ -6,10 +6,11 @@ by ``platform/raddiag/metrics.py`` of ``--before`` (read with ``git show``, load
 one after the other in one process, each with no, ``R`` and ``2R`` replicates (per replicate from
 the difference, so a one-off set-up is not counted per replicate); every draw of the two must agree
 within 1e-12 (AP sums in another order; the other metrics are equal). ``--full N`` also times this code alone with N replicates (the
-issue's ``evaluate --bootstrap 1000``). CPU seconds are given beside wall seconds: the machine is
+issue's ``evaluate --bootstrap 1000``); ``--plot`` times ``plots.roc_by_group`` on the validation split
+with either module's band replicates. CPU seconds are given beside wall seconds: the machine is
 shared. Prints one JSON object.
 
-    PYTHONPATH=platform .venv/bin/python bench/bootstrap_side.py [--before 95e2ee5~1] [--replicates 10] [--full 1000]
+    PYTHONPATH=platform .venv/bin/python bench/bootstrap_side.py [--before 95e2ee5~1] [--replicates 10] [--full 1000] [--plot]
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ def main() -> None:
     parser.add_argument("--before", default="95e2ee5~1", help="commit whose metrics.py is the baseline")
     parser.add_argument("--replicates", type=int, default=10, help="R: replicates timed side by side (and 2R)")
     parser.add_argument("--full", type=int, default=0, help="also time this code alone with this many replicates")
+    parser.add_argument("--plot", action="store_true", help="also time the ROC-by-group plot (100-resample band) with each")
     args = parser.parse_args()
     before = load_before(args.before)
 
@@ -92,6 +94,25 @@ def main() -> None:
     out["draws_max_abs_diff"] = float(max(np.nanmax(d) if np.isfinite(d).any() else 0.0 for d in diffs))
     out["draws_agree"] = bool(same_nan and out["draws_max_abs_diff"] <= 1e-12)
     out["speedup_per_replicate_cpu"] = round(out["before"]["per_replicate_cpu_s"] / out["after"]["per_replicate_cpu_s"], 2)
+    if args.plot:
+        # The final ROC-by-group plot (validation split, 100-resample band), its band replicates from
+        # either module's interpolated_roc_replicates.
+        from raddiag import plots
+        from raddiag.metrics import group_of_counts
+
+        val_true, val_score = eval_data(records[:2_077], names, 2)
+        current = plots.interpolated_roc_replicates
+        with tempfile.TemporaryDirectory() as directory:
+            for name, fn in (("before", before.interpolated_roc_replicates), ("after", current)):
+                plots.interpolated_roc_replicates = fn
+                _, wall, cpu = timed(lambda n=name: plots.roc_by_group(val_true, val_score, counts, os.path.join(directory, f"{n}.png"),
+                                                                       groups=group_of_counts(counts)))
+                out[f"roc_plot_{name}"] = {"seconds": round(wall, 2), "cpu_s": round(cpu, 2)}
+        plots.interpolated_roc_replicates = current
+        grid = np.linspace(0.0, 1.0, 101)
+        weights = [np.bincount(np.random.default_rng(b).integers(0, 2_077, 2_077), minlength=2_077) for b in range(5)]
+        pairs = zip(before.interpolated_roc_replicates(val_true, val_score, grid, weights), current(val_true, val_score, grid, weights), strict=True)
+        out["roc_band_max_abs_diff"] = float(max(np.nanmax(np.abs(a - b)) for a, b in pairs))
     if args.full:
         _, wall, cpu = timed(lambda: metrics.evaluate_scores(truth, score, counts, n_bootstrap=args.full, seed=0))
         out["full"] = {"replicates": args.full, "seconds": round(wall, 1), "cpu_s": round(cpu, 1)}

@@ -206,17 +206,20 @@ def test_roc_replicates_sorted_once_equal_one_interpolation_per_resample() -> No
     from raddiag.metrics import interpolated_roc, interpolated_roc_replicates
 
     rng = np.random.default_rng(8)
-    y = (rng.random((120, 9)) < rng.uniform(0.02, 0.4, 9)).astype(int)
-    y[:, 2] = 0
-    s = np.round(rng.random((120, 9)) + 0.5 * y, 2).astype(np.float32)
-    grid = np.linspace(0, 1, 101)
-    weights = [np.bincount(rng.integers(0, 120, 120), minlength=120) for _ in range(5)]
-    threaded = list(interpolated_roc_replicates(y, s, grid, weights, threads=3))
-    for fast, w, other in zip(interpolated_roc_replicates(y, s, grid, weights, threads=1), weights, threaded, strict=True):
-        assert np.array_equal(fast, other, equal_nan=True)
-        slow = interpolated_roc(y, s, grid, w)
-        assert np.array_equal(np.isnan(fast), np.isnan(slow))
-        np.testing.assert_allclose(fast[~np.isnan(fast)], slow[~np.isnan(slow)], rtol=0, atol=1e-12)
+    for decimals in (2, 1):  # some ties, heavy ties
+        y = (rng.random((120, 9)) < rng.uniform(0.02, 0.4, 9)).astype(int)
+        y[:, 2] = 0
+        y[:, 3] = 0
+        y[5, 3] = 1  # one positive: lost by some resamples
+        s = np.round(rng.random((120, 9)) + 0.5 * y, decimals).astype(np.float32)
+        grid = np.linspace(0, 1, 101)
+        weights = [np.bincount(rng.integers(0, 120, 120), minlength=120) for _ in range(8)]
+        threaded = list(interpolated_roc_replicates(y, s, grid, weights, threads=3))
+        for fast, w, other in zip(interpolated_roc_replicates(y, s, grid, weights, threads=1), weights, threaded, strict=True):
+            assert np.array_equal(fast, other, equal_nan=True)
+            slow = interpolated_roc(y, s, grid, w)
+            assert np.array_equal(np.isnan(fast), np.isnan(slow))
+            np.testing.assert_allclose(fast[~np.isnan(fast)], slow[~np.isnan(slow)], rtol=0, atol=1e-12)
 
 
 def test_epoch_planning_runs_on_the_prefetch_thread_while_the_caller_goes_on() -> None:

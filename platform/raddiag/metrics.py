@@ -536,9 +536,10 @@ class ReplicateCurves:
                 k_pos = cum_pos[rows, above]
                 self.thresholds[name] = (known, k_pos, above - k_pos)
 
-    def values(self, weights: np.ndarray, metrics: tuple[str, ...]) -> np.ndarray:
-        """Values (rows, metrics) of the replicate with case multiplicities ``weights``."""
-        k, n, width = self.n_rows, self.n, self.width
+    def _replicate(self, weights: np.ndarray) -> tuple[Any, ...]:
+        """One replicate's running weights: (keys, row_key, key_dtype, neg_weight, pos_weight,
+        through, n_pos, n_neg) — the functions read counts of negatives / positives / runs."""
+        k, n = self.n_rows, self.n
         weights = np.asarray(weights)
         span = int(weights.sum()) + 1  # a row's running weight stays below: rows apart as one sorted key array
         key_dtype = np.int32 if k * span < _INT32_KEYS else np.int64
@@ -549,7 +550,7 @@ class ReplicateCurves:
         nw[:, 0] += row_key.astype(key_dtype)
         keys = np.cumsum(nw, axis=1, dtype=key_dtype).ravel()  # running negative weight + row * span
         del nw
-        start, rows = self.start, np.arange(k)
+        start = self.start
 
         def neg_weight(r: np.ndarray, count: np.ndarray) -> np.ndarray:
             """Weight of the first ``count`` negatives of rows ``r``."""
@@ -572,7 +573,36 @@ class ReplicateCurves:
             return fp, tp
 
         n_pos = tp0[start[1:]] - tp0[start[:-1]]
-        n_neg = neg_weight(rows, self.n_neg_cases)
+        n_neg = neg_weight(np.arange(k), self.n_neg_cases)
+        return keys, row_key, key_dtype, tpw, tp0, neg_weight, pos_weight, through, n_pos, n_neg
+
+    def tpr_at(self, weights: np.ndarray, grid: np.ndarray) -> np.ndarray:
+        """TPR (rows, G) of the replicate's ROC curves linearly interpolated at FPR ``grid`` (top of
+        vertical runs), as :func:`interpolated_roc` of the drawn cases; NaN rows lack a label."""
+        keys, row_key, key_dtype, _, _, _, _, through, n_pos, n_neg = self._replicate(weights)
+        pos_f, neg_f = n_pos.astype(np.float64)[:, None], n_neg.astype(np.float64)[:, None]
+        rows = np.arange(self.n_rows)[:, None]
+        x = np.asarray(grid, dtype=np.float64)[None, :]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            limit = np.floor(x * neg_f)  # largest FP weight F with F / N <= x, as above
+            limit = np.where((limit + 1) / neg_f <= x, limit + 1, limit)
+            limit = np.maximum(np.where(limit / neg_f > x, limit - 1, limit), 0).astype(np.int64)
+            past = limit >= n_neg[:, None]  # every point has FPR <= x: the curve's end
+            q = np.searchsorted(keys, (row_key[:, None] + limit).astype(key_dtype), side="right") - self.row_flat[:, None]
+            q = np.clip(q, 0, (self.n_neg_cases - 1)[:, None])
+            rq = self.neg_run.ravel().take(self.row_flat[:, None] + q)
+            fp_lo, tp_lo = through(rows, rq - 1)
+            fp_q, tp_q = through(rows, rq)
+            f_lo, f_hi, t_lo, t_hi = fp_lo / neg_f, fp_q / neg_f, tp_lo / pos_f, tp_q / pos_f
+            slope = (t_hi - t_lo) / (f_hi - f_lo)
+            out = np.where(past, n_pos[:, None] / pos_f, np.where(f_lo >= x, t_lo, slope * (x - f_lo) + t_lo))
+        return np.where(((n_pos > 0) & (n_neg > 0))[:, None], out, np.nan)
+
+    def values(self, weights: np.ndarray, metrics: tuple[str, ...]) -> np.ndarray:
+        """Values (rows, metrics) of the replicate with case multiplicities ``weights``."""
+        k, width = self.n_rows, self.width
+        keys, row_key, key_dtype, tpw, tp0, neg_weight, pos_weight, through, n_pos, n_neg = self._replicate(weights)
+        start, rows = self.start, np.arange(k)
         pos_f, neg_f = n_pos.astype(np.float64), n_neg.astype(np.float64)
         valid = (n_pos > 0) & (n_neg > 0)
         pr, seg = self.pos_rows, start[:-1]
@@ -989,14 +1019,19 @@ def interpolated_roc_replicates(
     y_true: np.ndarray, y_score: np.ndarray, fpr_grid: np.ndarray, case_weights: list[np.ndarray], threads: int | None = None
 ) -> Iterator[np.ndarray]:
     """:func:`interpolated_roc` for each of ``case_weights`` (bootstrap multiplicities), yielding (C,
-    G) per replicate in order, with every class sorted once for all replicates (a replicate keeps
-    the drawn cases of the sorted order and weighs them); ``threads`` replicates at once (default
-    :data:`BOOTSTRAP_THREADS`). Equal to calling :func:`interpolated_roc` per replicate up to float
-    rounding of the interpolation (~1e-15)."""
+    G) per replicate in order, with every class sorted once for all replicates and each replicate
+    read through :class:`ReplicateCurves` (a running sum of its negatives' weights, no re-scoring of
+    the drawn cases); ``threads`` replicates at once (default :data:`BOOTSTRAP_THREADS`). Equal to
+    calling :func:`interpolated_roc` per replicate up to float rounding of the interpolation (~1e-15)."""
     truth, score = _as_inputs(y_true, y_score, "interpolated_roc_replicates")
     grid = np.asarray(fpr_grid, dtype=np.float64)
     n_cases, n_classes = truth.shape
-    blocks = [(cols, *sort_block(_block_T(score, cols), _block_T(truth, cols))) for cols in _blocks(n_classes, n_cases)]
+    blocks = []
+    for cols in _blocks(n_classes, n_cases):
+        order, s, y = sort_block(_block_T(score, cols), _block_T(truth, cols))
+        both = np.flatnonzero(y.any(axis=1) & ~y.all(axis=1))  # classes without both labels stay NaN
+        if both.size:
+            blocks.append((np.arange(cols.start, cols.stop)[both], ReplicateCurves(order[both], s[both], y[both], None)))
     one = partial(_replicate_roc, blocks=blocks, n_classes=n_classes, grid=grid)
     threads = min(BOOTSTRAP_THREADS if threads is None else threads, len(case_weights))
     if threads <= 1:
@@ -1007,19 +1042,10 @@ def interpolated_roc_replicates(
 
 
 def _replicate_roc(weights: np.ndarray, blocks: list[tuple], n_classes: int, grid: np.ndarray) -> np.ndarray:
-    """One replicate of :func:`interpolated_roc_replicates` from the sorted blocks."""
-    weights = np.asarray(weights)
-    drawn = weights > 0
-    m = int(np.count_nonzero(drawn))
+    """One replicate of :func:`interpolated_roc_replicates` from the prepared blocks."""
     out = np.full((n_classes, grid.size), np.nan)
-    for cols, order, s, y in blocks:
-        for start in range(0, s.shape[0], _BOOT_ROWS):  # a chunk's temporaries stay in cache
-            rows = slice(start, start + _BOOT_ROWS)
-            kept = drawn[order[rows]]
-            k = kept.shape[0]
-            out[cols.start + start : cols.start + start + k] = _interpolate_rows(
-                s[rows][kept].reshape(k, m), y[rows][kept].reshape(k, m), weights[order[rows][kept]].reshape(k, m), grid
-            )
+    for rows, curves in blocks:
+        out[rows] = curves.tpr_at(weights, grid)
     return out
 
 
