@@ -13,12 +13,6 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "platform" / "raddiag"
 
-#: Private names still allowed across modules while the work that removes them is in flight (#16:
-#: the metric kernel made public; #14: ModelBundle); to be emptied when it lands. (module, from, name)
-PENDING_PRIVATE_IMPORTS: set[tuple[str, str, str]] = {
-    ("raddiag.report", "raddiag.registry", "_local_checkpoint"),  # #14: the report loads a ModelBundle instead
-}
-
 #: HTML markup in string literals: a template.
 HTML_MARKERS = ("<html", "<!doctype", "<table", "<tr>", "<td", "<img ", "<style")
 
@@ -125,9 +119,8 @@ def _private_uses(module: str) -> set[tuple[str, str, str]]:
 
 def test_no_module_imports_a_private_name_of_another() -> None:
     found = set().union(*(_private_uses(module) for module in MODULES))
-    new = sorted(found - PENDING_PRIVATE_IMPORTS)
-    assert new == [], "private names used across modules (make them public, or move the caller): " + ", ".join(
-        f"{m} uses {src}.{name}" for m, src, name in new)
+    assert not found, "private names used across modules (make them public, or move the caller): " + ", ".join(
+        f"{m} uses {src}.{name}" for m, src, name in sorted(found))
 
 
 def _is_view(module: str) -> bool:
