@@ -21,7 +21,6 @@ and "Annotated image" (10) have no id of ours and are reported unused.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -336,6 +335,7 @@ def import_checkpoint(cfg: RadDiagConfig, path: Path, label_names: list[str], mo
 
     from raddiag import tracking
     from raddiag.serve.pyfunc import log_pyfunc
+    from raddiag.train.run import CheckpointMeta
 
     path = resolve_checkpoint(path)
     model, full, mapping, state = build_from_checkpoint(cfg, path)
@@ -346,16 +346,16 @@ def import_checkpoint(cfg: RadDiagConfig, path: Path, label_names: list[str], mo
         )
     digest = sha256(path)
     experiment_id = tracking.setup(full.tracking)
-    meta = {
-        "config": full.model_dump(mode="json"), "label_names": list(label_names), "train_counts": None,
-        "label_embeddings": None, "dataset_version": f"official:{path.name}", "metric": "val_auc_tail",
+    meta = CheckpointMeta(
+        config=full.model_dump(mode="json"), label_names=list(label_names), train_counts=None,
+        dataset_version=f"official:{path.name}", metric="val_auc_tail",
         # the official inputs: slices sampled to <= depth, resized to image_size, min-max to [0, 1] per scan
-        "plan": {"image_size": full.data.image_size, "max_depth": full.data.depth, "dtype": "uint8", "ct_window": None},
-    }
+        plan={"image_size": full.data.image_size, "max_depth": full.data.depth, "dtype": "uint8", "ct_window": None},
+    )
     example = _example(full)
     with tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # MLflow nags about the type hints we leave out on purpose
-        Path(scratch, "meta.json").write_text(json.dumps(meta))
+        meta.write(scratch)
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, Path(scratch, "best.pt"))
         tags = {Tags.IMPORTED_FROM: path.name, Tags.SOURCE_SHA256: digest, Tags.PRESET: preset}
         with mlflow.start_run(experiment_id=experiment_id, run_name=f"import-{path.stem}", tags=tags) as run:

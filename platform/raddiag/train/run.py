@@ -222,13 +222,13 @@ class EpochReport:
 @dataclass
 class CheckpointMeta:
     """A checkpoint's ``meta.json``: the run's ``config`` (a model dump), its label vocabulary
-    (``label_names``, ``train_counts``), the KE head's ``label_embeddings``, the store's
+    (``label_names``, ``train_counts``: None for an imported model), the KE head's ``label_embeddings``, the store's
     ``dataset_version`` and preprocessing ``plan``, the selection ``metric`` and, per checkpoint,
     its ``epoch`` (0-based) and ``best_value`` of the metric so far."""
 
     config: dict[str, Any]
     label_names: list[str]
-    train_counts: list[int]
+    train_counts: list[int] | None
     dataset_version: str
     metric: str
     label_embeddings: list[list[float]] | None = None
