@@ -498,7 +498,11 @@ class TrainConfig(_Strict):
     amp: bool = Field(default=True, description="bf16 autocast on GPU (ignored on CPU)")
     max_failures: int = Field(default=0, ge=-1, description="worker restarts from the last checkpoint (-1 = forever)")
     early_stop_patience: int = Field(default=0, ge=0, description="epochs without improvement before stopping (0 = off)")
-    metric: str = Field(default="val_auc_macro", description="validation metric for early stopping and the best model")
+    metric: str = Field(
+        default="val_auc_macro",
+        description="validation metric for early stopping and the best model: val_<metric>_<group> (e.g. val_auc_tail; "
+        "metrics.METRIC_SPECS) or train_loss",
+    )
     _metric = field_validator("metric")(classmethod(lambda cls, v: run_metric(v)))
     storage_path: str = ".raddiag/ray_results"
     seed: int = 0
@@ -531,7 +535,7 @@ class SweepConfig(_Strict):
     num_samples: int = Field(default=2, ge=1, description="trials to start (with max_trial_epochs: the cap on trials)")
     max_trial_epochs: int = Field(default=0, ge=0, description="budget in trial-epochs over all trials (0 = unlimited)")
     max_concurrent_trials: int = Field(default=0, ge=0, description="0 = derived from cluster CPUs")
-    metric: str = "val_auc_macro"
+    metric: str = Field(default="val_auc_macro", description="what the searcher and ASHA optimise: val_<metric>_<group> or train_loss")
     _metric = field_validator("metric")(classmethod(lambda cls, v: run_metric(v)))
     mode: Literal["max", "min"] = "max"
     searcher: Literal["optuna", "random"] = "optuna"
@@ -706,7 +710,7 @@ class RayConfig(_Strict):
 
 
 class PromoteConfig(_Strict):
-    metric: str = "auc_macro"
+    metric: str = Field(default="auc_macro", description="test metric a challenger must beat the champion on: <metric>_<group>")
     _metric = field_validator("metric")(classmethod(lambda cls, v: evaluation_metric(v)))
     margin: float = Field(default=0.0, ge=0)
 

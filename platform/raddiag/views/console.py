@@ -324,7 +324,7 @@ def rows(console: Console, rows: list[dict[str, Any]], columns: list[str], title
         return
     table = Table(title=title, title_justify="left")
     for column in columns:
-        table.add_column(column.replace("_", " "))
+        table.add_column(column.replace("_", " "), overflow="fold")  # long keys, URIs and ids wrap, never cut
     for row in rows:
         cells = []
         for column in columns:
