@@ -92,6 +92,10 @@ def test_trials_resume_under_their_parent_and_arms_start_anew(mlflow_env) -> Non
     assert [r.info.run_id for r in tracking.child_runs(uri, experiment_id, parents[1])] == [trial(parents[1]).run_id]
     with pytest.raises(ValueError, match="run kind 'job'"):
         TrainingRun.open(cfg, manifest, kind="job", experiment_id=experiment_id)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="pass parent"):
+        TrainingRun.open(cfg, manifest, kind="arm", experiment_id=experiment_id)
+    with pytest.raises(ValueError, match="pass trial_id"):
+        TrainingRun.open(cfg, manifest, kind="trial", experiment_id=experiment_id, parent=parents[0])
 
 
 def test_payloads_round_trip_and_pickle(tmp_path: Path) -> None:

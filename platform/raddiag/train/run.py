@@ -91,6 +91,10 @@ class TrainingRun:
 
         if kind not in KINDS:
             raise ValueError(f"run kind {kind!r}: expected one of {', '.join(KINDS)}")
+        if kind != "train" and not parent:
+            raise ValueError(f"a {kind} run nests under its sweep's or ablation's run: pass parent")
+        if kind == "trial" and not trial_id:
+            raise ValueError("a trial run is found again by its Tune trial id: pass trial_id")
         uri = uri or cfg.tracking.resolved_uri()
         name = name or cfg.train.name
         key = cls.resume_tags(kind, name, parent, trial_id)
