@@ -79,7 +79,7 @@ def test_champion_loads_and_predicts_one_case(demo_run) -> None:
     assert {"test_auc_tail", "test_ap_macro", "test_r50_tail"} <= set(logged)
     assert logged["test_auc_tail"].dataset_digest == manifest.version
     run = client.get_run(registered.run_id)
-    assert run.data.tags.get("mlflow.source.git.commit") and "loss.focal_gamma" not in run.data.params
+    assert run.data.tags.get(Tags.SOURCE_GIT_COMMIT) and "loss.focal.gamma" not in run.data.params
 
 
 def test_evaluate_and_predict_cli_against_the_champion(demo_run) -> None:
