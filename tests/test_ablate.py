@@ -72,6 +72,23 @@ def test_paired_bootstrap_refuses_runs_on_different_cases() -> None:
         paired_bootstrap(runs, counts, [])
 
 
+def test_arm_scores_round_trip_and_a_foreign_file_is_named(tmp_path: Path) -> None:
+    from raddiag.tune.ablate import AblationError, ArmScores
+
+    rng = np.random.default_rng(0)
+    labels, scores = (rng.random((5, 3)) > 0.5).astype(np.uint8), rng.random((5, 3)).astype(np.float32)
+    ids = np.array([f"c{i}" for i in range(5)])
+    saved = ArmScores("run-1", 12.5, np.array([3, 2, 1]), labels, scores, ids, labels[::-1], scores[::-1], ids[::-1])
+    saved.save(str(tmp_path / "a-s0.npz"))
+    loaded = ArmScores.load(str(tmp_path / "a-s0.npz"))
+    assert (loaded.run_id, loaded.train_seconds) == ("run-1", 12.5)
+    assert np.array_equal(loaded.test_scores, saved.test_scores) and loaded.test_labels.dtype == np.uint8
+    assert list(loaded.test_case_ids) == list(ids[::-1])
+    np.savez_compressed(tmp_path / "other.npz", test_scores=scores)
+    with pytest.raises(AblationError, match=r"other.npz: not an arm's scores file \(missing run_id, train_seconds"):
+        ArmScores.load(str(tmp_path / "other.npz"))
+
+
 def test_ablate_config_errors_stop_before_ray(tmp_path: Path) -> None:
     result = run_cli("ablate", "--set", "ablation.arms={a: {model.nope: 1}}",
                      "--set", f"train.storage_path={tmp_path}", cwd=REPO)

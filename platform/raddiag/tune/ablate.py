@@ -11,6 +11,7 @@ parent run as ``ablation.json`` + ``ablation.md``. The test split is never used 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -26,6 +27,37 @@ from raddiag.train.run import TrialContext
 
 class AblationError(RuntimeError):
     """An ablation could not run or produced incomplete results; the message says which and why."""
+
+
+@dataclass
+class ArmScores:
+    """What one (arm, seed) trial hands the ablation driver, saved as ``<scores_dir>/<arm>-s<seed>.npz``
+    (plain arrays, read back with ``allow_pickle=False``): its MLflow ``run_id``, training seconds,
+    the store's per-label training counts ``(C,)``, and for the validation and test splits the
+    labels ``(N, C)`` uint8, scores ``(N, C)`` float32 of the best checkpoint and case ids ``(N,)``."""
+
+    run_id: str
+    train_seconds: float
+    train_counts: np.ndarray
+    val_labels: np.ndarray
+    val_scores: np.ndarray
+    val_case_ids: np.ndarray
+    test_labels: np.ndarray
+    test_scores: np.ndarray
+    test_case_ids: np.ndarray
+
+    def save(self, path: str) -> None:
+        np.savez_compressed(path, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+
+    @classmethod
+    def load(cls, path: str) -> ArmScores:
+        """The scores saved at ``path`` (AblationError naming the file when a field is missing)."""
+        with np.load(path, allow_pickle=False) as data:
+            missing = [f.name for f in dataclasses.fields(cls) if f.name not in data.files]
+            if missing:
+                raise AblationError(f"{path}: not an arm's scores file (missing {', '.join(missing)}); delete it and rerun with --resume")
+            values = {f.name: data[f.name] for f in dataclasses.fields(cls)}
+        return cls(**{**values, "run_id": str(values["run_id"]), "train_seconds": float(values["train_seconds"])})
 
 
 @dataclass
@@ -159,8 +191,7 @@ def _train_and_score(cfg: RadDiagConfig, run: Any, manifest: Any, arm: str, seed
         run.uri, run.run_id, {**{f"test_{k}": v for k, v in report.flat().items()}, "train_seconds": train_seconds}, step=0, probe="train_seconds"
     )
     os.makedirs(scores_to, exist_ok=True)
-    path = os.path.join(scores_to, f"{arm}-s{seed}.npz")
-    np.savez_compressed(path, train_counts=counts, train_seconds=train_seconds, run_id=run.run_id, **scores)
+    ArmScores(run.run_id, train_seconds, counts, **scores).save(os.path.join(scores_to, f"{arm}-s{seed}.npz"))
     run.finish("FINISHED")
 
 
@@ -227,11 +258,11 @@ def run_ablation(cfg: RadDiagConfig, verbose: bool = False, progress: Any = None
             if not os.path.exists(file):
                 missing.append(f"{arm}/seed {seed}")
                 continue
-            with np.load(file, allow_pickle=False) as data:
-                runs[arm][seed] = (data["test_labels"], data["test_scores"])
-                counts = data["train_counts"]
-                seconds[arm] += float(data["train_seconds"])
-                rows.append({"arm": arm, "seed": seed, "run_id": str(data["run_id"]), "train_seconds": round(float(data["train_seconds"]), 1)})
+            saved = ArmScores.load(file)
+            runs[arm][seed] = (saved.test_labels, saved.test_scores)
+            counts = saved.train_counts
+            seconds[arm] += saved.train_seconds
+            rows.append({"arm": arm, "seed": seed, "run_id": saved.run_id, "train_seconds": round(saved.train_seconds, 1)})
     if missing:
         client.set_terminated(parent_run_id, "FAILED")
         cause = f"; first error: {errors[0]}" if errors else ""
