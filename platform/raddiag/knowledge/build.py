@@ -22,7 +22,7 @@ from raddiag.knowledge.labels import LabelMapping, get_text_encoder, label_texts
 from raddiag.tracking import Tags, tag_filter
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 3  # label matching / table layout; part of the version (3: #16 text matching)
+FORMAT_VERSION = 4  # label matching / table layout; part of the version (3: #16 text matching, 4: its round 2)
 
 
 @dataclass

@@ -14,16 +14,25 @@ hemorrhage") rarely share their wording. Both sides are normalised the same way 
   ("amyotrophic lateral sclerosis (G12.21)"), each also without its parenthesised nonessential
   modifiers, and the index terms of :mod:`raddiag.knowledge.index_terms` that the tabular lacks.
 
-The score is the mean of the character 3-5-gram and the word TF-IDF cosines (as before); the best
-candidates are then re-ranked: a candidate naming a different organ than the label ("Liver cell
-carcinoma" for "Renal cell carcinoma") is penalised, and so is one restricted to a context the label
-does not name (congenital, newborn, pregnancy, poisoning, sequelae, in situ, malignant ...); one
-naming no organ when the label names one ("Cancer NOS" for "Prostate cancer") a little. Names are matched in
-batches, so memory stays flat for any vocabulary size.
+The score is the mean of the character 3-5-gram and the word TF-IDF cosines (as before; one product over
+the stacked features); the best candidates are then re-ranked: a candidate naming a different organ than
+the label ("Liver cell carcinoma" for "Renal cell carcinoma") is penalised, and so is one restricted to a
+context the label does not name (congenital, newborn, pregnancy, poisoning, sequelae, in situ, malignant ...);
+one naming no organ when the label names one ("Cancer NOS" for "Prostate cancer") a little; one sharing no
+pathology ("head") word with the label, only its site or modifiers ("Crohn's disease of large bowel" for
+"Large bowel obstruction", "Calcaneal spur" for "Calcaneal fracture"). Names are matched in batches, so
+memory stays flat for any vocabulary size.
+
+Round 2 of #16 added: the organ table built from the anatomy words of the neoplasm categories (every site
+word is an organ word or listed in ``_NOT_ORGAN``; ambiguous words such as "cervical" decide nothing), small
+and large bowel as separate regions, "large intestine"/"large bowel" -> colon, the head-word penalty, the
+index's neoplasm wording for tumour/teratoma/dermoid, a variant of each "X without Y" text as "X" (the index
+default), and index cross-references in :mod:`raddiag.knowledge.index_terms`.
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
 import re
 from dataclasses import dataclass
@@ -35,12 +44,14 @@ from raddiag.knowledge.index_terms import INDEX_TERMS
 
 ANATOMY_PENALTY = 0.6  # score factor when the candidate names only organs the label does not
 SITELESS_PENALTY = 0.75  # score factor when the label names an organ and the candidate none ("Cancer NOS" for "Prostate cancer")
+HEAD_PENALTY = 0.7  # score factor when the candidate shares no pathology word with the label ("Crohn's disease of large bowel" for "Large bowel obstruction")
 CONTEXT_PENALTY = 0.8  # score factor per context word (congenital, newborn ...) the label does not name
 UNSPECIFIED_BONUS = 0.02  # the index's default ("unspecified", "NOS") wins a near tie
 SHORTLIST = 40  # candidates re-ranked per name
 BATCH = 512  # names per sparse product
 
 _SPELLING = (  # British -> American, applied to lower-case text, longest patterns first
+    ("pelviureteric", "ureteropelvic"),
     ("oesophag", "esophag"), ("oedem", "edem"), ("oestr", "estr"), ("haem", "hem"), ("aemia", "emia"),
     ("aemic", "emic"), ("paed", "ped"), ("caec", "cec"), ("faec", "fec"), ("gynaec", "gynec"), ("foet", "fet"),
     ("rrhoea", "rrhea"), ("coeli", "celi"), ("phaeo", "pheo"), ("tumour", "tumor"), ("ischaem", "ischem"),
@@ -60,54 +71,96 @@ _IRREGULAR = {"metastases": "metastasis", "metastasis": "metastasis", "metastati
               "diverticulum", "vertebrae": "vertebra", "bullae": "bulla", "fistulae": "fistula", "testes": "testis", "ovaries": "ovary",
               "arteries": "artery", "bodies": "body", "cavities": "cavity", "anomalies": "anomaly", "injuries": "injury", "lungs": "lung",
               "kidneys": "kidney", "labral": "labrum", "leukodystrophies": "leukodystrophy", "glands": "gland", "lesions": "lesion", "tumors": "tumor"}
-ORGAN_WORDS = {  # adjective or noun -> organ (the noun ICD-10-CM uses); an organ names itself too
-    "renal": "kidney", "nephric": "kidney", "kidney": "kidney", "hepatic": "liver", "hepatocellular": "liver", "liver": "liver",
-    "pulmonary": "lung", "lung": "lung", "bronchial": "bronchus", "bronchus": "bronchus", "cerebral": "brain", "intracerebral": "brain",
-    "brain": "brain", "cerebellar": "cerebellum", "cerebellum": "cerebellum", "gastric": "stomach", "stomach": "stomach",
-    "esophageal": "esophagus", "esophagus": "esophagus", "colonic": "colon", "colon": "colon", "colorectal": "colon", "rectal": "rectum",
-    "rectum": "rectum", "osseous": "bone", "bone": "bone", "splenic": "spleen", "spleen": "spleen", "pancreatic": "pancreas",
-    "pancreas": "pancreas", "uterine": "uterus", "uterus": "uterus", "ovarian": "ovary", "ovary": "ovary", "testicular": "testis",
-    "testis": "testis", "testicle": "testis", "acetabular": "hip", "acetabulum": "hip", "hip": "hip", "vesical": "bladder",
-    "bladder": "bladder", "prostatic": "prostate", "prostate": "prostate", "cardiac": "heart", "heart": "heart", "myocardial": "heart",
-    "adrenal": "adrenal", "biliary": "bile", "bile": "bile", "gallbladder": "gallbladder", "duodenal": "duodenum",
-    "duodenum": "duodenum", "ileal": "ileum", "ileum": "ileum", "jejunal": "jejunum", "jejunum": "jejunum", "cecal": "cecum",
-    "cecum": "cecum", "appendiceal": "appendix", "appendix": "appendix", "humeral": "humerus", "humerus": "humerus", "femoral": "femur",
-    "femur": "femur", "tibial": "tibia", "tibia": "tibia", "fibular": "fibula", "fibula": "fibula", "meniscal": "meniscus",
-    "meniscus": "meniscus", "patellar": "patella", "patella": "patella", "knee": "knee", "shoulder": "shoulder", "glenoid": "shoulder",
-    "vertebral": "vertebra", "vertebra": "vertebra", "orbital": "orbit", "orbit": "orbit", "ocular": "eye", "eye": "eye",
-    "retinal": "retina", "retina": "retina", "thyroid": "thyroid", "mammary": "breast", "breast": "breast", "pleural": "pleura",
-    "pleura": "pleura", "pericardial": "pericardium", "pericardium": "pericardium", "peritoneal": "peritoneum",
-    "peritoneum": "peritoneum", "aortic": "aorta", "aorta": "aorta", "mesenteric": "mesentery", "mesentery": "mesentery",
-    "ureteral": "ureter", "ureter": "ureter", "urethral": "urethra", "urethra": "urethra", "nasal": "nose", "nose": "nose",
-    "laryngeal": "larynx", "larynx": "larynx", "pharyngeal": "pharynx", "pharynx": "pharynx", "tracheal": "trachea",
-    "trachea": "trachea", "cutaneous": "skin", "skin": "skin", "perineal": "perineum", "perineum": "perineum", "scapular": "scapula",
-    "scapula": "scapula", "clavicular": "clavicle", "clavicle": "clavicle", "calcaneal": "calcaneus", "calcaneus": "calcaneus",
-    "sacral": "sacrum", "sacrum": "sacrum", "intestinal": "intestine", "intestine": "intestine", "bowel": "intestine",
-    "salivary": "salivary", "parotid": "salivary", "pituitary": "pituitary", "spleno": "spleen", "vaginal": "vagina", "vagina": "vagina",
-    "vulvar": "vulva", "vulva": "vulva", "penile": "penis", "penis": "penis", "scrotal": "scrotum", "scrotum": "scrotum",
-    "lip": "lip", "tongue": "tongue", "jaw": "jaw", "mandibular": "jaw", "mandible": "jaw", "maxillary": "jaw", "ear": "ear",
-    "otic": "ear", "tonsillar": "tonsil", "tonsil": "tonsil", "thymic": "thymus", "thymus": "thymus", "wrist": "wrist", "ankle": "ankle",
-    "elbow": "elbow", "foot": "foot", "hand": "hand", "finger": "finger", "toe": "toe", "radial": "radius", "radius": "radius",
-    "ulnar": "ulna", "ulna": "ulna", "skull": "skull", "spinal": "spine", "spine": "spine",
+_ANATOMY = {  # organ (the noun ICD-10-CM uses) -> its adjectives and synonyms; an organ names itself too.
+    # Systematic: every site word of the neoplasm categories (C00-D36 "... neoplasm of <site>", tests/test_icd_matching.py)
+    # is here or in _NOT_ORGAN, plus the common radiology adjectives of the same organs. A word naming organs of two
+    # regions (cervical: cervix or neck; temporal: bone or lobe; choroid: eye or plexus) is left out: it decides nothing.
+    "kidney": ("renal", "nephric", "perirenal", "perinephric"), "liver": ("hepatic", "hepatocellular", "intrahepatic"),
+    "lung": ("pulmonary", "bronchiolar"), "bronchus": ("bronchial", "endobronchial"),
+    "brain": ("cerebral", "intracerebral", "cerebrum", "intracranial", "hypothalamic", "hypothalamus", "thalamic", "thalamus",
+              "brainstem", "pontine", "pons", "midbrain", "callosal", "callosum", "hippocampal", "hippocampus", "supratentorial",
+              "infratentorial"),
+    "cerebellum": ("cerebellar",), "meninges": ("meningeal", "meninx", "leptomeningeal", "dural", "dura", "subdural", "epidural",
+                                                "extradural", "subarachnoid", "arachnoid"),
+    "stomach": ("gastric", "pyloric", "pylorus", "cardia"), "esophagus": ("esophageal", "gastroesophageal"),
+    "colon": ("colonic", "colorectal", "sigmoid", "rectosigmoid"), "rectum": ("rectal", "anorectal"), "anus": ("anal", "perianal"),
+    "bone": ("osseous", "intraosseous"), "spleen": ("splenic", "spleno"), "pancreas": ("pancreatic",),
+    "uterus": ("uterine", "myometrial", "myometrium", "intrauterine"), "endometrium": ("endometrial",), "cervix": ("endocervical", "endocervix", "exocervix"),
+    "ovary": ("ovarian",), "fallopian": ("tubal", "salpinx"), "adnexa": ("adnexal",), "placenta": ("placental",),
+    "testis": ("testicular", "testicle", "intratesticular"), "epididymis": ("epididymal",),
+    "hip": ("acetabular", "acetabulum"), "bladder": ("vesical", "urachal", "urachus", "trigone"), "prostate": ("prostatic",),
+    "heart": ("cardiac", "myocardial", "intracardiac", "endocardial", "atrial", "mitral", "tricuspid", "coronary"),
+    "adrenal": ("suprarenal",), "bile": ("biliary", "ampullary", "ampulla", "choledochal"), "gallbladder": (),
+    "duodenum": ("duodenal",), "ileum": ("ileal",), "jejunum": ("jejunal",), "cecum": ("cecal", "ileocecal"),
+    "appendix": ("appendiceal",), "intestine": ("intestinal", "bowel"), "humerus": ("humeral",), "femur": ("femoral",),
+    "tibia": ("tibial",), "fibula": ("fibular",), "meniscus": ("meniscal",), "patella": ("patellar",), "knee": ("cruciate", "popliteal"),
+    "shoulder": ("glenoid", "glenohumeral", "rotator", "acromioclavicular", "acromion", "acromial", "coracoid"),
+    "vertebra": ("vertebral",), "disc": ("disk", "discal", "intervertebral"), "orbit": ("orbital", "retrobulbar"),
+    "eye": ("ocular", "intraocular", "conjunctival", "conjunctiva", "corneal", "cornea", "uveal", "uvea", "ciliary", "scleral", "sclera",
+            "lacrimal", "eyelid", "canthus", "vitreous"),
+    "retina": ("retinal",), "thyroid": (), "parathyroid": (), "breast": ("mammary", "nipple", "areola"), "pleura": ("pleural",),
+    "pericardium": ("pericardial",), "peritoneum": ("peritoneal", "intraperitoneal", "omental", "omentum"),
+    "retroperitoneum": ("retroperitoneal",), "mediastinum": ("mediastinal",), "diaphragm": ("diaphragmatic",),
+    "aorta": ("aortic",), "carotid": (), "mesentery": ("mesenteric",), "ureter": ("ureteral", "vesicoureteral", "ureteropelvic"),
+    "urethra": ("urethral", "paraurethral"), "nose": ("nasal", "sinonasal", "paranasal", "intranasal"),
+    "larynx": ("laryngeal", "epiglottis", "epiglottic", "glottis", "glottic", "subglottis", "subglottic", "supraglottis", "supraglottic"),
+    "pharynx": ("pharyngeal", "nasopharynx", "nasopharyngeal", "oropharynx", "oropharyngeal", "hypopharynx", "hypopharyngeal",
+                "retropharyngeal"),
+    "trachea": ("tracheal", "tracheobronchial"), "skin": ("cutaneous", "dermal", "subcutaneous", "scalp"),
+    "perineum": ("perineal",), "scapula": ("scapular",), "clavicle": ("clavicular",), "calcaneus": ("calcaneal",),
+    "sacrum": ("sacral", "sacroiliac", "coccyx", "coccygeal"), "salivary": ("parotid", "submandibular", "sublingual"),
+    "pituitary": (), "pineal": (), "vagina": ("vaginal",), "vulva": ("vulvar", "labium"), "penis": ("penile", "glans", "prepuce"),
+    "scrotum": ("scrotal",), "lip": (), "tongue": ("lingual",), "mouth": ("oral", "buccal", "gum", "gingival", "palate", "palatal"),
+    "jaw": ("mandibular", "mandible", "maxillary", "temporomandibular"), "ear": ("otic", "aural", "mastoid", "tympanic", "cochlear"),
+    "tonsil": ("tonsillar",), "thymus": ("thymic",), "wrist": ("carpal", "carpus", "scaphoid", "lunate"), "ankle": ("malleolar", "malleolus"),
+    "elbow": ("olecranon",), "foot": ("metatarsal", "tarsal", "talar", "talus"), "hand": ("metacarpal",), "finger": (), "toe": (),
+    "radius": ("radial",), "ulna": ("ulnar",), "skull": ("calvarial", "calvarium"), "spine": ("spinal", "lumbar", "lumbosacral"),
+    "lymph": ("node", "nodal", "lymphatic"), "sternum": ("sternal",), "rib": ("costal",), "axilla": ("axillary",),
+    "groin": ("inguinal",), "umbilicus": ("umbilical", "paraumbilical"),
 }
-_REGION = {  # organs that count as agreeing with each other (one region)
-    "intestine": "bowel", "colon": "bowel", "rectum": "bowel", "cecum": "bowel", "ileum": "bowel", "jejunum": "bowel",
-    "duodenum": "bowel", "appendix": "bowel", "lung": "lung", "bronchus": "lung", "trachea": "lung", "pleura": "lung",
+ORGAN_WORDS = {word: organ for organ, words in _ANATOMY.items() for word in (organ, *words)}
+_NOT_ORGAN = frozenset(  # site words of the neoplasm categories that name no single organ (regions, tissues, ambiguous, grammar)
+    "abdomen abdominal accessory acoustic anterior antrum area articular aryepiglottic as ascending aspect auricular autonomic base "
+    "bilateral body bones border branchial broad canal cartilage cauda cavity central cheek choroid cleft clitoris cloacogenic column "
+    "commissure connective cord cortex cranial craniopharyngeal curvature defined descended descending digestive dome dorsal duct "
+    "ducts endocrine equina ethmoidal except external extrahepatic face female flexure floor fold fossa frontal fundus genital gland "
+    "glands greater hard head ill in including inner intra intrapelvic intrathoracic isthmus junction lateral left lesser ligament "
+    "ligaments limb limbs long lower main major majus male marrow medulla mesothelial middle minus mucosa multiple neck nerve nerves "
+    "nervous not occipital olfactory optic or organ organs orifice other outer overlapping paraganglia parametrium parietal part parts "
+    "pelvic pelvis peripheral pillar portion postcricoid posterior primary pyriform quadrant region regions related respiratory "
+    "retromolar right ring round s secondary short sinus sinuses site sites small soft specified spermatic sphenoid stem structures "
+    "superior surface system tail temporal the third thirds thorax tissue to tract transverse trunk tube tubes two type undescended "
+    "unspecified upper urinary uteri uvula vallecula vater ventral ventricle ventricles vestibule waldeyer wall whether within zone "
+    "ovaries ribs and of large corpus lobe lobes lymphoid hematopoietic malignant neoplasm uncertain behavior benign sinuse structure".split())
+_REGION = {  # organs that count as agreeing with each other (one region; "intestine" lies in both bowel regions)
+    "intestine": ("small bowel", "large bowel"), "colon": "large bowel", "rectum": "large bowel", "cecum": "large bowel",
+    "appendix": "large bowel", "anus": "large bowel", "ileum": "small bowel", "jejunum": "small bowel", "duodenum": "small bowel", "lung": "lung", "bronchus": "lung", "trachea": "lung", "pleura": "lung",
     "knee": "knee", "meniscus": "knee", "patella": "knee", "tibia": "knee", "fibula": "knee", "hip": "hip", "femur": "hip",
     "shoulder": "shoulder", "humerus": "shoulder", "scapula": "shoulder", "clavicle": "shoulder", "brain": "brain",
-    "cerebellum": "brain", "spine": "spine", "vertebra": "spine", "sacrum": "spine", "bile": "bile", "gallbladder": "bile",
-    "eye": "eye", "retina": "eye", "orbit": "eye", "jaw": "jaw", "lip": "mouth", "tongue": "mouth", "wrist": "hand", "hand": "hand",
-    "finger": "hand", "radius": "forearm", "ulna": "forearm", "elbow": "forearm", "ankle": "foot", "foot": "foot", "toe": "foot",
-    "calcaneus": "foot", "heart": "heart", "pericardium": "heart",
+    "cerebellum": "brain", "meninges": "brain", "spine": "spine", "vertebra": "spine", "sacrum": "spine", "disc": "spine",
+    "bile": "bile", "gallbladder": "bile", "eye": "eye", "retina": "eye", "orbit": "eye", "jaw": "jaw", "lip": "mouth", "tongue": "mouth",
+    "mouth": "mouth", "wrist": "hand", "hand": "hand", "finger": "hand", "radius": "forearm", "ulna": "forearm", "elbow": "forearm",
+    "ankle": "foot", "foot": "foot", "toe": "foot", "calcaneus": "foot", "heart": "heart", "pericardium": "heart",
+    "uterus": "uterus", "endometrium": "uterus", "cervix": "uterus", "ovary": "adnexa", "fallopian": "adnexa", "adnexa": "adnexa",
+    "testis": "testis", "epididymis": "testis", "scrotum": "testis", "peritoneum": "peritoneum", "mesentery": "peritoneum",
+    "retroperitoneum": "peritoneum",
 }
 _MALIGNANT = {"carcinoma", "cancer", "adenocarcinoma", "sarcoma", "malignancy", "carcinomatosis", "cystadenocarcinoma"}
 _SECONDARY = {"metastasis"}  # ("secondary" alone is not: secondary syphilis, secondary hypertension)
-_BENIGN = {"adenoma", "cystadenoma", "macroadenoma", "microadenoma"}
+_BENIGN = {"adenoma", "cystadenoma", "macroadenoma", "microadenoma", "dermoid"}
+_TERATOMA_BENIGN = {"mature", "cystic", "adult", "benign", "dermoid"}  # Index "Teratoma - adult (cystic), mature - see Neoplasm, benign"
+_PHRASES = {("large", "intestine"): "colon", ("large", "bowel"): "colon"}  # the tabular's "large intestine" is the radiologist's colon
+_GENERIC = frozenset(  # words that do not name the pathology: a candidate sharing only these shares no head word
+    "acute chronic subacute large small left right bilateral unilateral multiple single solitary primary total partial complete "
+    "simple diffuse focal lower upper anterior posterior lateral medial superior inferior proximal distal internal external common "
+    "giant mild severe disease syndrome lesion developmental idiopathic adult juvenile pediatric childhood junction tract wall "
+    "process mass cell grade stage early late recurrent bone joint part area region".split())
 _SEE_ALSO = {"tear": "sprain"}  # Index "Tear, ligament - see Sprain"
 _CONTEXT = ("malignant", "neoplasm", "situ", "congenital", "newborn", "neonatal", "perinatal", "fetus", "fetal", "pregnancy", "puerperium", "puerperal", "childbirth",
             "abortion", "obstetric", "labor", "delivery", "history", "sequela", "sequelae", "screening", "poisoning", "toxic",
             "adverse", "underdosing", "postprocedural", "intraoperative", "birth", "family", "personal", "encounter", "complication")
 _CODE_NOTE = re.compile(r"^(?P<term>[^()]*(?:\([^()]*\)[^()]*)*?)\s*\((?P<code>[A-Z][0-9][0-9A-Z](?:\.[0-9A-Z]{1,4})?)[-.]*(?:[,;\s][^()]*)?\)\s*$")
+_WITHOUT = re.compile(r",?\s+without\b.*$", re.I)  # "X without Y" is the index's default for X: a variant "X" (not for "with")
 _PARENS = re.compile(r"\s*[\(\[][^()\[\]]*[\)\]]")
 _TOKEN = re.compile(r"[a-z0-9]+")
 
@@ -115,6 +168,8 @@ _TOKEN = re.compile(r"[a-z0-9]+")
 def _stem(word: str) -> str:
     if word in _IRREGULAR:
         return _IRREGULAR[word]
+    if word in ORGAN_WORDS:  # pancreas, meninges: not plurals
+        return word
     if len(word) > 4 and word.endswith("ies"):
         return word[:-3] + "y"
     if len(word) > 4 and word.endswith("s") and not word.endswith(_PLURAL_KEEP):
@@ -135,14 +190,67 @@ def normalise_name(text: str) -> str:
     organs = {ORGAN_WORDS[w] for w in words if w in ORGAN_WORDS}
     extra.extend(sorted(o for o in organs if o not in words))
     extra.extend(_SEE_ALSO[w] for w in words if w in _SEE_ALSO)
+    extra.extend(organ for pair, organ in _PHRASES.items() if any(pair == tuple(words[i:i + 2]) for i in range(len(words) - 1)))
     present = set(words)
     if present & _SECONDARY:
         extra += ["secondary", "malignant", "neoplasm"]
     elif present & _MALIGNANT or any(w.endswith(("carcinoma", "sarcoma")) for w in words):
         extra += ["malignant", "neoplasm"]
-    elif present & _BENIGN:
+    elif present & _BENIGN or ("teratoma" in present and present & _TERATOMA_BENIGN):
         extra += ["benign", "neoplasm"]
+    elif "teratoma" in present:  # Index "Teratoma (solid) - see Neoplasm, uncertain behavior"
+        extra += ["neoplasm", "uncertain", "behavior"]
+    elif "tumor" in present:  # Index "Tumor - see also Neoplasm, unspecified behavior"
+        extra += ["neoplasm"]
     return " ".join(words + [w for w in extra if w not in present])
+
+
+def head_words(normalised: str) -> frozenset[str]:
+    """The words of a normalised label that name its pathology: not an organ, not a generic modifier
+    ("Large bowel obstruction" -> {obstruction}; "Lymph node enlargement" -> {enlargement})."""
+    return frozenset(w for w in normalised.split() if w not in ORGAN_WORDS and w not in _GENERIC and w not in _DROP)
+
+
+def same_stem(word: str, other: str) -> bool:
+    """Equal, one a prefix of the other (4+ letters: cyst/cystic), or a shared prefix of 7+ letters
+    (enlargement/enlarged, diverticulitis/diverticular, obstruction/obstructive)."""
+    return (word == other or (min(len(word), len(other)) >= 4 and (word.startswith(other) or other.startswith(word)))
+            or (len(word) >= 7 and len(other) >= 7 and word[:7] == other[:7]))
+
+
+def shares_head(head: frozenset[str], text_words: set[str]) -> bool:
+    """True when ``text_words`` contain a head word or a word of the same stem (:func:`same_stem`)."""
+    return any(same_stem(word, other) for word in head for other in text_words)
+
+
+class _HeadColumns:
+    """:func:`shares_head` on the word TF-IDF rows (a text's words are its row's columns): the columns of the
+    words of one stem are found by bisection in the sorted vocabulary, once per head word."""
+
+    def __init__(self, index: MatchIndex) -> None:
+        self.vocabulary = index.words.vocabulary_
+        self.sorted = sorted(self.vocabulary)
+        self.indptr, self.indices = index.word_rows.indptr, index.word_rows.indices
+        self.cache: dict[str, frozenset[int]] = {}
+
+    def _prefixed(self, prefix: str) -> list[str]:
+        begin = bisect.bisect_left(self.sorted, prefix)
+        end = bisect.bisect_left(self.sorted, prefix + "\uffff")
+        return self.sorted[begin:end]
+
+    def columns(self, word: str) -> frozenset[int]:
+        if word not in self.cache:
+            found = set(self._prefixed(word if len(word) < 7 else word[:7]))  # longer words, and the 7-letter stem
+            found.update(word[:k] for k in range(4, len(word)) if word[:k] in self.vocabulary)  # shorter words it starts with
+            self.cache[word] = frozenset(self.vocabulary[w] for w in found if w in self.vocabulary and same_stem(word, w))
+        return self.cache[word]
+
+    def of(self, head: frozenset[str]) -> frozenset[int]:
+        """The word columns that share a stem with any head word."""
+        return frozenset().union(*(self.columns(w) for w in head))
+
+    def shared(self, columns: frozenset[int], position: int) -> bool:
+        return not columns.isdisjoint(self.indices[self.indptr[position]:self.indptr[position + 1]].tolist())
 
 
 def organs_of(normalised: str) -> frozenset[str]:
@@ -154,7 +262,15 @@ def anatomy_disagrees(name_organs: frozenset[str], text_organs: frozenset[str]) 
     """True when both name organs and they share neither an organ nor a region ("kidney" vs "liver")."""
     if not name_organs or not text_organs or name_organs & text_organs:
         return False
-    return not ({_REGION.get(o, o) for o in name_organs} & {_REGION.get(o, o) for o in text_organs})
+    return not (_regions(name_organs) & _regions(text_organs))
+
+
+def _regions(organs: frozenset[str]) -> set[str]:
+    out: set[str] = set()
+    for organ in organs:
+        region = _REGION.get(organ, organ)
+        out.update((region,) if isinstance(region, str) else region)
+    return out
 
 
 _IMPLIES = {"developmental": "congenital"}  # a label word that names a context in other words
@@ -176,10 +292,10 @@ def note_terms(note: str) -> tuple[str, str] | None:
 
 @dataclass(frozen=True)
 class MatchIndex:
-    chars: object
-    char_rows: object
-    words: object
-    word_rows: object
+    chars: object  # the character 3-5-gram TF-IDF
+    words: object  # the word TF-IDF
+    features: object  # (char features + word features) x texts, CSR: one product scores a batch on both
+    word_rows: object  # texts x word features, CSR (the head-word test)
     texts: list[str]  # the original wording shown to reviewers
     codes: list[str]
     organs: list[frozenset[str]]
@@ -214,7 +330,7 @@ def _icd_texts() -> tuple[list[str], list[str]]:
     for text, code in pairs:
         if code not in valid or code[0] in "VWXY":
             continue
-        for variant in (text, _PARENS.sub("", text)):
+        for variant in (text, _PARENS.sub("", text), _WITHOUT.sub("", _PARENS.sub("", text))):
             key = (variant.lower(), code)
             if variant.strip() and key not in seen:
                 seen.add(key)
@@ -226,26 +342,41 @@ def _icd_texts() -> tuple[list[str], list[str]]:
 @functools.lru_cache(maxsize=1)
 def match_index() -> MatchIndex:
     """The fitted TF-IDF index over every normalised ICD-10-CM text (a few seconds, once per process)."""
+    from scipy import sparse
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    texts, codes = _icd_texts()
-    normalised = [normalise_name(t) for t in texts]
+    texts, codes, normalised, seen = [], [], [], set()
+    for text, code in zip(*_icd_texts()):  # variants that normalise alike add nothing: the first wording is kept
+        norm = normalise_name(text)
+        if (norm, code) not in seen:
+            seen.add((norm, code))
+            texts.append(text)
+            codes.append(code)
+            normalised.append(norm)
     chars = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True, dtype=np.float32)
     words = TfidfVectorizer(analyzer="word", token_pattern=r"(?u)\b\w+\b", sublinear_tf=True, dtype=np.float32)
     unspecified = np.array([bool(re.search(r"\b(unspecified|NOS)\b", t)) for t in texts])
-    return MatchIndex(chars, chars.fit_transform(normalised), words, words.fit_transform(normalised), texts, codes,
+    char_rows, word_rows = chars.fit_transform(normalised), words.fit_transform(normalised)
+    features = sparse.vstack([char_rows.T, word_rows.T], format="csr", dtype=np.float32)
+    return MatchIndex(chars, words, features, word_rows, texts, codes,
                       [organs_of(n) for n in normalised], [context_words(n) for n in normalised], unspecified)
 
 
-def rerank(name_norm: str, candidates: list[tuple[int, float]], index: MatchIndex) -> list[tuple[int, float]]:
-    """Apply the anatomy and context penalties (and the default-code bonus) to ``(text, score)`` pairs; best first."""
-    name_organs, name_context = organs_of(name_norm), context_words(name_norm)
+def rerank(name_norm: str, candidates: list[tuple[int, float]], index: MatchIndex,
+           heads: _HeadColumns | None = None) -> list[tuple[int, float]]:
+    """Apply the anatomy, head-word and context penalties (and the default-code bonus) to ``(text, score)``
+    pairs; best first. ``heads`` answers the head-word test from the word rows (else the texts are normalised)."""
+    name_organs, name_context, head = organs_of(name_norm), context_words(name_norm), head_words(name_norm)
+    columns = heads.of(head) if heads is not None and head else frozenset()
     out = []
     for position, score in candidates:
         if anatomy_disagrees(name_organs, index.organs[position]):
             score *= ANATOMY_PENALTY
         elif name_organs and not index.organs[position]:
             score *= SITELESS_PENALTY
+        if head and not (heads.shared(columns, position) if heads is not None
+                         else shares_head(head, set(normalise_name(index.texts[position]).split()))):
+            score *= HEAD_PENALTY
         score *= CONTEXT_PENALTY ** len(index.context[position] - name_context)
         if index.unspecified[position]:
             score += UNSPECIFIED_BONUS
@@ -255,11 +386,16 @@ def rerank(name_norm: str, candidates: list[tuple[int, float]], index: MatchInde
 
 def match_candidates(names: list[str], k: int = 3) -> list[list[tuple[str, str, float]]]:
     """Up to ``k`` best ``(code, matched text, score)`` per name, one per ICD-10-CM category, best first."""
+    from scipy import sparse
+
     index = match_index()
+    heads = _HeadColumns(index)
     out: list[list[tuple[str, str, float]]] = []
     for start in range(0, len(names), BATCH):
         batch = [normalise_name(n) for n in names[start:start + BATCH]]
-        scores = ((index.chars.transform(batch) @ index.char_rows.T + index.words.transform(batch) @ index.word_rows.T) * 0.5).tocsr()
+        names_rows = sparse.hstack([index.chars.transform(batch), index.words.transform(batch)], format="csr", dtype=np.float32)
+        scores = (names_rows @ index.features).tocsr()  # the sum of the two cosines; halved below
+        scores.data *= 0.5
         for row, name_norm in enumerate(batch):
             begin, end = scores.indptr[row], scores.indptr[row + 1]
             data, cols = scores.data[begin:end], scores.indices[begin:end]
@@ -267,7 +403,7 @@ def match_candidates(names: list[str], k: int = 3) -> list[list[tuple[str, str, 
                 keep = np.argpartition(-data, SHORTLIST)[:SHORTLIST]
                 data, cols = data[keep], cols[keep]
             picked, seen = [], set()
-            for position, score in rerank(name_norm, list(zip(cols.tolist(), data.tolist())), index):
+            for position, score in rerank(name_norm, list(zip(cols.tolist(), data.tolist())), index, heads):
                 category = index.codes[position][:3]
                 if category in seen:
                     continue
