@@ -1,6 +1,7 @@
 """Label -> ICD-10-CM text matching: top-1 / top-3 category accuracy on hand-checked lists (#16).
 
-The lists (``bench/data/icd_handcheck_dev.csv``, ``bench/data/icd_handcheck_heldout.csv``) give, for
+The lists (``bench/data/icd_handcheck_{dev,heldout,heldout2,heldout3}.csv``; held-out 3 is a seeded random
+sample, see its header) give, for
 common radiology disorders spelled as in the RP3D vocabulary, the 3-character ICD-10-CM category a
 coder reaches from the ICD-10-CM index (and defensible alternatives). A prediction is correct when
 its code's category is the expected one or an alternative. Top-3 counts the three best *distinct*
@@ -11,8 +12,11 @@ below) and ``current`` (:func:`raddiag.knowledge.labels.match_candidates`). With
 also maps the real 5,569-name RP3D vocabulary in a fresh subprocess: names at or above the 0.40
 threshold, seconds (index fit + matching) and peak RSS.
 
-    PYTHONPATH=platform .venv/bin/python bench/icd_accuracy.py --lists dev heldout --vocab \
-        --output bench/data/icd_accuracy_after.json
+    PYTHONPATH=platform .venv/bin/python bench/icd_accuracy.py --lists dev heldout heldout2 heldout3 --vocab \
+        --output bench/data/icd_accuracy_round2.json
+
+An earlier matcher is measured by pointing PYTHONPATH at its tree (``git archive <commit> platform``) with
+``--matchers current``.
 """
 
 from __future__ import annotations
