@@ -16,7 +16,8 @@ process, what a training worker and the driver do with them:
 * memory: tracemalloc peak of each step (``--no-memory`` skips that second, slower pass) and the
   RSS of the records;
 * ``--metadata``: what one training worker holds for metadata — the manifest tables read as
-  ``Store.manifest`` reads them (Parquet written from these records with every store column), then
+  ``Store.manifest`` reads them (Parquet written from these records with every store column; the
+  worker reads only ``RECORD_COLUMNS``, ``worker_metadata_all_columns`` reads all), then
   ``case_records`` of train and val — each in a fresh process (times; then tracemalloc + Arrow's
   pool: held after each step, at peak, and once the tables are dropped), beside the pre-#16
   one-dict-per-case-and-scan records.
@@ -194,16 +195,17 @@ def write_manifest(records: list[dict[str, Any]], splits: list[str], names: list
         frame.to_parquet(os.path.join(directory, f"{name}.parquet"), index=False)
 
 
-def worker_metadata(directory: str, legacy: bool, trace: bool) -> dict[str, Any]:
+def worker_metadata(directory: str, legacy: bool, trace: bool, columns: bool = True) -> dict[str, Any]:
     """In a fresh process: what a training worker holds for metadata — the manifest read as
-    ``Store.manifest`` reads it, then the train and val records (``legacy``: one dict per case and
+    ``Store.manifest`` reads it (``columns``: only ``RECORD_COLUMNS``, as the worker reads it;
+    otherwise every column), then the train and val records (``legacy``: one dict per case and
     scan). Without ``trace``: times. With it: memory held (tracemalloc: Python objects and numpy
     arrays; plus Arrow's pool, where pandas keeps string columns) after each step and at peak,
     and what stays once the manifest tables are dropped."""
     import pandas as pd
     import pyarrow as pa
 
-    from raddiag.storage.store import Manifest
+    from raddiag.storage.store import RECORD_COLUMNS, Manifest
 
     def held() -> float:
         return (tracemalloc.get_traced_memory()[0] + pa.total_allocated_bytes()) / 2**20
@@ -216,7 +218,7 @@ def worker_metadata(directory: str, legacy: bool, trace: bool) -> dict[str, Any]
     frames = []
     for name in ("cases", "scans", "labels"):
         with open(os.path.join(directory, f"{name}.parquet"), "rb") as handle:
-            frames.append(pd.read_parquet(io.BytesIO(handle.read())))
+            frames.append(pd.read_parquet(io.BytesIO(handle.read()), columns=RECORD_COLUMNS.get(name) if columns else None))
     manifest = Manifest(frames[0], frames[1], frames[2], {"version": "bench"})
     del frames
     row: dict[str, Any] = {}
@@ -373,13 +375,15 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as directory:
             write_manifest(records, splits, names, directory)
             context = multiprocessing.get_context("spawn")  # a fresh process each: RSS of nothing else
-            for key, legacy in (("legacy_worker_metadata", True), ("worker_metadata", False)):
+            variants = (("legacy_worker_metadata", True, False), ("worker_metadata_all_columns", False, False),
+                        ("worker_metadata", False, True))  # pre-#16; columnar records; + record columns only
+            for key, legacy, columns in variants:
                 if legacy and args.no_legacy:
                     continue
                 ops[key] = {}
                 for trace in (False, True):
                     with context.Pool(1) as pool:
-                        ops[key] |= pool.apply(worker_metadata, (directory, legacy, trace))
+                        ops[key] |= pool.apply(worker_metadata, (directory, legacy, trace, columns))
     out["operations"] = ops
     out["load_average"] = [round(x, 1) for x in os.getloadavg()]  # a shared machine: wall times follow the load, CPU times less so
     out["max_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

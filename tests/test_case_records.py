@@ -70,6 +70,20 @@ def test_columnar_records_equal_the_per_row_records(split: str, tiny_store) -> N
             records[len(expected)]
 
 
+def test_a_manifest_read_with_the_record_columns_gives_the_same_records(tiny_store) -> None:
+    """Workers, score and evaluate read only ``RECORD_COLUMNS``: the records must not change, and
+    the columns left out (checksums, paths, keys) must really stay on storage."""
+    from raddiag.storage.store import RECORD_COLUMNS
+
+    cfg, full = tiny_store
+    slim = cfg.store.ref().manifest(RECORD_COLUMNS)
+    assert slim.version == full.version and slim.label_names() == full.label_names()
+    assert list(slim.cases.columns) == RECORD_COLUMNS["cases"] and list(slim.scans.columns) == RECORD_COLUMNS["scans"]
+    assert {"checksum", "source", "patient_key"} & (set(full.scans.columns) | set(full.cases.columns))
+    for split in ("train", "val", "test"):
+        assert list(slim.case_records(split)) == list(full.case_records(split)) == reference_records(full, split)
+
+
 def test_the_sampler_reads_the_columns_and_gets_what_the_dicts_give() -> None:
     manifest = messy_manifest()
     records = manifest.case_records("train")

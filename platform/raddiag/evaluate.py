@@ -39,8 +39,9 @@ def evaluate_model(model: str | ModelBundle, cfg: RadDiagConfig, split: str = "t
     loaded bundle) on ``split`` of ``cfg``'s store (groups from train counts), with the honest
     variant (thresholds chosen on the validation split) when one exists."""
     from raddiag.metrics import evaluate_scores
+    from raddiag.storage.store import RECORD_COLUMNS
 
-    manifest = cfg.store.ref().manifest()
+    manifest = cfg.store.ref().manifest(RECORD_COLUMNS)
     if not isinstance(model, ModelBundle):
         model = ModelBundle.load(model, cfg.tracking.resolved_uri())
     bundle = model.on_store(cfg.store.ref())

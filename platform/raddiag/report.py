@@ -188,11 +188,12 @@ def _plots_from_checkpoint(cfg: RadDiagConfig, checkpoint: str, scratch: str) ->
     from raddiag.data.pipeline import local_batches
     from raddiag.metrics import evaluate_scores
     from raddiag.serve.bundle import ModelBundle
+    from raddiag.storage.store import RECORD_COLUMNS
     from raddiag.train.loop import predict
 
     bundle = ModelBundle.from_checkpoint(checkpoint).on_store(cfg.store.ref())
     model_cfg = bundle.config
-    records = cfg.store.ref().manifest().case_records("val")
+    records = cfg.store.ref().manifest(RECORD_COLUMNS).case_records("val")
     _, scores, labels = predict(bundle.network, local_batches(records, model_cfg, bundle.label_names, 8))
     counts = np.asarray(bundle.train_counts)
     groups, rule = model_cfg.eval.groups(counts, model_cfg.data.label_level)

@@ -237,7 +237,9 @@ def plan_job(cfg: RadDiagConfig, model_uri: str, split: str, output: str, *, bat
     if chunk_cases < 1 or batch_size < 1:
         raise ScoreError("score: --chunk-cases and --batch-size must be >= 1")
     store = cfg.store.ref()
-    manifest = store.manifest()
+    from raddiag.storage.store import RECORD_COLUMNS
+
+    manifest = store.manifest(RECORD_COLUMNS)
     splits = sorted(set(manifest.cases["split"]))
     if split not in splits:
         raise ScoreError(f"score: split {split!r} is not in store {cfg.store.url} (it has {', '.join(splits)})")

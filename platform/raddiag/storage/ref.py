@@ -87,9 +87,10 @@ class StoreRef:
 
         return Store(self.url, self.endpoint_url, layout)
 
-    def manifest(self) -> Any:
-        """The current version's :class:`~raddiag.storage.store.Manifest` (reads ``dataset.json``)."""
-        return self.open().manifest()
+    def manifest(self, columns: dict[str, list[str]] | None = None) -> Any:
+        """The current version's :class:`~raddiag.storage.store.Manifest` (reads ``dataset.json``;
+        ``columns`` limits what is read of each table, see ``Store.manifest``)."""
+        return self.open().manifest(columns)
 
     def __str__(self) -> str:
         return self.url

@@ -46,6 +46,12 @@ OPTIONAL_SCAN_COLUMNS: dict[str, Any] = {
     "dtype": "uint8", "flags": [], "patient_key": "", "study_key": "", "series_key": "",
 }
 REJECTED_COLUMNS = ["source", "case_id", "item", "reason"]
+#: The columns :meth:`Manifest.case_records` reads: what a training worker needs of each table
+#: (``Store.manifest(columns=RECORD_COLUMNS)``; checksums, source paths and keys stay on storage).
+RECORD_COLUMNS: dict[str, list[str]] = {
+    "cases": ["case_id", "split", "anatomy", "disorders", "icd10"],
+    "scans": ["scan_id", "case_id", "modality", "plane", "depth", "height", "width", "key_slice"],
+}
 SPLITS = ("train", "val", "test")
 STORE_FORMAT = "raddiag-store/1.1"
 STORED_DTYPES = ("uint8", "uint16")
@@ -328,8 +334,12 @@ class Store:
         except FileNotFoundError:
             return None
 
-    def manifest(self) -> Manifest:
-        """The current version's manifest. Raises :class:`StoreError` naming the URL if absent."""
+    def manifest(self, columns: dict[str, list[str]] | None = None) -> Manifest:
+        """The current version's manifest. Raises :class:`StoreError` naming the URL if absent.
+
+        ``columns`` limits what is read of the named tables (e.g. :data:`RECORD_COLUMNS`: a
+        worker that only builds case records skips checksums, paths and keys — at RP3D size the
+        scans table shrinks several-fold); a table not named is read whole."""
         info = self.info_or_none()
         if info is None:
             raise StoreError(f"{self.url}: no dataset.json — not a raddiag store (run `raddiag synth` or `raddiag ingest`)")
@@ -338,7 +348,7 @@ class Store:
             path = self._path("versions", info["version"], f"{name}.parquet")
             try:
                 with self.fs.open(path, "rb") as handle:
-                    frames.append(pd.read_parquet(io.BytesIO(handle.read())))
+                    frames.append(pd.read_parquet(io.BytesIO(handle.read()), columns=(columns or {}).get(name)))
             except FileNotFoundError:
                 raise StoreError(f"{self.url}: dataset.json names version {info['version']} but {name}.parquet is missing") from None
         return Manifest(frames[0], frames[1], frames[2], info)

@@ -330,7 +330,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.train.seed)
     device = ray.train.torch.get_device()
 
-    manifest = cfg.store.ref().manifest()
+    from raddiag.storage.store import RECORD_COLUMNS
+
+    manifest = cfg.store.ref().manifest(RECORD_COLUMNS)  # only what case records need (not checksums, paths, keys)
     level = cfg.data.label_level
     names, counts = manifest.label_names(level), manifest.train_counts(level)
     groups, rule = cfg.eval.groups(counts, level)  # head/medium/tail of the validation metrics
@@ -364,7 +366,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         dataset_version=manifest.version, metric=cfg.train.metric,
         plan=manifest.info.get("plan"),  # the store's preprocessing: predict applies it to files
     )
-    del manifest  # its tables (~150 MB at RP3D size) are not needed past here: the columnar records hold the splits
+    del manifest  # its tables are not needed past here: the columnar records hold the splits
 
     def train_stream(epoch: int) -> Prefetch:
         """The epoch's training batches, planned and read ahead in a background thread (see
