@@ -135,8 +135,7 @@ def main() -> None:
             server.stop()
     versions = {r["version"] for r in results}
     for r in results:
-        same = "threads" if r["mode"] == "threads" else r["mode"]
-        base = next(b for b in results if b["target"] == r["target"] and b["mode"] == same and b["cpus"] == 1)["scans_per_s"]
+        base = next(b for b in results if b["target"] == r["target"] and b["mode"] == r["mode"] and b["cpus"] == 1)["scans_per_s"]
         r["ratio_to_1cpu_same_kind"] = round(r["scans_per_s"] / base, 2)
     print(json.dumps({"cases": args.cases, "scans": results[0]["scans"], "machine": f"{os.cpu_count()} cpus",
                       "load_average": [round(x, 1) for x in os.getloadavg()],

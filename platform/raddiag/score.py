@@ -236,9 +236,9 @@ def plan_job(cfg: RadDiagConfig, model_uri: str, split: str, output: str, *, bat
     """Check the inputs (before Ray starts) and cut the split into chunks: (job, chunks)."""
     if chunk_cases < 1 or batch_size < 1:
         raise ScoreError("score: --chunk-cases and --batch-size must be >= 1")
-    store = cfg.store.ref()
     from raddiag.storage.store import RECORD_COLUMNS
 
+    store = cfg.store.ref()
     manifest = store.manifest(RECORD_COLUMNS)
     splits = sorted(set(manifest.cases["split"]))
     if split not in splits:
