@@ -28,6 +28,16 @@ word is an organ word or listed in ``_NOT_ORGAN``; ambiguous words such as "cerv
 and large bowel as separate regions, "large intestine"/"large bowel" -> colon, the head-word penalty, the
 index's neoplasm wording for tumour/teratoma/dermoid, a variant of each "X without Y" text as "X" (the index
 default), and index cross-references in :mod:`raddiag.knowledge.index_terms`.
+
+Round 3 of #16 added: tumour morphology (:mod:`raddiag.knowledge.morphology`: ICD-O behaviour and default site of every
+"-oma" word of the RP3D vocabulary, plus eponyms) gives a label the tabular's neoplasm wording and, when it names no
+site, the morphology's site; a candidate whose code has another behaviour (C00-C76 primary, C77-C79 secondary, D00-D09
+in situ, D10-D36 benign, D37-D48 uncertain, or no neoplasm at all) is penalised, so metastases go to C77-C79 and an
+organ-named carcinoma to its primary category; lymphoma, myeloma and leukaemia go to C81-C96 whatever the site. A text
+naming a whole organ ("bone") agrees with a label naming its part ("vertebra"). Every text of the pregnancy (O) and
+perinatal (P) chapters carries that context, whatever its wording; an infectious-chapter text naming an organism the
+label does not name ("Amebic splenic abscess") is penalised. Accents are stripped (Charcôt) and one-word note fragments
+("tuberculous (A17.81)") are not texts.
 """
 
 from __future__ import annotations
@@ -35,17 +45,22 @@ from __future__ import annotations
 import bisect
 import functools
 import re
+import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from raddiag.knowledge.icd import code_length, load_icd
 from raddiag.knowledge.index_terms import INDEX_TERMS
+from raddiag.knowledge.morphology import UNSPECIFIED, WORDING, Morphology, behaviour_agrees, label_morphology
 
 ANATOMY_PENALTY = 0.6  # score factor when the candidate names only organs the label does not
 SITELESS_PENALTY = 0.75  # score factor when the label names an organ and the candidate none ("Cancer NOS" for "Prostate cancer")
 HEAD_PENALTY = 0.7  # score factor when the candidate shares no pathology word with the label ("Crohn's disease of large bowel" for "Large bowel obstruction")
 CONTEXT_PENALTY = 0.8  # score factor per context word (congenital, newborn ...) the label does not name
+BEHAVIOUR_PENALTY = 0.6  # score factor when the label names a neoplasm and the candidate's code has another behaviour
+CAUSE_PENALTY = 0.8  # score factor when an infectious-chapter candidate names an organism the label does not ("Amebic splenic abscess")
 UNSPECIFIED_BONUS = 0.02  # the index's default ("unspecified", "NOS") wins a near tie
 SHORTLIST = 40  # candidates re-ranked per name
 BATCH = 512  # names per sparse product
@@ -145,10 +160,9 @@ _REGION = {  # organs that count as agreeing with each other (one region; "intes
     "testis": "testis", "epididymis": "testis", "scrotum": "testis", "peritoneum": "peritoneum", "mesentery": "peritoneum",
     "retroperitoneum": "peritoneum",
 }
-_MALIGNANT = {"carcinoma", "cancer", "adenocarcinoma", "sarcoma", "malignancy", "carcinomatosis", "cystadenocarcinoma"}
-_SECONDARY = {"metastasis"}  # ("secondary" alone is not: secondary syphilis, secondary hypertension)
-_BENIGN = {"adenoma", "cystadenoma", "macroadenoma", "microadenoma", "dermoid"}
-_TERATOMA_BENIGN = {"mature", "cystic", "adult", "benign", "dermoid"}  # Index "Teratoma - adult (cystic), mature - see Neoplasm, benign"
+_PART_OF = {organ: "bone" for organ in (  # a text naming the whole ("Secondary malignant neoplasm of bone") covers its parts
+    "vertebra", "skull", "femur", "humerus", "tibia", "fibula", "radius", "ulna", "rib", "sternum", "clavicle", "scapula",
+    "calcaneus", "sacrum", "patella", "jaw")}
 _PHRASES = {("large", "intestine"): "colon", ("large", "bowel"): "colon"}  # the tabular's "large intestine" is the radiologist's colon
 _GENERIC = frozenset(  # words that do not name the pathology: a candidate sharing only these shares no head word
     "acute chronic subacute large small left right bilateral unilateral multiple single solitary primary total partial complete "
@@ -180,7 +194,9 @@ def _stem(word: str) -> str:
 def normalise_name(text: str) -> str:
     """Lower case, American spelling, no possessives/hyphens/punctuation, singular words, the
     words that never help matching dropped; organ nouns and the index's neoplasm wording added."""
-    text = text.lower().replace("'s", "").replace("’s", "").replace("ö", "o").replace("ü", "u").replace("é", "e").replace("è", "e")
+    text = text.lower().replace("'s", "").replace("’s", "")
+    if not text.isascii():  # Charcôt, Sjögren
+        text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
     for old, new in _SPELLING:
         text = text.replace(old, new)
     text = _IZE.sub(lambda m: m.group(0) if m.group(0) in _IZE_KEEP else f"{m.group(1)}iz{m.group(2)}", text)
@@ -188,21 +204,16 @@ def normalise_name(text: str) -> str:
     words = [w for w in words if w not in _DROP]
     extra = []
     organs = {ORGAN_WORDS[w] for w in words if w in ORGAN_WORDS}
+    morphology = label_morphology(words)
+    if morphology is not None and morphology.site and not organs:  # ICD-O's default site ("Retinoblastoma": retina)
+        organs.add(morphology.site)
     extra.extend(sorted(o for o in organs if o not in words))
     extra.extend(_SEE_ALSO[w] for w in words if w in _SEE_ALSO)
     extra.extend(organ for pair, organ in _PHRASES.items() if any(pair == tuple(words[i:i + 2]) for i in range(len(words) - 1)))
+    if morphology is not None:  # Index "<morphology> - see Neoplasm, by site, <behaviour>": the tabular's wording
+        extra.extend(WORDING[morphology.behaviour])
     present = set(words)
-    if present & _SECONDARY:
-        extra += ["secondary", "malignant", "neoplasm"]
-    elif present & _MALIGNANT or any(w.endswith(("carcinoma", "sarcoma")) for w in words):
-        extra += ["malignant", "neoplasm"]
-    elif present & _BENIGN or ("teratoma" in present and present & _TERATOMA_BENIGN):
-        extra += ["benign", "neoplasm"]
-    elif "teratoma" in present:  # Index "Teratoma (solid) - see Neoplasm, uncertain behavior"
-        extra += ["neoplasm", "uncertain", "behavior"]
-    elif "tumor" in present:  # Index "Tumor - see also Neoplasm, unspecified behavior"
-        extra += ["neoplasm"]
-    return " ".join(words + [w for w in extra if w not in present])
+    return " ".join(words + [w for w in dict.fromkeys(extra) if w not in present])
 
 
 def head_words(normalised: str) -> frozenset[str]:
@@ -259,13 +270,24 @@ def organs_of(normalised: str) -> frozenset[str]:
 
 
 def anatomy_disagrees(name_organs: frozenset[str], text_organs: frozenset[str]) -> bool:
-    """True when both name organs and they share neither an organ nor a region ("kidney" vs "liver")."""
-    if not name_organs or not text_organs or name_organs & text_organs:
+    """True when both name organs and they share neither an organ nor a region ("kidney" vs "liver"); a text
+    naming the whole ("bone") agrees with a label naming a part ("vertebra"), not the other way round."""
+    if not name_organs or not text_organs:
+        return False
+    name_organs = _with_wholes(name_organs)
+    if name_organs & text_organs:
         return False
     return not (_regions(name_organs) & _regions(text_organs))
 
 
-def _regions(organs: frozenset[str]) -> set[str]:
+@functools.lru_cache(maxsize=4096)
+def _with_wholes(organs: frozenset[str]) -> frozenset[str]:
+    """The organs and the wholes they are part of (vertebra -> bone)."""
+    return organs | {_PART_OF[o] for o in organs if o in _PART_OF}
+
+
+@functools.lru_cache(maxsize=16384)
+def _regions(organs: frozenset[str]) -> frozenset[str]:
     out: set[str] = set()
     for organ in organs:
         region = _REGION.get(organ, organ)
@@ -274,20 +296,59 @@ def _regions(organs: frozenset[str]) -> set[str]:
 
 
 _IMPLIES = {"developmental": "congenital"}  # a label word that names a context in other words
+# Chapters restricted to a context as a whole: every text of O00-O9A is about pregnancy and of P00-P96 about the perinatal
+# period, whether or not its wording says so (O24's "diabetes mellitus" note). The label words that name the context:
+_CHAPTER_CONTEXT = {"O": "@pregnancy", "P": "@perinatal"}
+_NAMES_CHAPTER = {
+    "@pregnancy": frozenset("pregnancy pregnant gestational gestation placenta placental amniotic obstetric postpartum puerperal "
+                            "puerperium trimester childbirth fetal fetus abortion".split()),
+    "@perinatal": frozenset("newborn neonatal neonate perinatal birth premature prematurity preterm congenital fetal fetus".split()),
+}
 
 
 def context_words(normalised: str) -> frozenset[str]:
+    """The context words of a normalised text, and the chapter contexts its words name (placental -> pregnancy)."""
     words = normalised.split()
-    return frozenset(w for w in words if w in _CONTEXT) | {_IMPLIES[w] for w in words if w in _IMPLIES}
+    named = {chapter for chapter, implied in _NAMES_CHAPTER.items() if not implied.isdisjoint(words)}
+    return frozenset(w for w in words if w in _CONTEXT) | {_IMPLIES[w] for w in words if w in _IMPLIES} | named
+
+
+def chapter_context(code: str) -> frozenset[str]:
+    """The context of the chapter a code lies in (pregnancy for O, perinatal for P), else none."""
+    return frozenset({_CHAPTER_CONTEXT[code[0]]}) if code[:1] in _CHAPTER_CONTEXT else frozenset()
+
+
+def cause_vocabulary(entries: list[tuple[str, str]]) -> frozenset[str]:
+    """Words that name an organism or cause: the words of the infectious chapter's (A00-B99) texts that no text of
+    another chapter uses ("amebic", "demodex", "cryptococcal"), from the index's ``(code, normalised text)`` pairs."""
+    infectious: set[str] = set()
+    elsewhere: set[str] = set()
+    for code, normalised in entries:
+        (infectious if code[0] in "AB" else elsewhere).update(normalised.split())
+    return frozenset(infectious - elsewhere - ORGAN_WORDS.keys() - _GENERIC - _DROP)
+
+
+_MODIFIER = re.compile(r"^[a-z]+(ous|al|ic|ary|ans|ile)$")  # tuberculous, amebic, cerebral, coronary, obliterans, senile
+
+
+def is_fragment(term: str) -> bool:
+    """A one-word note term that names no disorder by itself: a lone modifier, organ, generic or context word,
+    the tail of a note's list ("tuberculous (A17.81)" under "abscess ... tuberculous")."""
+    words = term.lower().split()
+    if len(words) != 1:
+        return False
+    word = words[0]
+    return bool(_MODIFIER.match(word)) or word in ORGAN_WORDS or word in _GENERIC or word in _CONTEXT
 
 
 def note_terms(note: str) -> tuple[str, str] | None:
     """``"amyotrophic lateral sclerosis (G12.21)"`` -> ``("amyotrophic lateral sclerosis", "G12.21")``;
-    None when the note names no single code (ranges, blocks, plain text)."""
+    None when the note names no single code (ranges, blocks, plain text) or its term is a fragment (:func:`is_fragment`)."""
     found = _CODE_NOTE.match(note.strip())
     if not found or not found.group("term").strip():
         return None
-    return found.group("term").strip(" ,;:"), found.group("code")
+    term = found.group("term").strip(" ,;:")
+    return None if is_fragment(term) else (term, found.group("code"))
 
 
 @dataclass(frozen=True)
@@ -300,7 +361,8 @@ class MatchIndex:
     codes: list[str]
     organs: list[frozenset[str]]
     context: list[frozenset[str]]
-    unspecified: np.ndarray  # bool per text
+    unspecified: Sequence[bool]  # per text: the text says "unspecified" or "NOS"
+    causes: list[frozenset[str]] | None = None  # organism/cause words of infectious-chapter texts (:func:`cause_vocabulary`)
 
 
 def _icd_texts() -> tuple[list[str], list[str]]:
@@ -355,11 +417,24 @@ def match_index() -> MatchIndex:
             normalised.append(norm)
     chars = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True, dtype=np.float32)
     words = TfidfVectorizer(analyzer="word", token_pattern=r"(?u)\b\w+\b", sublinear_tf=True, dtype=np.float32)
-    unspecified = np.array([bool(re.search(r"\b(unspecified|NOS)\b", t)) for t in texts])
+    unspecified = [bool(re.search(r"\b(unspecified|NOS)\b", t)) for t in texts]
+    causes_known = cause_vocabulary(list(zip(codes, normalised)))
     char_rows, word_rows = chars.fit_transform(normalised), words.fit_transform(normalised)
     features = sparse.vstack([char_rows.T, word_rows.T], format="csr", dtype=np.float32)
-    return MatchIndex(chars, words, features, word_rows, texts, codes,
-                      [organs_of(n) for n in normalised], [context_words(n) for n in normalised], unspecified)
+    return MatchIndex(chars, words, features, word_rows, texts, codes, [organs_of(n) for n in normalised],
+                      [context_words(n) | chapter_context(c) for n, c in zip(normalised, codes)], unspecified,
+                      [frozenset(causes_known.intersection(n.split())) if c[0] in "AB" else frozenset()
+                       for n, c in zip(normalised, codes)])
+
+
+def names_other_cause(text_causes: frozenset[str], name_words: list[str]) -> bool:
+    """True when the candidate names a cause (organism) that no label word shares a stem (or its first five
+    letters) with: "Amebic splenic abscess" for "Splenic abscess" (the index's default is "Abscess, spleen")."""
+    return any(not any(same_stem(cause, word) or cause[:5] == word[:5] for word in name_words) for cause in text_causes)
+
+
+def _behaviour_disagrees(morphology: Morphology | None, code: str) -> bool:
+    return morphology is not None and morphology.behaviour != UNSPECIFIED and not behaviour_agrees(morphology, code)
 
 
 def rerank(name_norm: str, candidates: list[tuple[int, float]], index: MatchIndex,
@@ -367,18 +442,29 @@ def rerank(name_norm: str, candidates: list[tuple[int, float]], index: MatchInde
     """Apply the anatomy, head-word and context penalties (and the default-code bonus) to ``(text, score)``
     pairs; best first. ``heads`` answers the head-word test from the word rows (else the texts are normalised)."""
     name_organs, name_context, head = organs_of(name_norm), context_words(name_norm), head_words(name_norm)
+    name_words = name_norm.split()
+    morphology = label_morphology(name_words)
+    by_site = morphology is None or morphology.by_site  # lymphoma, myeloma: coded whatever the site
     columns = heads.of(head) if heads is not None and head else frozenset()
+    organs, contexts, causes, codes = index.organs, index.context, index.causes, index.codes
+    unspecified = index.unspecified
     out = []
     for position, score in candidates:
-        if anatomy_disagrees(name_organs, index.organs[position]):
+        text_organs = organs[position]
+        if anatomy_disagrees(name_organs, text_organs):
             score *= ANATOMY_PENALTY
-        elif name_organs and not index.organs[position]:
+        elif name_organs and not text_organs and by_site:
             score *= SITELESS_PENALTY
+        if morphology is not None and _behaviour_disagrees(morphology, codes[position]):
+            score *= BEHAVIOUR_PENALTY
+        if causes and causes[position] and names_other_cause(causes[position], name_words):
+            score *= CAUSE_PENALTY
         if head and not (heads.shared(columns, position) if heads is not None
                          else shares_head(head, set(normalise_name(index.texts[position]).split()))):
             score *= HEAD_PENALTY
-        score *= CONTEXT_PENALTY ** len(index.context[position] - name_context)
-        if index.unspecified[position]:
+        if contexts[position]:
+            score *= CONTEXT_PENALTY ** len(contexts[position] - name_context)
+        if unspecified[position]:
             score += UNSPECIFIED_BONUS
         out.append((position, score))
     return sorted(out, key=lambda item: (-item[1], item[0]))  # the bonus may lift a score past 1: callers clip
