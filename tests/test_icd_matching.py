@@ -324,3 +324,38 @@ def test_accents_and_note_fragments() -> None:
     assert note_terms("tuberculous (A17.81)") is None and is_fragment("cerebral") and is_fragment("spine")
     assert not is_fragment("asthma") and not is_fragment("tuberculous arthritis")
     assert note_terms("asthma (J45.-)") == ("asthma", "J45")
+
+
+def test_bundled_index_is_the_recorded_file_and_reads_its_conventions() -> None:
+    """The FY2025 index CSV is the file the provenance note names; its paths, word forms, "see" references
+    (to a coded entry, to an entry whose subterms carry the codes, to the Table of Neoplasms) give codes."""
+    import gzip
+    import hashlib
+
+    from raddiag.knowledge import cm_index
+
+    for path, digest in ((cm_index.INDEX_FILE, "ed46c243bb91ca24"), (cm_index.NEOPLASM_FILE, "3105cf75708d5d3d")):
+        assert hashlib.sha256(gzip.decompress(path.read_bytes())).hexdigest().startswith(digest), path
+    assert cm_index.main_term_wording("Hypoplasia, hypoplastic") == "Hypoplasia"
+    assert cm_index.main_term_wording("Abdomen, abdominal") == "Abdomen"
+    assert cm_index.main_term_wording("Fracture, traumatic") == "Fracture, traumatic"
+    assert cm_index.neoplasm_code("Neoplasm, connective tissue, benign") == "D21.9"
+    assert cm_index.neoplasm_code("Neoplasm,  bone, malignant") == "C41.9"
+    assert cm_index.neoplasm_code("Neoplasm, malignant, by site") == ""  # left to the tabular and the morphology table
+    entries = dict(cm_index.index_entries())
+    assert entries["Pineocytoma"] == "D44.5"  # a main term with its own code
+    assert entries["Elastofibroma"] == "D21.9"  # see Neoplasm, connective tissue, benign
+    assert entries["Nonrotation - intestine"] == "Q43.3"  # see Malrotation: its subterms under the referring term
+    assert entries["Hypoplasia - pulmonary (not associated with short  gestation)"] == "Q33.6"  # first word form
+    assert not any(text.startswith("Fracture, traumatic - vertebra - cervical") for text in entries)  # deeper than MAX_DEPTH
+    assert all(not code.endswith(("-", ".")) for code in entries.values())
+
+
+def test_index_codes_are_cut_back_to_the_table_and_index_terms_match() -> None:
+    from raddiag.knowledge.textmatch import _known_prefix, match_candidates
+
+    assert _known_prefix("S12.000", {"S12", "S12.0", "S12.00"}) == "S12.00"
+    assert _known_prefix("J98.11", {"J98", "J98.1", "J98.11"}) == "J98.11"
+    assert _known_prefix("Q99.9", {"Q99"}) == "Q99"
+    for name, category in (("Pineocytoma", "D44"), ("Elastofibroma", "D21"), ("Malrotation of the intestine", "Q43")):
+        assert match_candidates([name], k=1)[0][0][0][:3] == category, name

@@ -17,12 +17,13 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from raddiag.config import KEConfig
+from raddiag.knowledge.cm_index import INDEX_VERSION
 from raddiag.knowledge.icd import icd_version
 from raddiag.knowledge.labels import LabelMapping, get_text_encoder, label_texts, map_labels, read_mapping, write_mapping
 from raddiag.tracking import Tags, tag_filter
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 4  # label matching / table layout; part of the version (3: #16 text matching, 4: its round 2)
+FORMAT_VERSION = 5  # label matching / table layout; part of the version (3: #16 text matching, 4: its round 2, 5: rounds 3-4, the index)
 
 
 @dataclass
@@ -90,6 +91,7 @@ def build_knowledge(
         "labels": len(names),
         "dim": int(embeddings.shape[1]),
         "icd_version": icd_version(),
+        "icd_index": INDEX_VERSION,
         "ke": cfg.model_dump(mode="json"),
         "mapping_counts": counts,
         "seconds": round(time.perf_counter() - start, 2),

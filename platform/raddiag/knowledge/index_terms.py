@@ -3,7 +3,8 @@
 The tabular list names diseases by site and behaviour ("Malignant neoplasm of brain"); radiology
 names them by morphology or eponym ("Glioblastoma", "Pancoast tumour"), which only the ICD-10-CM
 Index to Diseases links to a code ("Glioblastoma (see Neoplasm, malignant, by site; unspecified
-site C71.9)"). The index is not bundled, so the terms below supplement the tabular texts.
+site C71.9)"). Written from memory before the index itself was bundled (:mod:`raddiag.knowledge.cm_index`,
+round 4); kept, as they are the cross-references the development lists needed and cost nothing.
 
 How the list was chosen (not from any evaluation list): the words of the 1,500 most frequent RP3D
 disorder names that occur in no tabular text, in frequency order; of the first ~150 such words, those

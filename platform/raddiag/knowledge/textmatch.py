@@ -51,6 +51,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from raddiag.knowledge.cm_index import index_entries
 from raddiag.knowledge.icd import code_length, load_icd
 from raddiag.knowledge.index_terms import INDEX_TERMS
 from raddiag.knowledge.morphology import UNSPECIFIED, WORDING, Morphology, behaviour_agrees, label_morphology
@@ -365,6 +366,13 @@ class MatchIndex:
     causes: list[frozenset[str]] | None = None  # organism/cause words of infectious-chapter texts (:func:`cause_vocabulary`)
 
 
+def _known_prefix(code: str, valid: set[str]) -> str:
+    """``code`` cut back to the longest prefix the table holds (the index prints codes to their last character)."""
+    while code not in valid and len(code) > 3:
+        code = code[:-1].rstrip(".")
+    return code
+
+
 def _icd_texts() -> tuple[list[str], list[str]]:
     """(text, code) pairs: descriptions, inclusion terms, includes notes and code-naming notes of
     every category/subcategory up to 5 characters (laterality variants left out: they add no wording),
@@ -388,6 +396,7 @@ def _icd_texts() -> tuple[list[str], list[str]]:
             if named:
                 pairs.append(named)
     pairs.extend((term, code) for term, code in INDEX_TERMS)
+    pairs.extend((text, _known_prefix(code, valid)) for text, code in index_entries())
     out_texts, out_codes, seen = [], [], set()
     for text, code in pairs:
         if code not in valid or code[0] in "VWXY":

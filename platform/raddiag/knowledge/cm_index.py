@@ -1,0 +1,144 @@
+"""The ICD-10-CM Index to Diseases and Injuries (FY2025) as ``(text, code)`` pairs for the text matcher (#16, round 4).
+
+The tabular list names diseases by site and behaviour; the alphabetic index is where a coder starts: main terms
+(the condition, eponyms, morphologies), indented subterms (site, type, cause) and "see" cross-references
+("Collapse, lung - see Atelectasis"). Each indexed path with a code becomes one text, written the way the index
+prints it ("Fracture, traumatic - vertebra - cervical - first"), its nonessential modifiers in parentheses (the
+matcher also indexes the wording without them); a "see" reference takes the code of the entry it names when that
+entry carries one.
+
+Source (bundled, read at run time, never downloaded): ``data/icd10cm_index_2025.csv.gz``, the CDC's
+``icd10cm-table-index-April-2025.zip`` (``icd-10-cm-index-2025.xml``, public domain, US Government work) flattened
+to CSV (RowID, Letter, Level, Term, See, SeeAlso, NonEssModif, Code) by ``ICD10CM/icd-10-cm-index.py`` of
+github.com/wbdill/Python-sandbox01 (commit 6418224, 2025-03-02); sha256 of the CSV
+ed46c243bb91ca24ef9da6ad50cf8f204f2c97f2d69632f34ff0f8081a0609ed. The flattening keeps a title's text before
+its first nested element, one code per entry and the first "see"; manifestation codes in brackets and
+"see" references nested under "with" are lost. The Table of Neoplasms is bundled beside it
+(``icd10cm_neoplasm_2025.csv.gz``, same source, sha256 3105cf75708d...): a reference to a named site ("Elastofibroma -
+see Neoplasm, connective tissue, benign") takes the table's code; "by site" references are left to the tabular's
+by-site texts and :mod:`raddiag.knowledge.morphology`.
+
+Index conventions applied: a main term listing word forms ("Hypoplasia, hypoplastic") is written with its first
+form; a "see" to an entry without a code of its own brings that entry's subterms under the referring term
+("Nonrotation - see Malrotation" gives "Nonrotation - intestine" Q43.3).
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import gzip
+import io
+from pathlib import Path
+
+INDEX_FILE = Path(__file__).with_name("data") / "icd10cm_index_2025.csv.gz"
+NEOPLASM_FILE = Path(__file__).with_name("data") / "icd10cm_neoplasm_2025.csv.gz"
+INDEX_VERSION = "ICD-10-CM index FY2025 (CDC, April 2025)"
+MAX_DEPTH = 2  # main term + 3 subterms: deeper paths name combinations ("with ... with ...") no label spells out
+
+
+def _code(raw: str) -> str:
+    """The code as printed, without the trailing "-" that marks a code needing more characters."""
+    return raw.strip().rstrip("-").rstrip(".")
+
+
+_BEHAVIOUR_COLUMN = {"malignant": "MalignantPrimary", "secondary": "MalignantSecondary", "in situ": "CaInSitu",
+                     "benign": "Benign", "uncertain behavior": "UncertainBehavior", "unspecified behavior": "UnspecifiedBehavior"}
+
+
+def _rows(path: Path = INDEX_FILE) -> list[dict[str, str]]:
+    with gzip.open(path, "rb") as handle:
+        return list(csv.DictReader(io.TextIOWrapper(handle, encoding="utf-8")))
+
+
+def _key(term: str) -> str:
+    return " ".join(term.lower().replace(",", " ").split())
+
+
+def main_term_wording(term: str) -> str:
+    """A main term's first word form when its comma parts are forms of one word ("Hypoplasia, hypoplastic" ->
+    "Hypoplasia"; "Abdomen, abdominal" -> "Abdomen"); other commas stay ("Fracture, traumatic")."""
+    parts = [part.strip() for part in term.split(",")]
+    first = parts[0].lower()
+    if len(parts) > 1 and len(first) >= 4 and all(part.lower()[:4] == first[:4] for part in parts[1:]):
+        return parts[0]
+    return term.strip()
+
+
+@functools.lru_cache(maxsize=1)
+def _neoplasm_sites() -> dict[str, dict[str, str]]:
+    """Table of Neoplasms, first-level sites by key (also without a trailing "NEC"/"NOS")."""
+    sites: dict[str, dict[str, str]] = {}
+    for row in _rows(NEOPLASM_FILE):
+        if row["Level"] == "1":
+            key = _key(row["Term"])
+            sites.setdefault(key, row)
+            sites.setdefault(key.removesuffix(" nec").removesuffix(" nos"), row)
+    return sites
+
+
+def neoplasm_code(target: str) -> str:
+    """The code of a "see Neoplasm, <site>, <behaviour>" reference ("" for "by site" or an unknown site)."""
+    parts = [_key(part) for part in target.split(",") if part.strip()]
+    if len(parts) != 3 or parts[0] != "neoplasm" or parts[2] not in _BEHAVIOUR_COLUMN:
+        return ""
+    row = _neoplasm_sites().get(parts[1])
+    code = _code(row[_BEHAVIOUR_COLUMN[parts[2]]]) if row else ""
+    return "" if code in ("", "-") else code
+
+
+def _resolve(target: str, main_terms: dict[str, int], children: dict[int, dict[str, int]]) -> int | None:
+    """The row a "see" target names: its longest main-term prefix, then each further comma part as a subterm
+    ("Displacement, intervertebral disc" -> Displacement / intervertebral disc)."""
+    parts = [p.strip() for p in target.split(",") if p.strip()]
+    for split in range(len(parts), 0, -1):
+        row = main_terms.get(_key(", ".join(parts[:split])))
+        if row is None:
+            continue
+        for part in parts[split:]:
+            row = children.get(row, {}).get(_key(part))
+            if row is None:
+                return None
+        return row
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def index_entries(max_depth: int = MAX_DEPTH) -> tuple[tuple[str, str], ...]:
+    """``(text, code)`` for every index path of at most ``max_depth`` terms that leads to a code, directly or
+    through one "see" reference; codes as printed (may be longer or shorter than the matcher's codes)."""
+    rows = _rows()
+    main_terms: dict[str, int] = {}
+    children: dict[int, dict[str, int]] = {}
+    paths: list[list[str]] = []
+    stack: list[int] = []
+    for position, row in enumerate(rows):
+        level = int(row["Level"] or 0)
+        del stack[level:]
+        if level == 0:
+            main_terms.setdefault(_key(row["Term"]), position)
+        elif stack:
+            children.setdefault(stack[-1], {}).setdefault(_key(row["Term"]), position)
+        paths.append([*(rows[i]["Term"] for i in stack), row["Term"]])
+        stack.append(position)
+    out: list[tuple[str, str]] = []
+    for position, row in enumerate(rows):
+        path = paths[position]
+        if len(path) > max_depth:
+            continue
+        text = " - ".join([main_term_wording(path[0]), *(term.strip() for term in path[1:])])
+        modifiers = row["NonEssModif"].strip()
+        code = _code(row["Code"])
+        target = _resolve(row["See"], main_terms, children) if not code and row["See"] else None
+        if target is not None and not _code(rows[target]["Code"]):  # graft the target's subterms
+            for child in children.get(target, {}).values():
+                if _code(rows[child]["Code"]) and len(path) < max_depth:
+                    out.append((f"{text} - {rows[child]['Term'].strip()}", _code(rows[child]["Code"])))
+            continue
+        if target is not None:
+            code = _code(rows[target]["Code"])
+        elif not code and row["See"].lstrip().startswith("Neoplasm"):
+            code = neoplasm_code(row["See"])
+        if code:
+            out.append((f"{text} {modifiers}" if modifiers else text, code))
+    return tuple(out)
