@@ -343,6 +343,8 @@ def test_bundled_index_is_the_recorded_file_and_reads_its_conventions() -> None:
     assert cm_index.neoplasm_code("Neoplasm,  bone, malignant") == "C41.9"
     assert cm_index.neoplasm_code("Neoplasm, malignant, by site") == ""  # left to the tabular and the morphology table
     entries = dict(cm_index.index_entries())
+    assert {row["RowID"]: row["Code"] for row in cm_index._rows() if row["RowID"] in ("57407", "37893")} == {
+        "57407": "D18.00", "37893": "M97.1--"}  # codes the flattening glued to the term ("angiomatousD18.00")
     assert entries["Pineocytoma"] == "D44.5"  # a main term with its own code
     assert entries["Elastofibroma"] == "D21.9"  # see Neoplasm, connective tissue, benign
     assert entries["Nonrotation - intestine"] == "Q43.3"  # see Malrotation: its subterms under the referring term

@@ -29,6 +29,7 @@ import csv
 import functools
 import gzip
 import io
+import re
 from pathlib import Path
 
 INDEX_FILE = Path(__file__).with_name("data") / "icd10cm_index_2025.csv.gz"
@@ -46,9 +47,18 @@ _BEHAVIOUR_COLUMN = {"malignant": "MalignantPrimary", "secondary": "MalignantSec
                      "benign": "Benign", "uncertain behavior": "UncertainBehavior", "unspecified behavior": "UnspecifiedBehavior"}
 
 
+_GLUED_CODE = re.compile(r"(?<=[a-z)\s])([A-Z][0-9][0-9A-Z](?:\.[0-9A-Z]{1,4})?-*)$")  # "angiomatousD18.00", "knee M97.1--"
+
+
 def _rows(path: Path = INDEX_FILE) -> list[dict[str, str]]:
+    """The CSV's rows; a code the flattening left at the end of the term (7 rows) is moved to the code column."""
     with gzip.open(path, "rb") as handle:
-        return list(csv.DictReader(io.TextIOWrapper(handle, encoding="utf-8")))
+        rows = list(csv.DictReader(io.TextIOWrapper(handle, encoding="utf-8")))
+    for row in rows:
+        glued = _GLUED_CODE.search(row["Term"].strip()) if "Code" in row and not row["Code"] else None
+        if glued:
+            row["Term"], row["Code"] = row["Term"].strip()[: glued.start()].strip(), glued.group(1)
+    return rows
 
 
 def _key(term: str) -> str:
