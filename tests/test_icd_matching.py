@@ -361,3 +361,23 @@ def test_index_codes_are_cut_back_to_the_table_and_index_terms_match() -> None:
     assert _known_prefix("Q99.9", {"Q99"}) == "Q99"
     for name, category in (("Pineocytoma", "D44"), ("Elastofibroma", "D21"), ("Malrotation of the intestine", "Q43")):
         assert match_candidates([name], k=1)[0][0][0][:3] == category, name
+
+
+def test_round_five_morphologies_with_a_category_of_their_own_and_index_sites() -> None:
+    """Morphologies the index codes whatever the site keep their category (Hemangioma D18, Lipoma D17, "Myelolipoma -
+    see Lipoma"); lymphoma keeps its C81-C96 range; an index path naming no organ takes its category's site."""
+    from raddiag.knowledge.cm_index import own_categories
+    from raddiag.knowledge.textmatch import _category_organs, _own_categories, match_candidates, own_category
+
+    assert own_categories(("hemangioma", "lipoma", "myelolipoma", "meningioma", "carcinoma")) == {
+        "hemangioma": "D18", "lipoma": "D17", "myelolipoma": "D17"}  # meningioma, carcinoma: see Neoplasm, by site
+    assert "lymphoma" not in _own_categories() and _own_categories()["melanoma"] == "C43"
+    from raddiag.knowledge.morphology import label_morphology
+
+    words = ["vertebral", "hemangioma"]
+    assert own_category(words, label_morphology(words)) == "D18"
+    words = ["malignant", "pineocytoma"]  # upgraded by "malignant": the site's malignant category, not D44
+    assert own_category(words, label_morphology(words)) is None
+    assert _category_organs("C44") == frozenset({"skin"})
+    for name, category in (("Vertebral haemangioma", "D18"), ("Splenic haemangioma", "D18"), ("Intracranial lipoma", "D17")):
+        assert match_candidates([name], k=1)[0][0][0][:3] == category, name

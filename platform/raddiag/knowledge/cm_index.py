@@ -152,3 +152,22 @@ def index_entries(max_depth: int = MAX_DEPTH) -> tuple[tuple[str, str], ...]:
         if code:
             out.append((f"{text} {modifiers}" if modifiers else text, code))
     return tuple(out)
+
+
+@functools.lru_cache(maxsize=4)
+def own_categories(words: tuple[str, ...]) -> dict[str, str]:
+    """Of the morphology ``words``, those the index codes in a category of their own whatever the site: the main
+    term carries a code and no reference to the Table of Neoplasms ("Hemangioma D18.00", "Lipoma D17.9",
+    "Melanoma (malignant) C43.9"), directly or through one "see" ("Myelolipoma - see Lipoma"). Word -> category."""
+    main: dict[str, dict[str, str]] = {}
+    for row in _rows():
+        if row["Level"] == "0":
+            main.setdefault(main_term_wording(row["Term"]).lower(), row)
+    out: dict[str, str] = {}
+    for word in words:
+        row = main.get(word)
+        if row is not None and not row["Code"] and row["See"] and "neoplasm" not in row["See"].lower():
+            row = main.get(row["See"].split(",")[0].strip().lower())
+        if row is not None and row["Code"] and "neoplasm" not in (row["See"] + row["SeeAlso"]).lower():
+            out[word] = row["Code"][:3]
+    return out

@@ -51,10 +51,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from raddiag.knowledge.cm_index import index_entries
-from raddiag.knowledge.icd import code_length, load_icd
+from raddiag.knowledge.cm_index import index_entries, own_categories
+from raddiag.knowledge.icd import code_length, description, load_icd
 from raddiag.knowledge.index_terms import INDEX_TERMS
-from raddiag.knowledge.morphology import UNSPECIFIED, WORDING, Morphology, behaviour_agrees, label_morphology
+from raddiag.knowledge.morphology import MORPHOLOGY, UNSPECIFIED, WORDING, Morphology, behaviour_agrees, label_morphology, morphology_of
 
 ANATOMY_PENALTY = 0.6  # score factor when the candidate names only organs the label does not
 SITELESS_PENALTY = 0.75  # score factor when the label names an organ and the candidate none ("Cancer NOS" for "Prostate cancer")
@@ -373,15 +373,16 @@ def _known_prefix(code: str, valid: set[str]) -> str:
     return code
 
 
-def _icd_texts() -> tuple[list[str], list[str]]:
+def _icd_texts() -> tuple[list[str], list[str], list[bool]]:
     """(text, code) pairs: descriptions, inclusion terms, includes notes and code-naming notes of
     every category/subcategory up to 5 characters (laterality variants left out: they add no wording),
-    plus the supplementary index terms. External causes (V00-Y99) are not disorders and are left out."""
+    plus the supplementary index terms and the alphabetic index's paths (flagged True in the third list). External
+    causes (V00-Y99) are not disorders and are left out."""
     import simple_icd_10_cm as cm
 
     lateral = re.compile(r"\b(right|left|bilateral)\b", re.I)
     valid = set()
-    pairs: list[tuple[str, str]] = []
+    pairs: list[tuple[str, ...]] = []
     for entry in load_icd():
         if entry.kind not in ("category", "subcategory") or entry.code[0] in "VWXY":
             continue
@@ -396,9 +397,9 @@ def _icd_texts() -> tuple[list[str], list[str]]:
             if named:
                 pairs.append(named)
     pairs.extend((term, code) for term, code in INDEX_TERMS)
-    pairs.extend((text, _known_prefix(code, valid)) for text, code in index_entries())
-    out_texts, out_codes, seen = [], [], set()
-    for text, code in pairs:
+    pairs.extend((text, _known_prefix(code, valid), "index") for text, code in index_entries())
+    out_texts, out_codes, out_index, seen = [], [], [], set()
+    for text, code, *source in pairs:
         if code not in valid or code[0] in "VWXY":
             continue
         for variant in (text, _PARENS.sub("", text), _WITHOUT.sub("", _PARENS.sub("", text))):
@@ -407,7 +408,13 @@ def _icd_texts() -> tuple[list[str], list[str]]:
                 seen.add(key)
                 out_texts.append(variant.strip())
                 out_codes.append(code)
-    return out_texts, out_codes
+                out_index.append(bool(source))
+    return out_texts, out_codes, out_index
+
+
+@functools.lru_cache(maxsize=4096)
+def _category_organs(category: str) -> frozenset[str]:
+    return organs_of(normalise_name(description(category)))
 
 
 @functools.lru_cache(maxsize=1)
@@ -416,21 +423,23 @@ def match_index() -> MatchIndex:
     from scipy import sparse
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    texts, codes, normalised, seen = [], [], [], set()
-    for text, code in zip(*_icd_texts()):  # variants that normalise alike add nothing: the first wording is kept
+    texts, codes, normalised, organs, seen = [], [], [], [], set()
+    for text, code, from_index in zip(*_icd_texts()):  # variants that normalise alike add nothing: the first wording is kept
         norm = normalise_name(text)
         if (norm, code) not in seen:
             seen.add((norm, code))
             texts.append(text)
             codes.append(code)
             normalised.append(norm)
+            # an index path naming no organ takes its category's site ("Carcinoma - basal-squamous cell" C44: skin)
+            organs.append(organs_of(norm) or (_category_organs(code[:3]) if from_index else frozenset()))
     chars = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True, dtype=np.float32)
     words = TfidfVectorizer(analyzer="word", token_pattern=r"(?u)\b\w+\b", sublinear_tf=True, dtype=np.float32)
     unspecified = [bool(re.search(r"\b(unspecified|NOS)\b", t)) for t in texts]
     causes_known = cause_vocabulary(list(zip(codes, normalised)))
     char_rows, word_rows = chars.fit_transform(normalised), words.fit_transform(normalised)
     features = sparse.vstack([char_rows.T, word_rows.T], format="csr", dtype=np.float32)
-    return MatchIndex(chars, words, features, word_rows, texts, codes, [organs_of(n) for n in normalised],
+    return MatchIndex(chars, words, features, word_rows, texts, codes, organs,
                       [context_words(n) | chapter_context(c) for n, c in zip(normalised, codes)], unspecified,
                       [frozenset(causes_known.intersection(n.split())) if c[0] in "AB" else frozenset()
                        for n, c in zip(normalised, codes)])
@@ -446,6 +455,22 @@ def _behaviour_disagrees(morphology: Morphology | None, code: str) -> bool:
     return morphology is not None and morphology.behaviour != UNSPECIFIED and not behaviour_agrees(morphology, code)
 
 
+@functools.lru_cache(maxsize=1)
+def _own_categories() -> dict[str, str]:
+    """Morphologies with a category of their own (:func:`raddiag.knowledge.cm_index.own_categories`); those coded by a
+    range (lymphoma, myeloma, leukaemia: C81-C96) keep their range."""
+    return {w: c for w, c in own_categories(tuple(sorted(MORPHOLOGY))).items() if MORPHOLOGY[w].by_site}
+
+
+def own_category(name_words: list[str], morphology: Morphology | None) -> str | None:
+    """The category the label's morphology word has in the index whatever the site ("Vertebral hemangioma": D18), when
+    the label's neoplasm is that word's (not upgraded by "malignant", not a metastasis)."""
+    if morphology is None:
+        return None
+    own = _own_categories()
+    return next((own[w] for w in name_words if w in own and morphology_of(w) is morphology), None)
+
+
 def rerank(name_norm: str, candidates: list[tuple[int, float]], index: MatchIndex,
            heads: _HeadColumns | None = None) -> list[tuple[int, float]]:
     """Apply the anatomy, head-word and context penalties (and the default-code bonus) to ``(text, score)``
@@ -453,7 +478,8 @@ def rerank(name_norm: str, candidates: list[tuple[int, float]], index: MatchInde
     name_organs, name_context, head = organs_of(name_norm), context_words(name_norm), head_words(name_norm)
     name_words = name_norm.split()
     morphology = label_morphology(name_words)
-    by_site = morphology is None or morphology.by_site  # lymphoma, myeloma: coded whatever the site
+    own = own_category(name_words, morphology)
+    by_site = own is None and (morphology is None or morphology.by_site)  # lymphoma, hemangioma: coded whatever the site
     columns = heads.of(head) if heads is not None and head else frozenset()
     organs, contexts, causes, codes = index.organs, index.context, index.causes, index.codes
     unspecified = index.unspecified
@@ -465,6 +491,8 @@ def rerank(name_norm: str, candidates: list[tuple[int, float]], index: MatchInde
         elif name_organs and not text_organs and by_site:
             score *= SITELESS_PENALTY
         if morphology is not None and _behaviour_disagrees(morphology, codes[position]):
+            score *= BEHAVIOUR_PENALTY
+        if own is not None and codes[position][:3] != own:
             score *= BEHAVIOUR_PENALTY
         if causes and causes[position] and names_other_cause(causes[position], name_words):
             score *= CAUSE_PENALTY
