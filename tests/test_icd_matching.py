@@ -379,5 +379,6 @@ def test_round_five_morphologies_with_a_category_of_their_own_and_index_sites() 
     words = ["malignant", "pineocytoma"]  # upgraded by "malignant": the site's malignant category, not D44
     assert own_category(words, label_morphology(words)) is None
     assert _category_organs("C44") == frozenset({"skin"})
-    for name, category in (("Vertebral haemangioma", "D18"), ("Splenic haemangioma", "D18"), ("Intracranial lipoma", "D17")):
+    for name, category in (("Vertebral haemangioma", "D18"), ("Splenic haemangioma", "D18"), ("Intracranial lipoma", "D17"),
+                           ("Tuberculosis", "A15")):  # a label that is an index main term: its own code, not a note's
         assert match_candidates([name], k=1)[0][0][0][:3] == category, name

@@ -62,7 +62,8 @@ HEAD_PENALTY = 0.7  # score factor when the candidate shares no pathology word w
 CONTEXT_PENALTY = 0.8  # score factor per context word (congenital, newborn ...) the label does not name
 BEHAVIOUR_PENALTY = 0.6  # score factor when the label names a neoplasm and the candidate's code has another behaviour
 CAUSE_PENALTY = 0.8  # score factor when an infectious-chapter candidate names an organism the label does not ("Amebic splenic abscess")
-UNSPECIFIED_BONUS = 0.02  # the index's default ("unspecified", "NOS") wins a near tie
+UNSPECIFIED_BONUS = 0.02
+MAIN_TERM_BONUS = 0.05  # a label that is an index main term takes the main term's own code, the index's default ("Tuberculosis" A15.9)  # the index's default ("unspecified", "NOS") wins a near tie
 SHORTLIST = 40  # candidates re-ranked per name
 BATCH = 512  # names per sparse product
 
@@ -364,6 +365,7 @@ class MatchIndex:
     context: list[frozenset[str]]
     unspecified: Sequence[bool]  # per text: the text says "unspecified" or "NOS"
     causes: list[frozenset[str]] | None = None  # organism/cause words of infectious-chapter texts (:func:`cause_vocabulary`)
+    main_terms: dict[int, str] | None = None  # position -> normalised text, for the index's main terms (a path of one term)
 
 
 def _known_prefix(code: str, valid: set[str]) -> str:
@@ -423,7 +425,7 @@ def match_index() -> MatchIndex:
     from scipy import sparse
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    texts, codes, normalised, organs, seen = [], [], [], [], set()
+    texts, codes, normalised, organs, main_terms, seen = [], [], [], [], {}, set()
     for text, code, from_index in zip(*_icd_texts()):  # variants that normalise alike add nothing: the first wording is kept
         norm = normalise_name(text)
         if (norm, code) not in seen:
@@ -433,6 +435,8 @@ def match_index() -> MatchIndex:
             normalised.append(norm)
             # an index path naming no organ takes its category's site ("Carcinoma - basal-squamous cell" C44: skin)
             organs.append(organs_of(norm) or (_category_organs(code[:3]) if from_index else frozenset()))
+            if from_index and " - " not in text:
+                main_terms[len(texts) - 1] = norm
     chars = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True, dtype=np.float32)
     words = TfidfVectorizer(analyzer="word", token_pattern=r"(?u)\b\w+\b", sublinear_tf=True, dtype=np.float32)
     unspecified = [bool(re.search(r"\b(unspecified|NOS)\b", t)) for t in texts]
@@ -442,7 +446,7 @@ def match_index() -> MatchIndex:
     return MatchIndex(chars, words, features, word_rows, texts, codes, organs,
                       [context_words(n) | chapter_context(c) for n, c in zip(normalised, codes)], unspecified,
                       [frozenset(causes_known.intersection(n.split())) if c[0] in "AB" else frozenset()
-                       for n, c in zip(normalised, codes)])
+                       for n, c in zip(normalised, codes)], main_terms)
 
 
 def names_other_cause(text_causes: frozenset[str], name_words: list[str]) -> bool:
@@ -482,7 +486,7 @@ def rerank(name_norm: str, candidates: list[tuple[int, float]], index: MatchInde
     by_site = own is None and (morphology is None or morphology.by_site)  # lymphoma, hemangioma: coded whatever the site
     columns = heads.of(head) if heads is not None and head else frozenset()
     organs, contexts, causes, codes = index.organs, index.context, index.causes, index.codes
-    unspecified = index.unspecified
+    unspecified, main_terms = index.unspecified, index.main_terms
     out = []
     for position, score in candidates:
         text_organs = organs[position]
@@ -503,6 +507,8 @@ def rerank(name_norm: str, candidates: list[tuple[int, float]], index: MatchInde
             score *= CONTEXT_PENALTY ** len(contexts[position] - name_context)
         if unspecified[position]:
             score += UNSPECIFIED_BONUS
+        if main_terms and main_terms.get(position) == name_norm:
+            score += MAIN_TERM_BONUS
         out.append((position, score))
     return sorted(out, key=lambda item: (-item[1], item[0]))  # the bonus may lift a score past 1: callers clip
 
