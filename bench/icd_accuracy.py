@@ -1,7 +1,7 @@
 """Label -> ICD-10-CM text matching: top-1 / top-3 category accuracy on hand-checked lists (#16).
 
-The lists (``bench/data/icd_handcheck_{dev,heldout,heldout2,heldout3,heldout4,heldout5,heldout6}.csv``; held-out 3-6 are seeded
-random samples, see their headers; held-out 5 and 6 were written from the real FY2025 index) give, for
+The lists (``bench/data/icd_handcheck_{dev,heldout,heldout2,heldout3,heldout4,heldout5,heldout6,heldout7}.csv``; held-out 3-7 are seeded
+random samples, see their headers; held-out 5-7 were written from the real FY2025 index) give, for
 common radiology disorders spelled as in the RP3D vocabulary, the 3-character ICD-10-CM category a
 coder reaches from the ICD-10-CM index (and defensible alternatives). A prediction is correct when
 its code's category is the expected one or an alternative. Top-3 counts the three best *distinct*
@@ -12,7 +12,7 @@ below) and ``current`` (:func:`raddiag.knowledge.labels.match_candidates`). With
 also maps the real 5,569-name RP3D vocabulary in a fresh subprocess: names at or above the 0.40
 threshold, seconds (index fit + matching) and peak RSS.
 
-    PYTHONPATH=platform .venv/bin/python bench/icd_accuracy.py --lists dev heldout heldout2 heldout3 heldout4 heldout5 heldout6 --vocab \
+    PYTHONPATH=platform .venv/bin/python bench/icd_accuracy.py --lists dev heldout heldout2 heldout3 heldout4 heldout5 heldout6 heldout7 --vocab \
         --output bench/data/icd_accuracy_round3.json
 
 An earlier matcher is measured by pointing PYTHONPATH at its tree (``git archive <commit> platform``) with
@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-LISTS = {name: REPO / "bench" / "data" / f"icd_handcheck_{name}.csv" for name in ("dev", "heldout", "heldout2", "heldout3", "heldout4", "heldout5", "heldout6")}
+LISTS = {name: REPO / "bench" / "data" / f"icd_handcheck_{name}.csv" for name in ("dev", "heldout", "heldout2", "heldout3", "heldout4", "heldout5", "heldout6", "heldout7")}
 VOCAB = REPO.parent / "shared" / "rp3d-demo" / "disorder_label_dict.json"
 THRESHOLD = 0.4
 
