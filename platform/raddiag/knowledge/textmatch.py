@@ -38,6 +38,10 @@ naming a whole organ ("bone") agrees with a label naming its part ("vertebra"). 
 perinatal (P) chapters carries that context, whatever its wording; an infectious-chapter text naming an organism the
 label does not name ("Amebic splenic abscess") is penalised. Accents are stripped (Charcôt) and one-word note fragments
 ("tuberculous (A17.81)") are not texts.
+
+Rounds 4-5: the paths of the real ICD-10-CM index (:mod:`raddiag.knowledge.cm_index`) are texts too; an index path naming
+no organ takes its category's site; a morphology the index codes whatever the site keeps its category (hemangioma D18);
+a label that is an index main term takes that term's own code.
 """
 
 from __future__ import annotations
@@ -62,8 +66,8 @@ HEAD_PENALTY = 0.7  # score factor when the candidate shares no pathology word w
 CONTEXT_PENALTY = 0.8  # score factor per context word (congenital, newborn ...) the label does not name
 BEHAVIOUR_PENALTY = 0.6  # score factor when the label names a neoplasm and the candidate's code has another behaviour
 CAUSE_PENALTY = 0.8  # score factor when an infectious-chapter candidate names an organism the label does not ("Amebic splenic abscess")
-UNSPECIFIED_BONUS = 0.02
-MAIN_TERM_BONUS = 0.05  # a label that is an index main term takes the main term's own code, the index's default ("Tuberculosis" A15.9)  # the index's default ("unspecified", "NOS") wins a near tie
+UNSPECIFIED_BONUS = 0.02  # the index's default ("unspecified", "NOS") wins a near tie
+MAIN_TERM_BONUS = 0.05  # a label that is an index main term takes the main term's own code, the index's default ("Tuberculosis" A15.9)
 SHORTLIST = 40  # candidates re-ranked per name
 BATCH = 512  # names per sparse product
 
