@@ -187,6 +187,8 @@ def pipeline_config(url: str, endpoint: str | None, augment: bool):  # noqa: ANN
         overrides.append(f"store.endpoint_url={endpoint}")
     if not augment:
         overrides += ["data.augment.affine_p=0", "data.augment.noise_p=0", "data.augment.contrast_p=0"]
+    else:
+        overrides.append("data.augment.on=workers")  # MONAI in the read tasks: what this arm measures
     return load_config(None, overrides)
 
 

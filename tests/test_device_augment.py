@@ -264,6 +264,14 @@ def test_first_axis_recipe_is_kept_for_reproduction() -> None:
     centroid_x = lambda v: float((v[0] * cols[None, :]).sum() / v[0].sum())  # noqa: E731
     shifts = {}
     for axes in ("first", "both"):
-        cfg = AugmentConfig(**{**OFF, "affine_p": 1.0, "rotate": 0.0, "scale": 0.0, "translate": 4.0, "affine_axes": axes})
+        cfg = AugmentConfig(**{**OFF, "affine_p": 1.0, "rotate": 0.0, "scale": 0.0, "translate": 4.0, "affine_axes": axes, "on": "workers"})
         shifts[axes] = [abs(centroid_x(build_augment(cfg, seed)(image[None])) - centroid_x(image[None])) for seed in range(12)]
     assert max(shifts["first"]) < 1e-3 and max(shifts["both"]) > 0.5
+
+
+def test_the_first_axis_recipe_is_refused_off_the_workers() -> None:
+    """``affine_axes=first`` exists only in the workers' MONAI pipeline: asking for it with the
+    batched device path (the default) is a config error naming the fix, not a silent no-op."""
+    with pytest.raises(ValueError, match="data.augment.on=workers"):
+        AugmentConfig(affine_axes="first")
+    assert AugmentConfig().on == "device" and AugmentConfig(affine_axes="first", on="workers").affine_axes == "first"

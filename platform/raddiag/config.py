@@ -120,11 +120,13 @@ class AugmentConfig(_Strict):
     gamma: tuple[float, float] = Field(default=(0.7, 1.5), description="contrast: gamma range (official: 0.5-1.5)")
     affine_axes: Literal["both", "first"] = Field(
         default="both",
-        description="workers (MONAI): translate/scale/shear on both image axes; 'first' = MONAI's reading of a bare "
+        description="translate/scale/shear on both image axes; 'first' (on=workers only) = MONAI's reading of a bare "
         "float (the first axis only), the recipe of the published ablation round 2 (kept for reproduction)",
     )
     on: Literal["workers", "device"] = Field(
-        default="workers", description="where training augmentation runs: Ray Data tasks (CPU) or the training device"
+        default="device",
+        description="where training augmentation runs: the training device, one batched call per batch (default), or "
+        "the Ray Data read tasks (CPU, a MONAI Compose per scan; each fresh read process first imports MONAI, ~8 s)",
     )
 
     @model_validator(mode="after")
@@ -133,6 +135,8 @@ class AugmentConfig(_Strict):
             low, high = getattr(self, name)
             if not 0 < low <= high:
                 raise ValueError(f"data.augment.{name} must be [low, high] with 0 < low <= high, got [{low}, {high}]")
+        if self.affine_axes == "first" and self.on != "workers":
+            raise ValueError("data.augment.affine_axes=first is the MONAI per-scan recipe: set data.augment.on=workers with it")
         return self
 
     @property
