@@ -29,7 +29,16 @@ def test_the_issues_failure_cases_map_to_the_index_category(name: str, categorie
 
 
 def test_a_candidate_naming_another_organ_is_penalised() -> None:
-    from raddiag.knowledge.textmatch import ANATOMY_PENALTY, SITELESS_PENALTY, MatchIndex, anatomy_disagrees, normalise_name, organs_of, rerank
+    from raddiag.knowledge.textmatch import (
+        ANATOMY_PENALTY,
+        NEOPLASM_ANATOMY_PENALTY,
+        SITELESS_PENALTY,
+        MatchIndex,
+        anatomy_disagrees,
+        normalise_name,
+        organs_of,
+        rerank,
+    )
 
     kidney = organs_of(normalise_name("Renal cell carcinoma"))
     assert kidney == {"kidney"}
@@ -42,7 +51,9 @@ def test_a_candidate_naming_another_organ_is_penalised() -> None:
     index = MatchIndex(None, None, None, None, texts, ["C22.0", "C64", "C4A"], [organs_of(n) for n in normalised],
                        [frozenset()] * 3, np.zeros(3, dtype=bool))
     ranked = dict(rerank(normalise_name("Renal cell carcinoma"), [(0, 0.7), (1, 0.6), (2, 0.5)], index))
-    assert ranked[0] == pytest.approx(0.7 * ANATOMY_PENALTY) and ranked[1] == pytest.approx(0.6)
+    assert ranked[0] == pytest.approx(0.7 * NEOPLASM_ANATOMY_PENALTY) and ranked[1] == pytest.approx(0.6)  # a neoplasm's site decides
+    cyst = MatchIndex(None, None, None, None, ["Liver cyst"], ["K76.89"], [frozenset({"liver"})], [frozenset()], np.zeros(1, dtype=bool))
+    assert dict(rerank(normalise_name("Renal cyst"), [(0, 0.7)], cyst))[0] == pytest.approx(0.7 * ANATOMY_PENALTY)  # not a neoplasm
     assert ranked[2] == pytest.approx(0.5 * SITELESS_PENALTY)  # names no organ where the label names one: a smaller penalty
     context = MatchIndex(None, None, None, None, ["Congenital hydronephrosis", "Hydronephrosis"], ["Q62.0", "N13.3"], [frozenset()] * 2,
                          [frozenset({"congenital"}), frozenset()], np.zeros(2, dtype=bool))
@@ -382,3 +393,38 @@ def test_round_five_morphologies_with_a_category_of_their_own_and_index_sites() 
     for name, category in (("Vertebral haemangioma", "D18"), ("Splenic haemangioma", "D18"), ("Intracranial lipoma", "D17"),
                            ("Tuberculosis", "A15")):  # a label that is an index main term: its own code, not a note's
         assert match_candidates([name], k=1)[0][0][0][:3] == category, name
+
+
+def test_round6_infections_are_coded_by_organism() -> None:
+    """An infectious-chapter text whose every pathology word the label names is not penalised for naming no
+    site (the chapter codes by organism); a label naming an organism word only that chapter uses penalises
+    candidates of every other chapter."""
+    from raddiag.knowledge.textmatch import CAUSE_PENALTY, SITELESS_PENALTY, MatchIndex, normalise_name, rerank
+
+    texts = ["Disease - hydatid", "Infection - spleen", "Tumor - hydatid"]
+    index = MatchIndex(None, None, None, None, texts, ["B67.90", "D73.89", "B67.90"], [frozenset(), frozenset({"spleen"}), frozenset()],
+                       [frozenset()] * 3, np.zeros(3, dtype=bool), [frozenset()] * 3)
+    ranked = dict(rerank(normalise_name("Splenic hydatid infection"), [(0, 0.6), (1, 0.6)], index))
+    assert ranked[0] == pytest.approx(0.6) and ranked[1] == pytest.approx(0.6)
+    # "tumor" is not named by the label: an ordinary siteless candidate ("Ampullary tumour" is no hydatid)
+    assert dict(rerank(normalise_name("Splenic hydatid cyst"), [(2, 0.6)], index))[2] == pytest.approx(0.6 * SITELESS_PENALTY)
+    tb = MatchIndex(None, None, None, None, ["Arthropathy", "Arthritis - tuberculous"], ["M12.9", "A18.02"], [frozenset()] * 2,
+                    [frozenset()] * 2, np.zeros(2, dtype=bool), [frozenset(), frozenset({"tuberculous"})], None, frozenset({"tuberculous"}))
+    ranked = dict(rerank(normalise_name("Tuberculous arthropathy"), [(0, 0.7), (1, 0.6)], tb))
+    assert ranked[0] == pytest.approx(0.7 * CAUSE_PENALTY) and ranked[1] == pytest.approx(0.6)
+
+
+def test_round6_combining_forms_and_the_table_of_neoplasms() -> None:
+    from raddiag.knowledge.cm_index import neoplasm_entries
+    from raddiag.knowledge.textmatch import match_candidates, normalise_name
+
+    assert "ovary" not in normalise_name("Benign neoplasm - utero-ovarian").split()  # a junction, not the ovary
+    assert normalise_name("Proximal radio-ulnar synostosis") == normalise_name("Proximal radioulnar synostosis")
+    assert "sickle cell" in normalise_name("Sickle-cell disease")  # only combining forms (-o-) are joined
+    entries = set(neoplasm_entries(1))
+    assert {("Malignant neoplasm - lung", "C34.9"), ("Benign neoplasm - ovary", "D27"),
+            ("Secondary malignant neoplasm - liver", "C78.7")} <= entries, sorted(e for e in entries if "lung" in e[0])
+    expected = {"Squamous cell carcinoma of the lung": "C34", "Squamous cell carcinoma of the cervix": "C53",
+                "Hepatic hydatid infection": "B67", "Tuberculous arthropathy": "A18", "Proximal radio-ulnar synostosis": "Q74"}
+    got = {name: found[0][0][:3] for name, found in zip(expected, match_candidates(list(expected), k=1))}
+    assert got == expected

@@ -156,6 +156,36 @@ def index_entries(max_depth: int = MAX_DEPTH) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+#: the tabular's wording of each behaviour column of the Table of Neoplasms (a label's morphology adds the same words)
+_BEHAVIOUR_WORDING = {"MalignantPrimary": "Malignant neoplasm", "MalignantSecondary": "Secondary malignant neoplasm",
+                      "CaInSitu": "Carcinoma in situ", "Benign": "Benign neoplasm",
+                      "UncertainBehavior": "Neoplasm of uncertain behavior", "UnspecifiedBehavior": "Neoplasm of unspecified behavior"}
+
+
+@functools.lru_cache(maxsize=1)
+def neoplasm_entries(max_depth: int = MAX_DEPTH) -> tuple[tuple[str, str], ...]:
+    """``(text, code)`` for the Table of Neoplasms: each site path of at most ``max_depth`` terms under "Neoplasm" and
+    each behaviour column that has a code, worded as the tabular does ("Malignant neoplasm - lung" C34.9-, "Benign
+    neoplasm - nerve - cranial" D33.3). The index sends every by-site morphology here ("Carcinoma, squamous cell - see
+    Neoplasm, by site, malignant"): a label naming a morphology and a site finds its code in this table."""
+    out: list[tuple[str, str]] = []
+    stack: list[str] = []
+    for row in _rows(NEOPLASM_FILE):
+        if not row["Level"].isdigit() or row["Level"] == "0":
+            continue
+        level = int(row["Level"])
+        del stack[level - 1:]
+        stack.append(main_term_wording(row["Term"]) if level == 1 else row["Term"].strip())
+        if level > max_depth:
+            continue
+        site = " - ".join(stack)
+        for column, wording in _BEHAVIOUR_WORDING.items():
+            code = _code(row.get(column) or "")
+            if code and code != "-":
+                out.append((f"{wording} - {site}", code))
+    return tuple(out)
+
+
 @functools.lru_cache(maxsize=4)
 def own_categories(words: tuple[str, ...]) -> dict[str, str]:
     """Of the morphology ``words``, those the index codes in a category of their own whatever the site: the main

@@ -55,12 +55,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from raddiag.knowledge.cm_index import index_entries, own_categories
+from raddiag.knowledge.cm_index import index_entries, neoplasm_entries, own_categories
 from raddiag.knowledge.icd import code_length, description, load_icd
 from raddiag.knowledge.index_terms import INDEX_TERMS
 from raddiag.knowledge.morphology import MORPHOLOGY, UNSPECIFIED, WORDING, Morphology, behaviour_agrees, label_morphology, morphology_of
 
 ANATOMY_PENALTY = 0.6  # score factor when the candidate names only organs the label does not
+NEOPLASM_ANATOMY_PENALTY = 0.36  # the same for a by-site neoplasm label: the site decides its category ("Squamous cell carcinoma of the lung" is not C44)
 SITELESS_PENALTY = 0.75  # score factor when the label names an organ and the candidate none ("Cancer NOS" for "Prostate cancer")
 HEAD_PENALTY = 0.7  # score factor when the candidate shares no pathology word with the label ("Crohn's disease of large bowel" for "Large bowel obstruction")
 CONTEXT_PENALTY = 0.8  # score factor per context word (congenital, newborn ...) the label does not name
@@ -150,7 +151,7 @@ _NOT_ORGAN = frozenset(  # site words of the neoplasm categories that name no si
     "nervous not occipital olfactory optic or organ organs orifice other outer overlapping paraganglia parametrium parietal part parts "
     "pelvic pelvis peripheral pillar portion postcricoid posterior primary pyriform quadrant region regions related respiratory "
     "retromolar right ring round s secondary short sinus sinuses site sites small soft specified spermatic sphenoid stem structures "
-    "superior surface system tail temporal the third thirds thorax tissue to tract transverse trunk tube tubes two type undescended "
+    "superior surface system tail temporal the third thirds twothird thorax tissue to tract transverse trunk tube tubes two type undescended "
     "unspecified upper urinary uteri uvula vallecula vater ventral ventricle ventricles vestibule waldeyer wall whether within zone "
     "ovaries ribs and of large corpus lobe lobes lymphoid hematopoietic malignant neoplasm uncertain behavior benign sinuse structure".split())
 _REGION = {  # organs that count as agreeing with each other (one region; "intestine" lies in both bowel regions)
@@ -206,7 +207,7 @@ def normalise_name(text: str) -> str:
     for old, new in _SPELLING:
         text = text.replace(old, new)
     text = _IZE.sub(lambda m: m.group(0) if m.group(0) in _IZE_KEEP else f"{m.group(1)}iz{m.group(2)}", text)
-    words = [_stem(w) for w in _TOKEN.findall(text)]
+    words = [_stem(w) for w in _TOKEN.findall(re.sub(r"(?<=[a-z]o)-(?=[a-z])", "", text))]
     words = [w for w in words if w not in _DROP]
     extra = []
     organs = {ORGAN_WORDS[w] for w in words if w in ORGAN_WORDS}
@@ -370,6 +371,7 @@ class MatchIndex:
     unspecified: Sequence[bool]  # per text: the text says "unspecified" or "NOS"
     causes: list[frozenset[str]] | None = None  # organism/cause words of infectious-chapter texts (:func:`cause_vocabulary`)
     main_terms: dict[int, str] | None = None  # position -> normalised text, for the index's main terms (a path of one term)
+    cause_words: frozenset[str] = frozenset()  # :func:`cause_vocabulary`: words only the infectious chapter uses
 
 
 def _known_prefix(code: str, valid: set[str]) -> str:
@@ -403,7 +405,7 @@ def _icd_texts() -> tuple[list[str], list[str], list[bool]]:
             if named:
                 pairs.append(named)
     pairs.extend((term, code) for term, code in INDEX_TERMS)
-    pairs.extend((text, _known_prefix(code, valid), "index") for text, code in index_entries())
+    pairs.extend((text, _known_prefix(code, valid), "index") for text, code in (*index_entries(), *neoplasm_entries(1)))
     out_texts, out_codes, out_index, seen = [], [], [], set()
     for text, code, *source in pairs:
         if code not in valid or code[0] in "VWXY":
@@ -450,13 +452,22 @@ def match_index() -> MatchIndex:
     return MatchIndex(chars, words, features, word_rows, texts, codes, organs,
                       [context_words(n) | chapter_context(c) for n, c in zip(normalised, codes)], unspecified,
                       [frozenset(causes_known.intersection(n.split())) if c[0] in "AB" else frozenset()
-                       for n, c in zip(normalised, codes)], main_terms)
+                       for n, c in zip(normalised, codes)], main_terms, causes_known)
 
 
 def names_other_cause(text_causes: frozenset[str], name_words: list[str]) -> bool:
     """True when the candidate names a cause (organism) that no label word shares a stem (or its first five
     letters) with: "Amebic splenic abscess" for "Splenic abscess" (the index's default is "Abscess, spleen")."""
     return any(not any(same_stem(cause, word) or cause[:5] == word[:5] for word in name_words) for cause in text_causes)
+
+
+def _organism_coded(code: str, text: str, name_words: list[str]) -> bool:
+    """An infectious-chapter candidate whose every pathology word the label names ("Disease - hydatid" for "Hepatic
+    hydatid infection"): the chapter codes infections by organism, so its lack of a site is no mismatch."""
+    if code[0] not in "AB":
+        return False
+    words = head_words(normalise_name(text))
+    return bool(words) and all(any(same_stem(word, other) for other in name_words) for word in words)
 
 
 def _behaviour_disagrees(morphology: Morphology | None, code: str) -> bool:
@@ -485,6 +496,7 @@ def rerank(name_norm: str, candidates: list[tuple[int, float]], index: MatchInde
     pairs; best first. ``heads`` answers the head-word test from the word rows (else the texts are normalised)."""
     name_organs, name_context, head = organs_of(name_norm), context_words(name_norm), head_words(name_norm)
     name_words = name_norm.split()
+    name_causes = index.cause_words.intersection(name_words)
     morphology = label_morphology(name_words)
     own = own_category(name_words, morphology)
     by_site = own is None and (morphology is None or morphology.by_site)  # lymphoma, hemangioma: coded whatever the site
@@ -495,9 +507,11 @@ def rerank(name_norm: str, candidates: list[tuple[int, float]], index: MatchInde
     for position, score in candidates:
         text_organs = organs[position]
         if anatomy_disagrees(name_organs, text_organs):
-            score *= ANATOMY_PENALTY
-        elif name_organs and not text_organs and by_site:
+            score *= NEOPLASM_ANATOMY_PENALTY if morphology is not None and by_site else ANATOMY_PENALTY
+        elif name_organs and not text_organs and by_site and not _organism_coded(codes[position], index.texts[position], name_words):
             score *= SITELESS_PENALTY
+        if name_causes and codes[position][0] not in "AB":
+            score *= CAUSE_PENALTY  # "Tuberculous arthropathy": the organism decides the category (A18), not the site
         if morphology is not None and _behaviour_disagrees(morphology, codes[position]):
             score *= BEHAVIOUR_PENALTY
         if own is not None and codes[position][:3] != own:
