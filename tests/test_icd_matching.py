@@ -63,6 +63,7 @@ def test_a_candidate_naming_another_organ_is_penalised() -> None:
 def test_spelling_organ_words_and_index_terms() -> None:
     import simple_icd_10_cm as cm
 
+    from raddiag.knowledge.eponyms import EPONYMS
     from raddiag.knowledge.index_terms import INDEX_TERMS
     from raddiag.knowledge.textmatch import normalise_name, note_terms
 
@@ -71,8 +72,9 @@ def test_spelling_organ_words_and_index_terms() -> None:
     assert normalise_name("Hepatic metastases").split()[-4:] == ["liver", "secondary", "malignant", "neoplasm"]
     assert note_terms("amyotrophic lateral sclerosis (G12.21)") == ("amyotrophic lateral sclerosis", "G12.21")
     assert note_terms("hiatus hernia (K44.-)") == ("hiatus hernia", "K44") and note_terms("cerebrovascular diseases (I60-I69)") is None
-    bad = [(term, code) for term, code in INDEX_TERMS if not cm.is_valid_item(code)]
+    bad = [(term, code) for term, code in (*INDEX_TERMS, *EPONYMS) if not cm.is_valid_item(code)]
     assert not bad, f"index terms with codes missing from the bundled table: {bad}"
+    assert len({term for term, _ in EPONYMS}) == len(EPONYMS) and all(code[0] in "MS" for _, code in EPONYMS)  # injuries
 
 
 @pytest.mark.parametrize(("name", "categories"), [  # round 2: one development-list failure per rule (#16)
@@ -428,3 +430,36 @@ def test_round6_combining_forms_and_the_table_of_neoplasms() -> None:
                 "Hepatic hydatid infection": "B67", "Tuberculous arthropathy": "A18", "Proximal radio-ulnar synostosis": "Q74"}
     got = {name: found[0][0][:3] for name, found in zip(expected, match_candidates(list(expected), k=1))}
     assert got == expected
+
+
+def test_round6_partial_head_words_sites_and_contexts() -> None:
+    """A candidate sharing fewer of the label's head words scores lower by PARTIAL_HEAD_PENALTY to the missed share;
+    a two-word site ("basal ganglia") is a site, not a head word; a COVID text is a context the label must name;
+    an eponym the index lacks reaches its injury's code."""
+    from raddiag.knowledge.textmatch import (
+        PARTIAL_HEAD_PENALTY,
+        _HeadColumns,
+        context_words,
+        head_words,
+        match_candidates,
+        match_index,
+        normalise_name,
+        organs_of,
+        rerank,
+    )
+
+    assert head_words(normalise_name("Basal ganglia haemorrhage")) == {"hemorrhage"}
+    assert organs_of(normalise_name("Basal ganglia haemorrhage")) == {"brain"}
+    assert "covid" in context_words(normalise_name("Suprascapular nerve - post COVID-19"))
+    index = match_index()
+    heads = _HeadColumns(index)
+    name = normalise_name("Middle cerebral artery infarct")
+    both = index.texts.index("Cerebral infarction due to thrombosis of middle cerebral artery")
+    one = index.texts.index("Middle cerebral artery syndrome")
+    ranked = dict(rerank(name, [(both, 0.7), (one, 0.7)], index, heads))
+    assert head_words(name) == {"middle", "artery", "infarct"}
+    assert ranked[both] == pytest.approx(0.7)  # every head word (infarct ~ infarction)
+    assert ranked[one] == pytest.approx(0.7 * PARTIAL_HEAD_PENALTY ** (1 / 3))  # misses "infarct"
+    names = ["Jefferson fracture", "Hangman fracture", "Segond fracture", "Suprascapular neuropathy"]
+    got = [found[0][0][:3] for found in match_candidates(names, k=1)]
+    assert got[:3] == ["S12", "S12", "S82"] and got[3] != "U09", got

@@ -56,6 +56,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from raddiag.knowledge.cm_index import index_entries, neoplasm_entries, own_categories
+from raddiag.knowledge.eponyms import EPONYMS
 from raddiag.knowledge.icd import code_length, description, load_icd
 from raddiag.knowledge.index_terms import INDEX_TERMS
 from raddiag.knowledge.morphology import MORPHOLOGY, UNSPECIFIED, WORDING, Morphology, behaviour_agrees, label_morphology, morphology_of
@@ -63,6 +64,7 @@ from raddiag.knowledge.morphology import MORPHOLOGY, UNSPECIFIED, WORDING, Morph
 ANATOMY_PENALTY = 0.6  # score factor when the candidate names only organs the label does not
 NEOPLASM_ANATOMY_PENALTY = 0.36  # the same for a by-site neoplasm label: the site decides its category ("Squamous cell carcinoma of the lung" is not C44)
 SITELESS_PENALTY = 0.75  # score factor when the label names an organ and the candidate none ("Cancer NOS" for "Prostate cancer")
+PARTIAL_HEAD_PENALTY = 0.85  # score factor to the power of the share of the label's head words a candidate misses
 HEAD_PENALTY = 0.7  # score factor when the candidate shares no pathology word with the label ("Crohn's disease of large bowel" for "Large bowel obstruction")
 CONTEXT_PENALTY = 0.8  # score factor per context word (congenital, newborn ...) the label does not name
 BEHAVIOUR_PENALTY = 0.6  # score factor when the label names a neoplasm and the candidate's code has another behaviour
@@ -100,6 +102,7 @@ _ANATOMY = {  # organ (the noun ICD-10-CM uses) -> its adjectives and synonyms; 
     "kidney": ("renal", "nephric", "perirenal", "perinephric"), "liver": ("hepatic", "hepatocellular", "intrahepatic"),
     "lung": ("pulmonary", "bronchiolar"), "bronchus": ("bronchial", "endobronchial"),
     "brain": ("cerebral", "intracerebral", "cerebrum", "intracranial", "hypothalamic", "hypothalamus", "thalamic", "thalamus",
+              "mesencephalic", "perimesencephalic", "periventricular", "subependymal", "putamen", "putaminal", "caudate",
               "brainstem", "pontine", "pons", "midbrain", "callosal", "callosum", "hippocampal", "hippocampus", "supratentorial",
               "infratentorial"),
     "cerebellum": ("cerebellar",), "meninges": ("meningeal", "meninx", "leptomeningeal", "dural", "dura", "subdural", "epidural",
@@ -170,14 +173,14 @@ _REGION = {  # organs that count as agreeing with each other (one region; "intes
 _PART_OF = {organ: "bone" for organ in (  # a text naming the whole ("Secondary malignant neoplasm of bone") covers its parts
     "vertebra", "skull", "femur", "humerus", "tibia", "fibula", "radius", "ulna", "rib", "sternum", "clavicle", "scapula",
     "calcaneus", "sacrum", "patella", "jaw")}
-_PHRASES = {("large", "intestine"): "colon", ("large", "bowel"): "colon"}  # the tabular's "large intestine" is the radiologist's colon
+_PHRASES = {("large", "intestine"): "colon", ("large", "bowel"): "colon", ("basal", "ganglia"): "brain"}  # the tabular's "large intestine" is the radiologist's colon
 _GENERIC = frozenset(  # words that do not name the pathology: a candidate sharing only these shares no head word
     "acute chronic subacute large small left right bilateral unilateral multiple single solitary primary total partial complete "
     "simple diffuse focal lower upper anterior posterior lateral medial superior inferior proximal distal internal external common "
     "giant mild severe disease syndrome lesion developmental idiopathic adult juvenile pediatric childhood junction tract wall "
     "process mass cell grade stage early late recurrent bone joint part area region".split())
 _SEE_ALSO = {"tear": "sprain"}  # Index "Tear, ligament - see Sprain"
-_CONTEXT = ("malignant", "neoplasm", "situ", "congenital", "newborn", "neonatal", "perinatal", "fetus", "fetal", "pregnancy", "puerperium", "puerperal", "childbirth",
+_CONTEXT = ("malignant", "neoplasm", "covid", "situ", "congenital", "newborn", "neonatal", "perinatal", "fetus", "fetal", "pregnancy", "puerperium", "puerperal", "childbirth",
             "abortion", "obstetric", "labor", "delivery", "history", "sequela", "sequelae", "screening", "poisoning", "toxic",
             "adverse", "underdosing", "postprocedural", "intraoperative", "birth", "family", "personal", "encounter", "complication")
 _CODE_NOTE = re.compile(r"^(?P<term>[^()]*(?:\([^()]*\)[^()]*)*?)\s*\((?P<code>[A-Z][0-9][0-9A-Z](?:\.[0-9A-Z]{1,4})?)[-.]*(?:[,;\s][^()]*)?\)\s*$")
@@ -226,7 +229,9 @@ def normalise_name(text: str) -> str:
 def head_words(normalised: str) -> frozenset[str]:
     """The words of a normalised label that name its pathology: not an organ, not a generic modifier
     ("Large bowel obstruction" -> {obstruction}; "Lymph node enlargement" -> {enlargement})."""
-    return frozenset(w for w in normalised.split() if w not in ORGAN_WORDS and w not in _GENERIC and w not in _DROP)
+    words = normalised.split()
+    sites = {w for i in range(len(words) - 1) if (words[i], words[i + 1]) in _PHRASES for w in words[i:i + 2]}  # basal ganglia
+    return frozenset(w for w in words if w not in ORGAN_WORDS and w not in _GENERIC and w not in _DROP and w not in sites)
 
 
 def same_stem(word: str, other: str) -> bool:
@@ -404,7 +409,7 @@ def _icd_texts() -> tuple[list[str], list[str], list[bool]]:
             named = note_terms(note)
             if named:
                 pairs.append(named)
-    pairs.extend((term, code) for term, code in INDEX_TERMS)
+    pairs.extend((term, code) for term, code in (*INDEX_TERMS, *EPONYMS))
     pairs.extend((text, _known_prefix(code, valid), "index") for text, code in (*index_entries(), *neoplasm_entries(1)))
     out_texts, out_codes, out_index, seen = [], [], [], set()
     for text, code, *source in pairs:
@@ -501,6 +506,7 @@ def rerank(name_norm: str, candidates: list[tuple[int, float]], index: MatchInde
     own = own_category(name_words, morphology)
     by_site = own is None and (morphology is None or morphology.by_site)  # lymphoma, hemangioma: coded whatever the site
     columns = heads.of(head) if heads is not None and head else frozenset()
+    word_columns = [heads.columns(w) for w in head] if heads is not None else []
     organs, contexts, causes, codes = index.organs, index.context, index.causes, index.codes
     unspecified, main_terms = index.unspecified, index.main_terms
     out = []
@@ -521,6 +527,9 @@ def rerank(name_norm: str, candidates: list[tuple[int, float]], index: MatchInde
         if head and not (heads.shared(columns, position) if heads is not None
                          else shares_head(head, set(normalise_name(index.texts[position]).split()))):
             score *= HEAD_PENALTY
+        elif heads is not None and len(head) > 1:  # shares some head words: the fewer, the smaller the score
+            missed = sum(1 for cols in word_columns if not heads.shared(cols, position))
+            score *= PARTIAL_HEAD_PENALTY ** (missed / len(head))
         if contexts[position]:
             score *= CONTEXT_PENALTY ** len(contexts[position] - name_context)
         if unspecified[position]:
