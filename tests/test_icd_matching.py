@@ -463,3 +463,41 @@ def test_round6_partial_head_words_sites_and_contexts() -> None:
     names = ["Jefferson fracture", "Hangman fracture", "Segond fracture", "Suprascapular neuropathy"]
     got = [found[0][0][:3] for found in match_candidates(names, k=1)]
     assert got[:3] == ["S12", "S12", "S82"] and got[3] != "U09", got
+
+
+def test_round7_chapters_lobes_defaults_and_modifiers() -> None:
+    """A newborn's label keeps to chapter P (and counts as naming "congenital"); "upper/middle/lower lobe" is the
+    lung; "Unspecified ..." texts get the default bonus and an index main term worded like a tabular text is still
+    the main term; a morphology's one-word index subterm changes its behaviour ("atypical meningioma": uncertain)."""
+    from raddiag.knowledge.cm_index import modifier_behaviours
+    from raddiag.knowledge.morphology import MORPHOLOGY, UNCERTAIN
+    from raddiag.knowledge.textmatch import (
+        CONTEXT_PENALTY,
+        MatchIndex,
+        context_words,
+        label_chapters,
+        label_morphology,
+        match_candidates,
+        match_index,
+        normalise_name,
+        organs_of,
+        rerank,
+    )
+
+    assert organs_of(normalise_name("Left upper lobe collapse")) == {"lung"}
+    assert label_chapters(normalise_name("Neonatal pneumothorax").split()) == {"P"}
+    assert label_chapters(normalise_name("Pneumothorax").split()) == frozenset()
+    assert "congenital" in context_words(normalise_name("Neonatal pneumothorax"))
+    texts = ["Pneumothorax, unspecified", "Pneumothorax NOS - congenital"]
+    index = MatchIndex(None, None, None, None, texts, ["J93.9", "P25.1"], [frozenset()] * 2,
+                       [frozenset(), frozenset({"congenital"})], np.zeros(2, dtype=bool), [frozenset()] * 2)
+    ranked = dict(rerank(normalise_name("Neonatal pneumothorax"), [(0, 0.8), (1, 0.7)], index))
+    assert ranked[0] == pytest.approx(0.8 * CONTEXT_PENALTY) and ranked[1] == pytest.approx(0.7)
+    real = match_index()
+    assert real.unspecified[real.texts.index("Unspecified appendicitis")]
+    assert modifier_behaviours(tuple(sorted(MORPHOLOGY)))[("meningioma", "atypical")] == UNCERTAIN
+    assert label_morphology(normalise_name("Atypical meningioma").split()).behaviour == UNCERTAIN
+    assert label_morphology(normalise_name("Meningioma").split()).behaviour != UNCERTAIN
+    names = {"Appendicitis": "K37", "Neonatal pneumothorax": "P25", "Atypical meningioma": "D42", "Left upper lobe collapse": "J98"}
+    got = {name: found[0][0][:3] for name, found in zip(names, match_candidates(list(names), k=1))}
+    assert got == names

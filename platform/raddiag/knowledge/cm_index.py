@@ -203,3 +203,29 @@ def own_categories(words: tuple[str, ...]) -> dict[str, str]:
         if row is not None and row["Code"] and "neoplasm" not in (row["See"] + row["SeeAlso"]).lower():
             out[word] = row["Code"][:3]
     return out
+
+
+#: the behaviour words of a "see Neoplasm, <site>, <behaviour>" target -> :mod:`raddiag.knowledge.morphology`'s names
+_SEE_BEHAVIOUR = {"malignant": "malignant", "secondary": "secondary", "in situ": "in situ", "benign": "benign",
+                  "uncertain behavior": "uncertain", "unspecified behavior": "unspecified"}
+
+
+@functools.lru_cache(maxsize=4)
+def modifier_behaviours(words: tuple[str, ...]) -> dict[tuple[str, str], str]:
+    """Of the morphology ``words``, the one-word subterms the index sends to another behaviour column of the Table of
+    Neoplasms ("Meningioma - atypical - see Neoplasm, meninges, uncertain behavior"): ``(morphology, modifier) ->
+    behaviour`` ("atypical meningioma" is D42, not the benign D32)."""
+    wanted = set(words)
+    out: dict[tuple[str, str], str] = {}
+    current = ""
+    for row in _rows():
+        if row["Level"] == "0":
+            current = main_term_wording(row["Term"]).lower()
+            continue
+        if row["Level"] != "1" or current not in wanted:
+            continue
+        term, see = row["Term"].strip().lower(), row["See"]
+        parts = [part.strip().lower() for part in see.split(",")]
+        if " " not in term and len(parts) == 3 and parts[0] == "neoplasm" and parts[2] in _SEE_BEHAVIOUR:
+            out[(current, term)] = _SEE_BEHAVIOUR[parts[2]]
+    return out

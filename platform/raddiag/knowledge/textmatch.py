@@ -42,6 +42,14 @@ label does not name ("Amebic splenic abscess") is penalised. Accents are strippe
 Rounds 4-5: the paths of the real ICD-10-CM index (:mod:`raddiag.knowledge.cm_index`) are texts too; an index path naming
 no organ takes its category's site; a morphology the index codes whatever the site keeps its category (hemangioma D18);
 a label that is an index main term takes that term's own code.
+
+Rounds 6-7: infections are coded by organism (an A/B text the label names every pathology word of is not penalised for
+naming no site; a label naming an organism word only A/B uses penalises other chapters); the Table of Neoplasms' sites
+are texts per behaviour column, and a by-site neoplasm naming another organ is penalised harder; combining-form hyphens
+are joined ("utero-ovarian" is no ovary); trauma eponyms the index lacks (:mod:`raddiag.knowledge.eponyms`); a partial
+head-word penalty; COVID as a context; brain parts, "basal ganglia" and the lung lobes as sites; a label naming a newborn
+or a pregnancy keeps to chapter P or O; "Unspecified ..." texts get the default bonus; a morphology's one-word index
+subterm sets its behaviour ("Meningioma - atypical": uncertain).
 """
 
 from __future__ import annotations
@@ -55,11 +63,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from raddiag.knowledge.cm_index import index_entries, neoplasm_entries, own_categories
+from raddiag.knowledge.cm_index import index_entries, modifier_behaviours, neoplasm_entries, own_categories
 from raddiag.knowledge.eponyms import EPONYMS
 from raddiag.knowledge.icd import code_length, description, load_icd
 from raddiag.knowledge.index_terms import INDEX_TERMS
-from raddiag.knowledge.morphology import MORPHOLOGY, UNSPECIFIED, WORDING, Morphology, behaviour_agrees, label_morphology, morphology_of
+from raddiag.knowledge.morphology import MORPHOLOGY, UNSPECIFIED, WORDING, Morphology, behaviour_agrees, morphology_of
+from raddiag.knowledge.morphology import label_morphology as _morphology_alone
 
 ANATOMY_PENALTY = 0.6  # score factor when the candidate names only organs the label does not
 NEOPLASM_ANATOMY_PENALTY = 0.36  # the same for a by-site neoplasm label: the site decides its category ("Squamous cell carcinoma of the lung" is not C44)
@@ -173,7 +182,8 @@ _REGION = {  # organs that count as agreeing with each other (one region; "intes
 _PART_OF = {organ: "bone" for organ in (  # a text naming the whole ("Secondary malignant neoplasm of bone") covers its parts
     "vertebra", "skull", "femur", "humerus", "tibia", "fibula", "radius", "ulna", "rib", "sternum", "clavicle", "scapula",
     "calcaneus", "sacrum", "patella", "jaw")}
-_PHRASES = {("large", "intestine"): "colon", ("large", "bowel"): "colon", ("basal", "ganglia"): "brain"}  # the tabular's "large intestine" is the radiologist's colon
+_PHRASES = {("large", "intestine"): "colon", ("large", "bowel"): "colon", ("basal", "ganglia"): "brain",
+            ("upper", "lobe"): "lung", ("middle", "lobe"): "lung", ("lower", "lobe"): "lung"}  # lung lobes by position  # the tabular's "large intestine" is the radiologist's colon
 _GENERIC = frozenset(  # words that do not name the pathology: a candidate sharing only these shares no head word
     "acute chronic subacute large small left right bilateral unilateral multiple single solitary primary total partial complete "
     "simple diffuse focal lower upper anterior posterior lateral medial superior inferior proximal distal internal external common "
@@ -187,6 +197,21 @@ _CODE_NOTE = re.compile(r"^(?P<term>[^()]*(?:\([^()]*\)[^()]*)*?)\s*\((?P<code>[
 _WITHOUT = re.compile(r",?\s+without\b.*$", re.I)  # "X without Y" is the index's default for X: a variant "X" (not for "with")
 _PARENS = re.compile(r"\s*[\(\[][^()\[\]]*[\)\]]")
 _TOKEN = re.compile(r"[a-z0-9]+")
+
+
+def label_morphology(words: list[str]) -> Morphology | None:
+    """:func:`raddiag.knowledge.morphology.label_morphology`, with the behaviour the index gives a morphology's one-word
+    subterm when the label names it ("Atypical meningioma": uncertain, :func:`~raddiag.knowledge.cm_index.modifier_behaviours`)."""
+    morphology = _morphology_alone(words)
+    if morphology is None:
+        return None
+    modifiers = modifier_behaviours(tuple(sorted(MORPHOLOGY)))
+    for word in words:
+        if word in MORPHOLOGY and morphology_of(word) is morphology:
+            behaviour = next((modifiers[(word, other)] for other in words if (word, other) in modifiers), None)
+            if behaviour is not None and behaviour != morphology.behaviour:
+                return Morphology(behaviour, morphology.site, morphology.by_site)
+    return morphology
 
 
 def _stem(word: str) -> str:
@@ -307,7 +332,7 @@ def _regions(organs: frozenset[str]) -> frozenset[str]:
     return out
 
 
-_IMPLIES = {"developmental": "congenital"}  # a label word that names a context in other words
+_IMPLIES = {"developmental": "congenital", "neonatal": "congenital", "newborn": "congenital"}  # a label word that names a context in other words
 # Chapters restricted to a context as a whole: every text of O00-O9A is about pregnancy and of P00-P96 about the perinatal
 # period, whether or not its wording says so (O24's "diabetes mellitus" note). The label words that name the context:
 _CHAPTER_CONTEXT = {"O": "@pregnancy", "P": "@perinatal"}
@@ -316,6 +341,16 @@ _NAMES_CHAPTER = {
                             "puerperium trimester childbirth fetal fetus abortion".split()),
     "@perinatal": frozenset("newborn neonatal neonate perinatal birth premature prematurity preterm congenital fetal fetus".split()),
 }
+
+
+# Label words that put the disorder in one chapter: a newborn's condition is coded in P00-P96, a pregnancy's in O00-O9A
+_CHAPTER_ONLY = {"P": frozenset("newborn neonatal neonate perinatal".split()),
+                 "O": frozenset("pregnancy pregnant gestational puerperal puerperium postpartum obstetric trimester".split())}
+
+
+def label_chapters(words: list[str]) -> frozenset[str]:
+    """The chapters (``"P"``, ``"O"``) a label's words confine it to ("Neonatal pneumothorax": P)."""
+    return frozenset(chapter for chapter, named in _CHAPTER_ONLY.items() if not named.isdisjoint(words))
 
 
 def context_words(normalised: str) -> frozenset[str]:
@@ -436,21 +471,25 @@ def match_index() -> MatchIndex:
     from scipy import sparse
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    texts, codes, normalised, organs, main_terms, seen = [], [], [], [], {}, set()
+    texts, codes, normalised, organs, main_terms, seen = [], [], [], [], {}, {}
     for text, code, from_index in zip(*_icd_texts()):  # variants that normalise alike add nothing: the first wording is kept
         norm = normalise_name(text)
-        if (norm, code) not in seen:
-            seen.add((norm, code))
-            texts.append(text)
-            codes.append(code)
-            normalised.append(norm)
-            # an index path naming no organ takes its category's site ("Carcinoma - basal-squamous cell" C44: skin)
-            organs.append(organs_of(norm) or (_category_organs(code[:3]) if from_index else frozenset()))
-            if from_index and " - " not in text:
-                main_terms[len(texts) - 1] = norm
+        main_term = from_index and " - " not in text
+        if (norm, code) in seen:  # an index main term worded like a tabular text ("Appendicitis" K37): that text is the main term
+            if main_term:
+                main_terms[seen[(norm, code)]] = norm
+            continue
+        seen[(norm, code)] = len(texts)
+        texts.append(text)
+        codes.append(code)
+        normalised.append(norm)
+        # an index path naming no organ takes its category's site ("Carcinoma - basal-squamous cell" C44: skin)
+        organs.append(organs_of(norm) or (_category_organs(code[:3]) if from_index else frozenset()))
+        if main_term:
+            main_terms[len(texts) - 1] = norm
     chars = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True, dtype=np.float32)
     words = TfidfVectorizer(analyzer="word", token_pattern=r"(?u)\b\w+\b", sublinear_tf=True, dtype=np.float32)
-    unspecified = [bool(re.search(r"\b(unspecified|NOS)\b", t)) for t in texts]
+    unspecified = [bool(re.search(r"\b([Uu]nspecified|NOS)\b", t)) for t in texts]
     causes_known = cause_vocabulary(list(zip(codes, normalised)))
     char_rows, word_rows = chars.fit_transform(normalised), words.fit_transform(normalised)
     features = sparse.vstack([char_rows.T, word_rows.T], format="csr", dtype=np.float32)
@@ -502,6 +541,7 @@ def rerank(name_norm: str, candidates: list[tuple[int, float]], index: MatchInde
     name_organs, name_context, head = organs_of(name_norm), context_words(name_norm), head_words(name_norm)
     name_words = name_norm.split()
     name_causes = index.cause_words.intersection(name_words)
+    chapters = label_chapters(name_words)
     morphology = label_morphology(name_words)
     own = own_category(name_words, morphology)
     by_site = own is None and (morphology is None or morphology.by_site)  # lymphoma, hemangioma: coded whatever the site
@@ -532,6 +572,8 @@ def rerank(name_norm: str, candidates: list[tuple[int, float]], index: MatchInde
             score *= PARTIAL_HEAD_PENALTY ** (missed / len(head))
         if contexts[position]:
             score *= CONTEXT_PENALTY ** len(contexts[position] - name_context)
+        if chapters and codes[position][0] not in chapters:
+            score *= CONTEXT_PENALTY  # the label names a newborn or a pregnancy: the candidate's chapter does not
         if unspecified[position]:
             score += UNSPECIFIED_BONUS
         if main_terms and main_terms.get(position) == name_norm:
