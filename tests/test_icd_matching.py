@@ -501,3 +501,17 @@ def test_round7_chapters_lobes_defaults_and_modifiers() -> None:
     names = {"Appendicitis": "K37", "Neonatal pneumothorax": "P25", "Atypical meningioma": "D42", "Left upper lobe collapse": "J98"}
     got = {name: found[0][0][:3] for name, found in zip(names, match_candidates(list(names), k=1))}
     assert got == names
+
+
+def test_round7_the_injury_chapter_is_a_context_the_label_must_name() -> None:
+    """Every S-chapter text carries the injury context: "Perimesencephalic subarachnoid haemorrhage" is not the
+    traumatic S06.6, while a label naming a fracture, tear or trauma keeps its S code."""
+    from raddiag.knowledge.textmatch import chapter_context, context_words, match_candidates, normalise_name
+
+    assert chapter_context("S06.6") == {"@injury"} and chapter_context("I60.9") == frozenset()
+    assert "@injury" in context_words(normalise_name("Anterior cruciate ligament tear"))
+    assert "@injury" not in context_words(normalise_name("Orbital infection"))
+    names = {"Perimesencephalic subarachnoid haemorrhage": "I60", "Orbital infection": "H05", "Anterior cruciate ligament tear": "S83",
+             "Jefferson fracture": "S12"}
+    got = {name: found[0][0][:3] for name, found in zip(names, match_candidates(list(names), k=1))}
+    assert got == names

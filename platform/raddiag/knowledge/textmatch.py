@@ -47,7 +47,8 @@ Rounds 6-7: infections are coded by organism (an A/B text the label names every 
 naming no site; a label naming an organism word only A/B uses penalises other chapters); the Table of Neoplasms' sites
 are texts per behaviour column, and a by-site neoplasm naming another organ is penalised harder; combining-form hyphens
 are joined ("utero-ovarian" is no ovary); trauma eponyms the index lacks (:mod:`raddiag.knowledge.eponyms`); a partial
-head-word penalty; COVID as a context; brain parts, "basal ganglia" and the lung lobes as sites; a label naming a newborn
+head-word penalty; COVID as a context, and the injury chapter (S) as one the label must name (a fracture, tear,
+trauma ...); brain parts, "basal ganglia" and the lung lobes as sites; a label naming a newborn
 or a pregnancy keeps to chapter P or O; "Unspecified ..." texts get the default bonus; a morphology's one-word index
 subterm sets its behaviour ("Meningioma - atypical": uncertain).
 """
@@ -335,11 +336,14 @@ def _regions(organs: frozenset[str]) -> frozenset[str]:
 _IMPLIES = {"developmental": "congenital", "neonatal": "congenital", "newborn": "congenital"}  # a label word that names a context in other words
 # Chapters restricted to a context as a whole: every text of O00-O9A is about pregnancy and of P00-P96 about the perinatal
 # period, whether or not its wording says so (O24's "diabetes mellitus" note). The label words that name the context:
-_CHAPTER_CONTEXT = {"O": "@pregnancy", "P": "@perinatal"}
+_CHAPTER_CONTEXT = {"O": "@pregnancy", "P": "@perinatal", "S": "@injury"}
 _NAMES_CHAPTER = {
     "@pregnancy": frozenset("pregnancy pregnant gestational gestation placenta placental amniotic obstetric postpartum puerperal "
                             "puerperium trimester childbirth fetal fetus abortion".split()),
     "@perinatal": frozenset("newborn neonatal neonate perinatal birth premature prematurity preterm congenital fetal fetus".split()),
+    "@injury": frozenset("injury trauma traumatic fracture dislocation subluxation sprain strain tear rupture laceration contusion "
+                         "wound avulsion crush puncture penetrating blunt whiplash concussion transection amputation injured "
+                         "hematoma foreign".split()),
 }
 
 
