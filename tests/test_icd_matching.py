@@ -495,7 +495,9 @@ def test_round7_chapters_lobes_defaults_and_modifiers() -> None:
     assert ranked[0] == pytest.approx(0.8 * CONTEXT_PENALTY) and ranked[1] == pytest.approx(0.7)
     real = match_index()
     assert real.unspecified[real.texts.index("Unspecified appendicitis")]
-    assert modifier_behaviours(tuple(sorted(MORPHOLOGY)))[("meningioma", "atypical")] == UNCERTAIN
+    modifiers = modifier_behaviours(tuple(sorted(MORPHOLOGY)))
+    assert modifiers[("meningioma", "atypical")] == UNCERTAIN  # "see Neoplasm, meninges, uncertain behavior"
+    assert modifiers[("ependymoma", "myxopapillary")] == UNCERTAIN  # through "specified site - see Neoplasm, uncertain behavior, by site"
     assert label_morphology(normalise_name("Atypical meningioma").split()).behaviour == UNCERTAIN
     assert label_morphology(normalise_name("Meningioma").split()).behaviour != UNCERTAIN
     names = {"Appendicitis": "K37", "Neonatal pneumothorax": "P25", "Atypical meningioma": "D42", "Left upper lobe collapse": "J98"}

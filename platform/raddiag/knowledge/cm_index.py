@@ -212,20 +212,29 @@ _SEE_BEHAVIOUR = {"malignant": "malignant", "secondary": "secondary", "in situ":
 
 @functools.lru_cache(maxsize=4)
 def modifier_behaviours(words: tuple[str, ...]) -> dict[tuple[str, str], str]:
-    """Of the morphology ``words``, the one-word subterms the index sends to another behaviour column of the Table of
-    Neoplasms ("Meningioma - atypical - see Neoplasm, meninges, uncertain behavior"): ``(morphology, modifier) ->
-    behaviour`` ("atypical meningioma" is D42, not the benign D32)."""
+    """Of the morphology ``words``, the one-word subterms the index sends to a behaviour column of the Table of
+    Neoplasms, directly ("Meningioma - atypical - see Neoplasm, meninges, uncertain behavior") or through their
+    "specified site" ("Ependymoma - myxopapillary - specified site - see Neoplasm, uncertain behavior, by site"):
+    ``(morphology, modifier) -> behaviour`` ("atypical meningioma" is D42, not the benign D32)."""
     wanted = set(words)
     out: dict[tuple[str, str], str] = {}
-    current = ""
+    current = modifier = ""
     for row in _rows():
-        if row["Level"] == "0":
-            current = main_term_wording(row["Term"]).lower()
+        level = row["Level"]
+        if level == "0":
+            current, modifier = main_term_wording(row["Term"]).lower(), ""
             continue
-        if row["Level"] != "1" or current not in wanted:
+        if current not in wanted or level not in ("1", "2"):
             continue
-        term, see = row["Term"].strip().lower(), row["See"]
-        parts = [part.strip().lower() for part in see.split(",")]
-        if " " not in term and len(parts) == 3 and parts[0] == "neoplasm" and parts[2] in _SEE_BEHAVIOUR:
-            out[(current, term)] = _SEE_BEHAVIOUR[parts[2]]
+        term = row["Term"].strip().lower()
+        parts = [" ".join(part.split()).lower() for part in row["See"].split(",")]
+        if level == "1":
+            modifier = term if " " not in term else ""
+        elif term != "specified site":  # "Ependymoma - myxopapillary - specified site - see Neoplasm, uncertain behavior, by site"
+            continue
+        behaviour = ""
+        if len(parts) == 3 and parts[0] == "neoplasm":
+            behaviour = _SEE_BEHAVIOUR.get(parts[2]) or (_SEE_BEHAVIOUR.get(parts[1], "") if parts[2] == "by site" else "")
+        if modifier and behaviour:
+            out.setdefault((current, modifier), behaviour)
     return out
