@@ -485,6 +485,8 @@ def test_round7_chapters_lobes_defaults_and_modifiers() -> None:
     )
 
     assert organs_of(normalise_name("Left upper lobe collapse")) == {"lung"}
+    assert organs_of(normalise_name("Zygomaticomaxillary complex fracture")) == {"jaw"}  # S02.4 malar, maxillary and zygoma
+    assert organs_of(normalise_name("Anterior inferior iliac spine avulsion")) == {"ilium", "spine"}
     assert label_chapters(normalise_name("Neonatal pneumothorax").split()) == {"P"}
     assert label_chapters(normalise_name("Pneumothorax").split()) == frozenset()
     assert "congenital" in context_words(normalise_name("Neonatal pneumothorax"))

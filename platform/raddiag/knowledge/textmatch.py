@@ -146,7 +146,8 @@ _ANATOMY = {  # organ (the noun ICD-10-CM uses) -> its adjectives and synonyms; 
     "sacrum": ("sacral", "sacroiliac", "coccyx", "coccygeal"), "salivary": ("parotid", "submandibular", "sublingual"),
     "pituitary": (), "pineal": (), "vagina": ("vaginal",), "vulva": ("vulvar", "labium"), "penis": ("penile", "glans", "prepuce"),
     "scrotum": ("scrotal",), "lip": (), "tongue": ("lingual",), "mouth": ("oral", "buccal", "gum", "gingival", "palate", "palatal"),
-    "jaw": ("mandibular", "mandible", "maxillary", "temporomandibular"), "ear": ("otic", "aural", "mastoid", "tympanic", "cochlear"),
+    "jaw": ("mandibular", "mandible", "maxillary", "maxilla", "temporomandibular", "zygoma", "zygomatic", "zygomaticomaxillary", "malar"),
+    "ilium": ("iliac",), "ischium": ("ischial",), "pubis": ("pubic",), "ear": ("otic", "aural", "mastoid", "tympanic", "cochlear"),
     "tonsil": ("tonsillar",), "thymus": ("thymic",), "wrist": ("carpal", "carpus", "scaphoid", "lunate"), "ankle": ("malleolar", "malleolus"),
     "elbow": ("olecranon",), "foot": ("metatarsal", "tarsal", "talar", "talus"), "hand": ("metacarpal",), "finger": (), "toe": (),
     "radius": ("radial",), "ulna": ("ulnar",), "skull": ("calvarial", "calvarium"), "spine": ("spinal", "lumbar", "lumbosacral"),
@@ -182,7 +183,7 @@ _REGION = {  # organs that count as agreeing with each other (one region; "intes
 }
 _PART_OF = {organ: "bone" for organ in (  # a text naming the whole ("Secondary malignant neoplasm of bone") covers its parts
     "vertebra", "skull", "femur", "humerus", "tibia", "fibula", "radius", "ulna", "rib", "sternum", "clavicle", "scapula",
-    "calcaneus", "sacrum", "patella", "jaw")}
+    "calcaneus", "sacrum", "patella", "jaw", "ilium", "ischium", "pubis")}
 _PHRASES = {("large", "intestine"): "colon", ("large", "bowel"): "colon", ("basal", "ganglia"): "brain",
             ("upper", "lobe"): "lung", ("middle", "lobe"): "lung", ("lower", "lobe"): "lung"}  # lung lobes by position  # the tabular's "large intestine" is the radiologist's colon
 _GENERIC = frozenset(  # words that do not name the pathology: a candidate sharing only these shares no head word
