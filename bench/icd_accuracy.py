@@ -1,7 +1,7 @@
 """Label -> ICD-10-CM text matching: top-1 / top-3 category accuracy on hand-checked lists (#16).
 
-The lists (``bench/data/icd_handcheck_{dev,heldout,heldout2,heldout3,heldout4,heldout5,heldout6,heldout7,heldout8}.csv``; held-out 3-8 are seeded
-random samples, see their headers; held-out 5-8 were written from the real FY2025 index) give, for
+The lists (``bench/data/icd_handcheck_{dev,heldout,heldout2,heldout3,heldout4,heldout5,heldout6,heldout7,heldout8,heldout9}.csv``; held-out 3-9 are seeded
+random samples, see their headers; held-out 5-9 were written from the real FY2025 index) give, for
 common radiology disorders spelled as in the RP3D vocabulary, the 3-character ICD-10-CM category a
 coder reaches from the ICD-10-CM index (and defensible alternatives). A prediction is correct when
 its code's category is the expected one or an alternative. Top-3 counts the three best *distinct*
@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-LISTS = {name: REPO / "bench" / "data" / f"icd_handcheck_{name}.csv" for name in ("dev", "heldout", "heldout2", "heldout3", "heldout4", "heldout5", "heldout6", "heldout7", "heldout8")}
+LISTS = {name: REPO / "bench" / "data" / f"icd_handcheck_{name}.csv" for name in ("dev", "heldout", "heldout2", "heldout3", "heldout4", "heldout5", "heldout6", "heldout7", "heldout8", "heldout9")}
 VOCAB = REPO.parent / "shared" / "rp3d-demo" / "disorder_label_dict.json"
 THRESHOLD = 0.4
 
