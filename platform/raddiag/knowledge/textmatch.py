@@ -201,13 +201,18 @@ _PARENS = re.compile(r"\s*[\(\[][^()\[\]]*[\)\]]")
 _TOKEN = re.compile(r"[a-z0-9]+")
 
 
+@functools.lru_cache(maxsize=1)
+def _modifiers() -> dict[tuple[str, str], str]:
+    return modifier_behaviours(tuple(sorted(MORPHOLOGY)))
+
+
 def label_morphology(words: list[str]) -> Morphology | None:
     """:func:`raddiag.knowledge.morphology.label_morphology`, with the behaviour the index gives a morphology's one-word
     subterm when the label names it ("Atypical meningioma": uncertain, :func:`~raddiag.knowledge.cm_index.modifier_behaviours`)."""
     morphology = _morphology_alone(words)
     if morphology is None:
         return None
-    modifiers = modifier_behaviours(tuple(sorted(MORPHOLOGY)))
+    modifiers = _modifiers()
     for word in words:
         if word in MORPHOLOGY and morphology_of(word) is morphology:
             behaviour = next((modifiers[(word, other)] for other in words if (word, other) in modifiers), None)
