@@ -162,8 +162,11 @@ _BEHAVIOUR_WORDING = {"MalignantPrimary": "Malignant neoplasm", "MalignantSecond
                       "UncertainBehavior": "Neoplasm of uncertain behavior", "UnspecifiedBehavior": "Neoplasm of unspecified behavior"}
 
 
-@functools.lru_cache(maxsize=1)
-def neoplasm_entries(max_depth: int = MAX_DEPTH) -> tuple[tuple[str, str], ...]:
+NEOPLASM_DEPTH = 1  # first-level sites only: depth 2 ("skin - squamous cell carcinoma") lost names on the development lists
+
+
+@functools.lru_cache(maxsize=2)
+def neoplasm_entries(max_depth: int = NEOPLASM_DEPTH) -> tuple[tuple[str, str], ...]:
     """``(text, code)`` for the Table of Neoplasms: each site path of at most ``max_depth`` terms under "Neoplasm" and
     each behaviour column that has a code, worded as the tabular does ("Malignant neoplasm - lung" C34.9-, "Benign
     neoplasm - nerve - cranial" D33.3). The index sends every by-site morphology here ("Carcinoma, squamous cell - see
@@ -227,7 +230,7 @@ def modifier_behaviours(words: tuple[str, ...]) -> dict[tuple[str, str], str]:
         if current not in wanted or level not in ("1", "2"):
             continue
         term = row["Term"].strip().lower()
-        parts = [" ".join(part.split()).lower() for part in row["See"].split(",")]
+        parts = [_key(part) for part in row["See"].split(",")]
         if level == "1":
             modifier = term if " " not in term else ""
         elif term != "specified site":  # "Ependymoma - myxopapillary - specified site - see Neoplasm, uncertain behavior, by site"

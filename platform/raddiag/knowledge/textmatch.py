@@ -184,8 +184,10 @@ _REGION = {  # organs that count as agreeing with each other (one region; "intes
 _PART_OF = {organ: "bone" for organ in (  # a text naming the whole ("Secondary malignant neoplasm of bone") covers its parts
     "vertebra", "skull", "femur", "humerus", "tibia", "fibula", "radius", "ulna", "rib", "sternum", "clavicle", "scapula",
     "calcaneus", "sacrum", "patella", "jaw", "ilium", "ischium", "pubis")}
-_PHRASES = {("large", "intestine"): "colon", ("large", "bowel"): "colon", ("basal", "ganglia"): "brain",
-            ("upper", "lobe"): "lung", ("middle", "lobe"): "lung", ("lower", "lobe"): "lung"}  # lung lobes by position  # the tabular's "large intestine" is the radiologist's colon
+_PHRASES = {  # two-word sites: the tabular's "large intestine" is the radiologist's colon; lobes named by position are the lung's
+    ("large", "intestine"): "colon", ("large", "bowel"): "colon", ("basal", "ganglia"): "brain",
+    ("upper", "lobe"): "lung", ("middle", "lobe"): "lung", ("lower", "lobe"): "lung",
+}
 _GENERIC = frozenset(  # words that do not name the pathology: a candidate sharing only these shares no head word
     "acute chronic subacute large small left right bilateral unilateral multiple single solitary primary total partial complete "
     "simple diffuse focal lower upper anterior posterior lateral medial superior inferior proximal distal internal external common "
@@ -455,7 +457,7 @@ def _icd_texts() -> tuple[list[str], list[str], list[bool]]:
             if named:
                 pairs.append(named)
     pairs.extend((term, code) for term, code in (*INDEX_TERMS, *EPONYMS))
-    pairs.extend((text, _known_prefix(code, valid), "index") for text, code in (*index_entries(), *neoplasm_entries(1)))
+    pairs.extend((text, _known_prefix(code, valid), "index") for text, code in (*index_entries(), *neoplasm_entries()))
     out_texts, out_codes, out_index, seen = [], [], [], set()
     for text, code, *source in pairs:
         if code not in valid or code[0] in "VWXY":
