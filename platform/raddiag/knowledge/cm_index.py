@@ -67,6 +67,23 @@ def _key(term: str) -> str:
     return " ".join(term.lower().replace(",", " ").split())
 
 
+_PARENTHESISED = re.compile(r"\([^()]*\)")
+
+
+def _aliases(term: str) -> list[str]:
+    """The keys a "see" target may use for an index term: the term itself, without its parenthesised
+    non-essential modifiers, without a trailing "NEC", and its first word form ("Anomaly, anomalous (congenital)"
+    -> "anomaly anomalous", "anomaly"; "secondary NEC" -> "secondary"; "juvenile, juvenilis" -> "juvenile")."""
+    bare = " ".join(_PARENTHESISED.sub(" ", term).split())
+    keys = [_key(term), _key(bare)]
+    if keys[-1].endswith(" nec"):
+        keys.append(keys[-1][:-4])
+    first = bare.split(",")[0]
+    if "," in bare and main_term_wording(bare) == first.strip():
+        keys.append(_key(first))
+    return list(dict.fromkeys(k for k in keys if k))
+
+
 def main_term_wording(term: str) -> str:
     """A main term's first word form when its comma parts are forms of one word ("Hypoplasia, hypoplastic" ->
     "Hypoplasia"; "Abdomen, abdominal" -> "Abdomen"); other commas stay ("Fracture, traumatic")."""
@@ -99,18 +116,25 @@ def neoplasm_code(target: str) -> str:
     return "" if code in ("", "-") else code
 
 
+_BY_SITE = frozenset({"by site", "by type"})
+
+
 def _resolve(target: str, main_terms: dict[str, int], children: dict[int, dict[str, int]]) -> int | None:
     """The row a "see" target names: its longest main-term prefix, then each further comma part as a subterm
     ("Displacement, intervertebral disc" -> Displacement / intervertebral disc)."""
-    parts = [p.strip() for p in target.split(",") if p.strip()]
+    parts = [" ".join(_PARENTHESISED.sub(" ", p).split()) for p in target.split(",")]
+    parts = [p for p in parts if p]
     for split in range(len(parts), 0, -1):
         row = main_terms.get(_key(", ".join(parts[:split])))
         if row is None:
             continue
         for part in parts[split:]:
-            row = children.get(row, {}).get(_key(part))
-            if row is None:
+            child = children.get(row, {}).get(_key(part))
+            if child is None and _key(part) in _BY_SITE:  # "Fracture, pathological, by site": the site is the label's
+                continue
+            if child is None:
                 return None
+            row = child
         return row
     return None
 
@@ -128,9 +152,11 @@ def index_entries(max_depth: int = MAX_DEPTH) -> tuple[tuple[str, str], ...]:
         level = int(row["Level"] or 0)
         del stack[level:]
         if level == 0:
-            main_terms.setdefault(_key(row["Term"]), position)
+            for key in _aliases(row["Term"]):
+                main_terms.setdefault(key, position)
         elif stack:
-            children.setdefault(stack[-1], {}).setdefault(_key(row["Term"]), position)
+            for key in _aliases(row["Term"]):
+                children.setdefault(stack[-1], {}).setdefault(key, position)
         paths.append([*(rows[i]["Term"] for i in stack), row["Term"]])
         stack.append(position)
     out: list[tuple[str, str]] = []

@@ -75,6 +75,7 @@ ANATOMY_PENALTY = 0.6  # score factor when the candidate names only organs the l
 NEOPLASM_ANATOMY_PENALTY = 0.36  # the same for a by-site neoplasm label: the site decides its category ("Squamous cell carcinoma of the lung" is not C44)
 SITELESS_PENALTY = 0.75  # score factor when the label names an organ and the candidate none ("Cancer NOS" for "Prostate cancer")
 PARTIAL_HEAD_PENALTY = 0.85  # score factor to the power of the share of the label's head words a candidate misses
+GRAMMAR_HEAD_PENALTY = 0.85  # score factor when the candidate misses the label's grammatical head ("Middle cerebral artery syndrome" for "MCA infarct")
 HEAD_PENALTY = 0.7  # score factor when the candidate shares no pathology word with the label ("Crohn's disease of large bowel" for "Large bowel obstruction")
 CONTEXT_PENALTY = 0.8  # score factor per context word (congenital, newborn ...) the label does not name
 BEHAVIOUR_PENALTY = 0.6  # score factor when the label names a neoplasm and the candidate's code has another behaviour
@@ -235,9 +236,8 @@ def _stem(word: str) -> str:
     return word
 
 
-def normalise_name(text: str) -> str:
-    """Lower case, American spelling, no possessives/hyphens/punctuation, singular words, the
-    words that never help matching dropped; organ nouns and the index's neoplasm wording added."""
+def _words(text: str) -> list[str]:
+    """A text's words as :func:`normalise_name` reads them, before it adds organ nouns and neoplasm wording."""
     text = text.lower().replace("'s", "").replace("’s", "")
     if not text.isascii():  # Charcôt, Sjögren
         text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
@@ -246,6 +246,13 @@ def normalise_name(text: str) -> str:
     text = _IZE.sub(lambda m: m.group(0) if m.group(0) in _IZE_KEEP else f"{m.group(1)}iz{m.group(2)}", text)
     words = [_stem(w) for w in _TOKEN.findall(re.sub(r"(?<=[a-z]o)-(?=[a-z])", "", text))]
     words = [w for w in words if w not in _DROP]
+    return words
+
+
+def normalise_name(text: str) -> str:
+    """Lower case, American spelling, no possessives/hyphens/punctuation, singular words, the
+    words that never help matching dropped; organ nouns and the index's neoplasm wording added."""
+    words = _words(text)
     extra = []
     organs = {ORGAN_WORDS[w] for w in words if w in ORGAN_WORDS}
     morphology = label_morphology(words)
@@ -266,6 +273,17 @@ def head_words(normalised: str) -> frozenset[str]:
     words = normalised.split()
     sites = {w for i in range(len(words) - 1) if (words[i], words[i + 1]) in _PHRASES for w in words[i:i + 2]}  # basal ganglia
     return frozenset(w for w in words if w not in ORGAN_WORDS and w not in _GENERIC and w not in _DROP and w not in sites)
+
+
+_HEAD_BREAK = re.compile(r"\b(?:of|with|in|due to|secondary to|after|from)\b")
+
+
+def grammatical_head(name: str) -> str | None:
+    """The pathology word a label is about: its last head word (:func:`head_words`) before "of", "with", "in"
+    ("Middle cerebral artery (MCA) infarct" -> infarct; "Fracture of the scaphoid" -> fracture)."""
+    words = _words(_HEAD_BREAK.split(_PARENS.sub(" ", name.lower()), maxsplit=1)[0])
+    head = head_words(" ".join(words))
+    return next((w for w in reversed(words) if w in head), None)
 
 
 def same_stem(word: str, other: str) -> bool:
@@ -341,7 +359,8 @@ def _regions(organs: frozenset[str]) -> frozenset[str]:
     return out
 
 
-_IMPLIES = {"developmental": "congenital", "neonatal": "congenital", "newborn": "congenital"}  # a label word that names a context in other words
+_IMPLIES = {"developmental": "congenital", "neonatal": "congenital", "newborn": "congenital",  # a label word that names a context in other words
+            "malformation": "congenital", "anomaly": "congenital"}  # Index "Malformation (congenital)", "Anomaly, anomalous (congenital)"
 # Chapters restricted to a context as a whole: every text of O00-O9A is about pregnancy and of P00-P96 about the perinatal
 # period, whether or not its wording says so (O24's "diabetes mellitus" note). The label words that name the context:
 _CHAPTER_CONTEXT = {"O": "@pregnancy", "P": "@perinatal", "S": "@injury"}
@@ -547,9 +566,10 @@ def own_category(name_words: list[str], morphology: Morphology | None) -> str | 
 
 
 def rerank(name_norm: str, candidates: list[tuple[int, float]], index: MatchIndex,
-           heads: _HeadColumns | None = None) -> list[tuple[int, float]]:
+           heads: _HeadColumns | None = None, grammar: str | None = None) -> list[tuple[int, float]]:
     """Apply the anatomy, head-word and context penalties (and the default-code bonus) to ``(text, score)``
-    pairs; best first. ``heads`` answers the head-word test from the word rows (else the texts are normalised)."""
+    pairs; best first. ``heads`` answers the head-word test from the word rows (else the texts are normalised);
+    ``grammar`` is the label's :func:`grammatical_head`."""
     name_organs, name_context, head = organs_of(name_norm), context_words(name_norm), head_words(name_norm)
     name_words = name_norm.split()
     name_causes = index.cause_words.intersection(name_words)
@@ -559,6 +579,11 @@ def rerank(name_norm: str, candidates: list[tuple[int, float]], index: MatchInde
     by_site = own is None and (morphology is None or morphology.by_site)  # lymphoma, hemangioma: coded whatever the site
     columns = heads.of(head) if heads is not None and head else frozenset()
     word_columns = [heads.columns(w) for w in head] if heads is not None else []
+    # one head word: HEAD_PENALTY already asks for it; a neoplasm's morphology word is the behaviour penalties' business,
+    # and a named organism decides an infection's category ("Tuberculous arthropathy": Tuberculosis - arthritis, A18)
+    grammar = grammar if grammar in head and len(head) > 1 and morphology is None and not name_causes else None
+    grammar_words = frozenset({grammar, _SEE_ALSO.get(grammar, grammar)}) if grammar else frozenset()  # a tear is a sprain
+    grammar_columns = heads.of(grammar_words) if heads is not None and grammar else frozenset()
     organs, contexts, causes, codes = index.organs, index.context, index.causes, index.codes
     unspecified, main_terms = index.unspecified, index.main_terms
     out = []
@@ -582,6 +607,9 @@ def rerank(name_norm: str, candidates: list[tuple[int, float]], index: MatchInde
         elif heads is not None and len(head) > 1:  # shares some head words: the fewer, the smaller the score
             missed = sum(1 for cols in word_columns if not heads.shared(cols, position))
             score *= PARTIAL_HEAD_PENALTY ** (missed / len(head))
+        if grammar and not (heads.shared(grammar_columns, position) if heads is not None
+                            else shares_head(grammar_words, set(normalise_name(index.texts[position]).split()))):
+            score *= GRAMMAR_HEAD_PENALTY
         if contexts[position]:
             score *= CONTEXT_PENALTY ** len(contexts[position] - name_context)
         if chapters and codes[position][0] not in chapters:
@@ -603,6 +631,7 @@ def match_candidates(names: list[str], k: int = 3) -> list[list[tuple[str, str, 
     out: list[list[tuple[str, str, float]]] = []
     for start in range(0, len(names), BATCH):
         batch = [normalise_name(n) for n in names[start:start + BATCH]]
+        grammar = [grammatical_head(n) for n in names[start:start + BATCH]]
         names_rows = sparse.hstack([index.chars.transform(batch), index.words.transform(batch)], format="csr", dtype=np.float32)
         scores = (names_rows @ index.features).tocsr()  # the sum of the two cosines; halved below
         scores.data *= 0.5
@@ -613,7 +642,7 @@ def match_candidates(names: list[str], k: int = 3) -> list[list[tuple[str, str, 
                 keep = np.argpartition(-data, SHORTLIST)[:SHORTLIST]
                 data, cols = data[keep], cols[keep]
             picked, seen = [], set()
-            for position, score in rerank(name_norm, list(zip(cols.tolist(), data.tolist())), index, heads):
+            for position, score in rerank(name_norm, list(zip(cols.tolist(), data.tolist())), index, heads, grammar[row]):
                 category = index.codes[position][:3]
                 if category in seen:
                     continue
