@@ -81,6 +81,7 @@ CONTEXT_PENALTY = 0.8  # score factor per context word (congenital, newborn ...)
 BEHAVIOUR_PENALTY = 0.6  # score factor when the label names a neoplasm and the candidate's code has another behaviour
 CAUSE_PENALTY = 0.8  # score factor when an infectious-chapter candidate names an organism the label does not ("Amebic splenic abscess")
 UNSPECIFIED_BONUS = 0.02  # the index's default ("unspecified", "NOS") wins a near tie
+INDEX_PATH_BONUS = 0.05  # an index path that names every word of the label ("Laceration - lung" for "Pulmonary laceration")
 MAIN_TERM_BONUS = 0.05  # a label that is an index main term takes the main term's own code, the index's default ("Tuberculosis" A15.9)
 SHORTLIST = 40  # candidates re-ranked per name
 BATCH = 512  # names per sparse product
@@ -244,7 +245,7 @@ def _words(text: str) -> list[str]:
     for old, new in _SPELLING:
         text = text.replace(old, new)
     text = _IZE.sub(lambda m: m.group(0) if m.group(0) in _IZE_KEEP else f"{m.group(1)}iz{m.group(2)}", text)
-    words = [_stem(w) for w in _TOKEN.findall(re.sub(r"(?<=[a-z]o)-(?=[a-z])", "", text))]
+    words = [_stem(w) for w in _TOKEN.findall(re.sub(r"(?<=[a-z]o)-(?=[a-z])|(?<=\bnon)[- ](?=[a-z])", "", text))]
     words = [w for w in words if w not in _DROP]
     return words
 
@@ -443,6 +444,7 @@ class MatchIndex:
     causes: list[frozenset[str]] | None = None  # organism/cause words of infectious-chapter texts (:func:`cause_vocabulary`)
     main_terms: dict[int, str] | None = None  # position -> normalised text, for the index's main terms (a path of one term)
     cause_words: frozenset[str] = frozenset()  # :func:`cause_vocabulary`: words only the infectious chapter uses
+    index_paths: Sequence[bool] | None = None  # per text: a path of the alphabetic index (not the tabular list's wording)
 
 
 def _known_prefix(code: str, valid: set[str]) -> str:
@@ -502,7 +504,7 @@ def match_index() -> MatchIndex:
     from scipy import sparse
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    texts, codes, normalised, organs, main_terms, seen = [], [], [], [], {}, {}
+    texts, codes, normalised, organs, main_terms, seen, index_paths = [], [], [], [], {}, {}, []
     for text, code, from_index in zip(*_icd_texts()):  # variants that normalise alike add nothing: the first wording is kept
         norm = normalise_name(text)
         main_term = from_index and " - " not in text
@@ -514,6 +516,7 @@ def match_index() -> MatchIndex:
         texts.append(text)
         codes.append(code)
         normalised.append(norm)
+        index_paths.append(from_index)
         # an index path naming no organ takes its category's site ("Carcinoma - basal-squamous cell" C44: skin)
         organs.append(organs_of(norm) or (_category_organs(code[:3]) if from_index else frozenset()))
         if main_term:
@@ -527,7 +530,7 @@ def match_index() -> MatchIndex:
     return MatchIndex(chars, words, features, word_rows, texts, codes, organs,
                       [context_words(n) | chapter_context(c) for n, c in zip(normalised, codes)], unspecified,
                       [frozenset(causes_known.intersection(n.split())) if c[0] in "AB" else frozenset()
-                       for n, c in zip(normalised, codes)], main_terms, causes_known)
+                       for n, c in zip(normalised, codes)], main_terms, causes_known, index_paths)
 
 
 def names_other_cause(text_causes: frozenset[str], name_words: list[str]) -> bool:
@@ -556,6 +559,18 @@ def _own_categories() -> dict[str, str]:
     return {w: c for w, c in own_categories(tuple(sorted(MORPHOLOGY))).items() if MORPHOLOGY[w].by_site}
 
 
+def _index_names_all(core: frozenset[str], position: int, index: MatchIndex, exact: bool = False) -> bool:
+    """True when the candidate is an alphabetic-index path that names every word of the label (two or more); with
+    ``exact``, also nothing else ("Abscess - appendix" for "Appendicular abscess", not "Tuberculosis - epidural abscess")."""
+    if len(core) < 2 or not index.index_paths or not index.index_paths[position]:
+        return False
+    words = set(normalise_name(index.texts[position]).split()) - _GENERIC
+    if not all(ORGAN_WORDS.get(word) in words or any(same_stem(word, other) for other in words) for word in core):
+        return False
+    named = core | {ORGAN_WORDS[w] for w in core if w in ORGAN_WORDS}
+    return not exact or all(ORGAN_WORDS.get(word) in named or any(same_stem(word, other) for other in named) for word in words)
+
+
 def own_category(name_words: list[str], morphology: Morphology | None) -> str | None:
     """The category the label's morphology word has in the index whatever the site ("Vertebral hemangioma": D18), when
     the label's neoplasm is that word's (not upgraded by "malignant", not a metastasis)."""
@@ -566,10 +581,10 @@ def own_category(name_words: list[str], morphology: Morphology | None) -> str | 
 
 
 def rerank(name_norm: str, candidates: list[tuple[int, float]], index: MatchIndex,
-           heads: _HeadColumns | None = None, grammar: str | None = None) -> list[tuple[int, float]]:
+           heads: _HeadColumns | None = None, name: str | None = None) -> list[tuple[int, float]]:
     """Apply the anatomy, head-word and context penalties (and the default-code bonus) to ``(text, score)``
     pairs; best first. ``heads`` answers the head-word test from the word rows (else the texts are normalised);
-    ``grammar`` is the label's :func:`grammatical_head`."""
+    ``name``, the label as written, adds the grammatical-head test and the index's own entries for a morphology."""
     name_organs, name_context, head = organs_of(name_norm), context_words(name_norm), head_words(name_norm)
     name_words = name_norm.split()
     name_causes = index.cause_words.intersection(name_words)
@@ -579,6 +594,8 @@ def rerank(name_norm: str, candidates: list[tuple[int, float]], index: MatchInde
     by_site = own is None and (morphology is None or morphology.by_site)  # lymphoma, hemangioma: coded whatever the site
     columns = heads.of(head) if heads is not None and head else frozenset()
     word_columns = [heads.columns(w) for w in head] if heads is not None else []
+    grammar = grammatical_head(name) if name else None
+    core = frozenset(_words(name)) - _GENERIC if name else frozenset()  # every word the label says
     # one head word: HEAD_PENALTY already asks for it; a neoplasm's morphology word is the behaviour penalties' business,
     # and a named organism decides an infection's category ("Tuberculous arthropathy": Tuberculosis - arthritis, A18)
     grammar = grammar if grammar in head and len(head) > 1 and morphology is None and not name_causes else None
@@ -595,7 +612,8 @@ def rerank(name_norm: str, candidates: list[tuple[int, float]], index: MatchInde
             score *= SITELESS_PENALTY
         if name_causes and codes[position][0] not in "AB":
             score *= CAUSE_PENALTY  # "Tuberculous arthropathy": the organism decides the category (A18), not the site
-        if morphology is not None and _behaviour_disagrees(morphology, codes[position]):
+        if morphology is not None and _behaviour_disagrees(morphology, codes[position]) \
+                and not _index_names_all(core, position, index):  # "Fibroma - bone (nonossifying)" M89.8: the index says what it is
             score *= BEHAVIOUR_PENALTY
         if own is not None and codes[position][:3] != own:
             score *= BEHAVIOUR_PENALTY
@@ -616,6 +634,8 @@ def rerank(name_norm: str, candidates: list[tuple[int, float]], index: MatchInde
             score *= CONTEXT_PENALTY  # the label names a newborn or a pregnancy: the candidate's chapter does not
         if unspecified[position]:
             score += UNSPECIFIED_BONUS
+        if morphology is None and _index_names_all(core, position, index, exact=True):  # (a neoplasm's site decides, through the table)
+            score += INDEX_PATH_BONUS
         if main_terms and main_terms.get(position) == name_norm:
             score += MAIN_TERM_BONUS
         out.append((position, score))
@@ -631,7 +651,7 @@ def match_candidates(names: list[str], k: int = 3) -> list[list[tuple[str, str, 
     out: list[list[tuple[str, str, float]]] = []
     for start in range(0, len(names), BATCH):
         batch = [normalise_name(n) for n in names[start:start + BATCH]]
-        grammar = [grammatical_head(n) for n in names[start:start + BATCH]]
+        raw = names[start:start + BATCH]
         names_rows = sparse.hstack([index.chars.transform(batch), index.words.transform(batch)], format="csr", dtype=np.float32)
         scores = (names_rows @ index.features).tocsr()  # the sum of the two cosines; halved below
         scores.data *= 0.5
@@ -642,7 +662,7 @@ def match_candidates(names: list[str], k: int = 3) -> list[list[tuple[str, str, 
                 keep = np.argpartition(-data, SHORTLIST)[:SHORTLIST]
                 data, cols = data[keep], cols[keep]
             picked, seen = [], set()
-            for position, score in rerank(name_norm, list(zip(cols.tolist(), data.tolist())), index, heads, grammar[row]):
+            for position, score in rerank(name_norm, list(zip(cols.tolist(), data.tolist())), index, heads, raw[row]):
                 category = index.codes[position][:3]
                 if category in seen:
                     continue
