@@ -519,3 +519,50 @@ def test_round7_the_injury_chapter_is_a_context_the_label_must_name() -> None:
              "Jefferson fracture": "S12"}
     got = {name: found[0][0][:3] for name, found in zip(names, match_candidates(list(names), k=1))}
     assert got == names
+
+
+def test_round8_see_targets_resolve_through_word_forms_modifiers_nec_and_by_site() -> None:
+    """A "see" target names an entry by its first word form, without its parenthesised modifiers and "NEC", and may
+    end in "by site" ("Fracture, insufficiency - see Fracture, pathological, by site"); each resolves to the entry."""
+    from raddiag.knowledge.cm_index import _aliases, index_entries
+
+    assert _aliases("Anomaly, anomalous (congenital)") == ["anomaly anomalous (congenital)", "anomaly anomalous", "anomaly"]
+    assert _aliases("secondary NEC") == ["secondary nec", "secondary"]
+    assert _aliases("Fracture, traumatic") == ["fracture traumatic"]  # two terms, not two word forms
+    entries = dict(index_entries())
+    assert entries["Preiser's disease"] == "M87.24"  # Osteonecrosis - secondary NEC - due to - trauma - metacarpus
+    assert entries["Fracture, insufficiency - femur"] == "M84.45"  # through "by site" to Fracture, pathological - femur
+
+
+def test_round8_grammatical_head_non_prefix_and_exact_index_paths() -> None:
+    """The pathology word a label is about must be in the candidate ("Middle cerebral artery syndrome" is not an
+    infarct); "non-" joins its word as the index spells it; an index path naming the label's words and nothing else
+    wins, and one naming all of them overrides the morphology's behaviour ("Fibroma - bone (nonossifying)" M89.8)."""
+    from raddiag.knowledge.textmatch import (
+        GRAMMAR_HEAD_PENALTY,
+        MatchIndex,
+        grammatical_head,
+        match_candidates,
+        normalise_name,
+        organs_of,
+        rerank,
+    )
+
+    assert grammatical_head("Middle cerebral artery (MCA) infarct") == "infarct"
+    assert grammatical_head("Fracture of the scaphoid") == "fracture"
+    assert grammatical_head("Preiser disease") == "preiser"  # "disease" names no pathology
+    assert grammatical_head("Right") is None
+    assert "nonossifying" in normalise_name("Non-ossifying fibroma").split()
+    assert "nonunion" in normalise_name("Scaphoid non-union").split()
+    texts = ["Middle cerebral artery syndrome", "Cerebral infarction due to middle cerebral artery occlusion"]
+    index = MatchIndex(None, None, None, None, texts, ["G46.0", "I63.5"], [organs_of(normalise_name(t)) for t in texts],
+                       [frozenset()] * 2, np.zeros(2, dtype=bool), [frozenset()] * 2)
+    name = "Middle cerebral artery infarct"
+    without = dict(rerank(normalise_name(name), [(0, 0.8), (1, 0.7)], index))
+    with_head = dict(rerank(normalise_name(name), [(0, 0.8), (1, 0.7)], index, name=name))
+    assert with_head[0] == pytest.approx(without[0] * GRAMMAR_HEAD_PENALTY) and with_head[1] == pytest.approx(without[1])
+    assert max(without, key=without.get) == 0 and max(with_head, key=with_head.get) == 1  # the infarct wins
+    names = {"Non-ossifying fibroma": "M89", "Preiser disease": "M87", "Middle cerebral artery (MCA) infarct": "I63",
+             "Omental infarction": "K55", "Insufficiency fracture": "M84", "Pulmonary arteriovenous malformation": "Q25"}
+    got = {name: found[0][0][:3] for name, found in zip(names, match_candidates(list(names), k=1))}
+    assert got == names
