@@ -241,10 +241,12 @@ _SEE_BEHAVIOUR = {"malignant": "malignant", "secondary": "secondary", "in situ":
 
 @functools.lru_cache(maxsize=4)
 def modifier_behaviours(words: tuple[str, ...]) -> dict[tuple[str, str], str]:
-    """Of the morphology ``words``, the one-word subterms the index sends to a behaviour column of the Table of
-    Neoplasms, directly ("Meningioma - atypical - see Neoplasm, meninges, uncertain behavior") or through their
-    "specified site" ("Ependymoma - myxopapillary - specified site - see Neoplasm, uncertain behavior, by site"):
-    ``(morphology, modifier) -> behaviour`` ("atypical meningioma" is D42, not the benign D32)."""
+    """Of the morphology ``words``, the subterms the index sends to a behaviour column of the Table of
+    Neoplasms, directly ("Meningioma - atypical - see Neoplasm, meninges, uncertain behavior", "Tumor - yolk sac -
+    see Neoplasm, malignant, by site") or through their "specified site" ("Ependymoma - myxopapillary - specified
+    site - see Neoplasm, uncertain behavior, by site"): ``(morphology, modifier) -> behaviour`` ("atypical
+    meningioma" is D42, not the benign D32); a main term sent to one column as a whole has the modifier ""
+    ("Neurocytoma - see Neoplasm, benign, by site": ``("neurocytoma", "")``)."""
     wanted = set(words)
     out: dict[tuple[str, str], str] = {}
     current = modifier = ""
@@ -252,13 +254,18 @@ def modifier_behaviours(words: tuple[str, ...]) -> dict[tuple[str, str], str]:
         level = row["Level"]
         if level == "0":
             current, modifier = main_term_wording(row["Term"]).lower(), ""
+            parts = [_key(part) for part in row["See"].split(",")]
+            if current in wanted and not row["Code"] and len(parts) == 3 and parts[0] == "neoplasm" and parts[2] == "by site":
+                behaviour = _SEE_BEHAVIOUR.get(parts[1], "")  # "Neurocytoma - see Neoplasm, benign, by site"
+                if behaviour:
+                    out.setdefault((current, ""), behaviour)
             continue
         if current not in wanted or level not in ("1", "2"):
             continue
         term = row["Term"].strip().lower()
         parts = [_key(part) for part in row["See"].split(",")]
         if level == "1":
-            modifier = term if " " not in term else ""
+            modifier = " ".join(_PARENTHESISED.sub(" ", term).split())  # "yolk sac", "leydig cell"
         elif term != "specified site":  # "Ependymoma - myxopapillary - specified site - see Neoplasm, uncertain behavior, by site"
             continue
         behaviour = ""

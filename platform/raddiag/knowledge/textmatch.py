@@ -207,22 +207,35 @@ _TOKEN = re.compile(r"[a-z0-9]+")
 
 @functools.lru_cache(maxsize=1)
 def _modifiers() -> dict[tuple[str, str], str]:
-    return modifier_behaviours(tuple(sorted(MORPHOLOGY)))
+    return modifier_behaviours((*sorted(MORPHOLOGY), "tumor"))
 
 
 def label_morphology(words: list[str]) -> Morphology | None:
-    """:func:`raddiag.knowledge.morphology.label_morphology`, with the behaviour the index gives a morphology's one-word
-    subterm when the label names it ("Atypical meningioma": uncertain, :func:`~raddiag.knowledge.cm_index.modifier_behaviours`)."""
+    """:func:`raddiag.knowledge.morphology.label_morphology`, with the behaviour the index gives a morphology (or "tumor")
+    as a whole or in the subterm the label names (:func:`~raddiag.knowledge.cm_index.modifier_behaviours`: "Atypical
+    meningioma" uncertain, "Central neurocytoma" benign, "Yolk sac tumour" malignant)."""
     morphology = _morphology_alone(words)
     if morphology is None:
         return None
-    modifiers = _modifiers()
-    for word in words:
-        if word in MORPHOLOGY and morphology_of(word) is morphology:
-            behaviour = next((modifiers[(word, other)] for other in words if (word, other) in modifiers), None)
+    modifiers = _modifier_words()
+    present = set(words)
+    named_by = [w for w in words if w in MORPHOLOGY and morphology_of(w) is morphology] or ["tumor"]  # "Yolk sac tumour"
+    for word in named_by:
+        if word in present:
+            named = [(len(modifier), behaviour) for modifier, behaviour in modifiers.get(word, ()) if modifier <= present]
+            behaviour = max(named, key=lambda pair: pair[0])[1] if named else None  # the most specific subterm it names
             if behaviour is not None and behaviour != morphology.behaviour:
                 return Morphology(behaviour, morphology.site, morphology.by_site)
     return morphology
+
+
+@functools.lru_cache(maxsize=1)
+def _modifier_words() -> dict[str, list[tuple[frozenset[str], str]]]:
+    """:func:`_modifiers` by morphology word: (the modifier's words as labels spell them, behaviour)."""
+    out: dict[str, list[tuple[frozenset[str], str]]] = {}
+    for (word, modifier), behaviour in _modifiers().items():
+        out.setdefault(word, []).append((frozenset(_words(modifier)), behaviour))
+    return out
 
 
 def _stem(word: str) -> str:
