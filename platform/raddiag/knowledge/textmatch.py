@@ -263,12 +263,27 @@ def _words(text: str) -> list[str]:
     return words
 
 
-def normalise_name(text: str) -> str:
+_POSITION_PREFIX = re.compile(r"^(infra|supra|sub|peri|retro|pre|para|inter|intra|extra|trans|post)(?=[a-z]{4})")
+
+
+@functools.lru_cache(maxsize=65536)
+def _unprefixed(word: str) -> str:
+    """An organ or context word behind a position prefix the vocabulary lacks ("infrapatellar" -> "patellar",
+    "retroplacental" -> "placental", "perigestational" -> "gestational"); "" for none."""
+    if word in ORGAN_WORDS:
+        return ""
+    rest = _POSITION_PREFIX.sub("", word)
+    return rest if rest != word and (rest in ORGAN_WORDS or any(rest in named for named in _NAMES_CHAPTER.values())) else ""
+
+
+def normalise_name(text: str, label: bool = False) -> str:
     """Lower case, American spelling, no possessives/hyphens/punctuation, singular words, the
-    words that never help matching dropped; organ nouns and the index's neoplasm wording added."""
+    words that never help matching dropped; organ nouns and the index's neoplasm wording added. A ``label``
+    also reads the organ or context behind a position prefix (:func:`_unprefixed`); an index text keeps its
+    own ("Malignant neoplasm - perirectal" is C76.3, not the rectum)."""
     words = _words(text)
-    extra = []
-    organs = {ORGAN_WORDS[w] for w in words if w in ORGAN_WORDS}
+    extra = [_unprefixed(w) for w in words if _unprefixed(w)] if label else []
+    organs = {ORGAN_WORDS[w] for w in (*words, *extra) if w in ORGAN_WORDS}
     morphology = label_morphology(words)
     if morphology is not None and morphology.site and not organs:  # ICD-O's default site ("Retinoblastoma": retina)
         organs.add(morphology.site)
@@ -663,7 +678,7 @@ def match_candidates(names: list[str], k: int = 3) -> list[list[tuple[str, str, 
     heads = _HeadColumns(index)
     out: list[list[tuple[str, str, float]]] = []
     for start in range(0, len(names), BATCH):
-        batch = [normalise_name(n) for n in names[start:start + BATCH]]
+        batch = [normalise_name(n, label=True) for n in names[start:start + BATCH]]
         raw = names[start:start + BATCH]
         names_rows = sparse.hstack([index.chars.transform(batch), index.words.transform(batch)], format="csr", dtype=np.float32)
         scores = (names_rows @ index.features).tocsr()  # the sum of the two cosines; halved below
