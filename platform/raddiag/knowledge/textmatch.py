@@ -73,6 +73,7 @@ from raddiag.knowledge.morphology import label_morphology as _morphology_alone
 
 ANATOMY_PENALTY = 0.6  # score factor when the candidate names only organs the label does not
 NEOPLASM_ANATOMY_PENALTY = 0.36  # the same for a by-site neoplasm label: the site decides its category ("Squamous cell carcinoma of the lung" is not C44)
+EXTRA_ORGAN_PENALTY = 0.9  # score factor when a by-site neoplasm's candidate names an organ the label does not ("orbital bone" for "Orbital meningioma")
 SITELESS_PENALTY = 0.75  # score factor when the label names an organ and the candidate none ("Cancer NOS" for "Prostate cancer")
 PARTIAL_HEAD_PENALTY = 0.85  # score factor to the power of the share of the label's head words a candidate misses
 GRAMMAR_HEAD_PENALTY = 0.85  # score factor when the candidate misses the label's grammatical head ("Middle cerebral artery syndrome" for "MCA infarct")
@@ -638,6 +639,8 @@ def rerank(name_norm: str, candidates: list[tuple[int, float]], index: MatchInde
             score *= NEOPLASM_ANATOMY_PENALTY if morphology is not None and by_site else ANATOMY_PENALTY
         elif name_organs and not text_organs and by_site and not _organism_coded(codes[position], index.texts[position], name_words):
             score *= SITELESS_PENALTY
+        elif name_organs and morphology is not None and by_site and text_organs - _with_wholes(name_organs | {morphology.site}):
+            score *= EXTRA_ORGAN_PENALTY  # "Benign neoplasm of orbital bone" for "Orbital meningioma"
         if name_causes and codes[position][0] not in "AB":
             score *= CAUSE_PENALTY  # "Tuberculous arthropathy": the organism decides the category (A18), not the site
         if morphology is not None and _behaviour_disagrees(morphology, codes[position]) \
