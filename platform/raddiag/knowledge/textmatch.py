@@ -244,6 +244,8 @@ def _stem(word: str) -> str:
         return _IRREGULAR[word]
     if word in ORGAN_WORDS:  # pancreas, meninges: not plurals
         return word
+    if len(word) > 6 and word.endswith(("oses", "yses", "eses")):  # exostoses, stenoses, analyses, prostheses: -sis
+        return word[:-2] + "is"
     if len(word) > 4 and word.endswith("ies"):
         return word[:-3] + "y"
     if len(word) > 4 and word.endswith("s") and not word.endswith(_PLURAL_KEEP):
@@ -390,7 +392,7 @@ def _regions(organs: frozenset[str]) -> frozenset[str]:
 
 
 _IMPLIES = {"developmental": "congenital", "neonatal": "congenital", "newborn": "congenital",  # a label word that names a context in other words
-            "malformation": "congenital", "anomaly": "congenital"}  # Index "Malformation (congenital)", "Anomaly, anomalous (congenital)"
+            "malformation": "congenital", "anomaly": "congenital", "hereditary": "congenital", "familial": "congenital"}  # Index "Malformation (congenital)", "Anomaly, anomalous (congenital)"
 # Chapters restricted to a context as a whole: every text of O00-O9A is about pregnancy and of P00-P96 about the perinatal
 # period, whether or not its wording says so (O24's "diabetes mellitus" note). The label words that name the context:
 _CHAPTER_CONTEXT = {"O": "@pregnancy", "P": "@perinatal", "S": "@injury"}
@@ -417,8 +419,9 @@ def label_chapters(words: list[str]) -> frozenset[str]:
 def context_words(normalised: str) -> frozenset[str]:
     """The context words of a normalised text, and the chapter contexts its words name (placental -> pregnancy)."""
     words = normalised.split()
+    words += [_IMPLIES[w] for w in words if w in _IMPLIES]
     named = {chapter for chapter, implied in _NAMES_CHAPTER.items() if not implied.isdisjoint(words)}
-    return frozenset(w for w in words if w in _CONTEXT) | {_IMPLIES[w] for w in words if w in _IMPLIES} | named
+    return frozenset(w for w in words if w in _CONTEXT) | named
 
 
 def chapter_context(code: str) -> frozenset[str]:
