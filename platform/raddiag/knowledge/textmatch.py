@@ -525,6 +525,22 @@ def _icd_texts() -> tuple[list[str], list[str], list[bool]]:
     return out_texts, out_codes, out_index
 
 
+_VESSELS = {"vein": "vein", "venous": "vein", "phlebitis": "vein", "thrombophlebitis": "vein", "varix": "vein", "varice": "vein",
+            "varicose": "vein", "artery": "artery", "arterial": "artery", "arteritis": "artery", "arteriosclerosis": "artery"}
+
+
+def vessels_of(text: str) -> frozenset[str]:
+    """The kinds of vessel a text names ("vein", "artery"); an arteriovenous text names neither."""
+    words = [_stem(w) for w in _TOKEN.findall(text.lower())]
+    return frozenset() if any(w.startswith("arteriovenous") for w in words) else frozenset(_VESSELS[w] for w in words if w in _VESSELS)
+
+
+@functools.lru_cache(maxsize=4096)
+def _category_vessels(category: str) -> frozenset[str]:
+    """The vessels a category's title names ("I66 Occlusion and stenosis of cerebral arteries": artery)."""
+    return vessels_of(description(category))
+
+
 @functools.lru_cache(maxsize=4096)
 def _category_organs(category: str) -> frozenset[str]:
     return organs_of(normalise_name(description(category)))
@@ -627,6 +643,7 @@ def rerank(name_norm: str, candidates: list[tuple[int, float]], index: MatchInde
     columns = heads.of(head) if heads is not None and head else frozenset()
     word_columns = [heads.columns(w) for w in head] if heads is not None else []
     grammar = grammatical_head(name) if name else None
+    vessels = vessels_of(name) if name else frozenset()
     core = frozenset(_words(name)) - _GENERIC if name else frozenset()  # every word the label says
     # one head word: HEAD_PENALTY already asks for it; a neoplasm's morphology word is the behaviour penalties' business,
     # and a named organism decides an infection's category ("Tuberculous arthropathy": Tuberculosis - arthritis, A18)
@@ -644,6 +661,9 @@ def rerank(name_norm: str, candidates: list[tuple[int, float]], index: MatchInde
             score *= SITELESS_PENALTY
         elif name_organs and morphology is not None and by_site and text_organs - _with_wholes(name_organs | {morphology.site}):
             score *= EXTRA_ORGAN_PENALTY  # "Benign neoplasm of orbital bone" for "Orbital meningioma"
+        if vessels and (_category_vessels(codes[position][:3]) or vessels_of(index.texts[position])) \
+                and vessels.isdisjoint(_category_vessels(codes[position][:3]) | vessels_of(index.texts[position])):
+            score *= ANATOMY_PENALTY  # "Cerebral venous thrombosis" is not I66, whose title names arteries
         if name_causes and codes[position][0] not in "AB":
             score *= CAUSE_PENALTY  # "Tuberculous arthropathy": the organism decides the category (A18), not the site
         if morphology is not None and _behaviour_disagrees(morphology, codes[position]) \
