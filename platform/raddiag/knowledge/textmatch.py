@@ -395,11 +395,13 @@ _IMPLIES = {"developmental": "congenital", "neonatal": "congenital", "newborn": 
             "malformation": "congenital", "anomaly": "congenital", "hereditary": "congenital", "familial": "congenital"}  # Index "Malformation (congenital)", "Anomaly, anomalous (congenital)"
 # Chapters restricted to a context as a whole: every text of O00-O9A is about pregnancy and of P00-P96 about the perinatal
 # period, whether or not its wording says so (O24's "diabetes mellitus" note). The label words that name the context:
-_CHAPTER_CONTEXT = {"O": "@pregnancy", "P": "@perinatal", "S": "@injury"}
+_CHAPTER_CONTEXT = {"O": "@pregnancy", "P": "@perinatal", "S": "@injury", "Z": "@encounter"}
 _NAMES_CHAPTER = {
     "@pregnancy": frozenset("pregnancy pregnant gestational gestation placenta placental amniotic obstetric postpartum puerperal "
                             "puerperium trimester childbirth fetal fetus abortion".split()),
     "@perinatal": frozenset("newborn neonatal neonate perinatal birth premature prematurity preterm congenital fetal fetus".split()),
+    "@encounter": frozenset("encounter screening history status contact exposure carrier presence absence transplant transplanted "
+                            "follow examination observation donor prophylactic fitting adjustment counseling".split()),
     "@injury": frozenset("injury trauma traumatic fracture dislocation subluxation sprain strain tear rupture laceration contusion "
                          "wound avulsion crush puncture penetrating blunt whiplash concussion transection amputation injured "
                          "hematoma foreign".split()),
@@ -559,6 +561,8 @@ def match_index() -> MatchIndex:
         if (norm, code) in seen:  # an index main term worded like a tabular text ("Appendicitis" K37): that text is the main term
             if main_term:
                 main_terms[seen[(norm, code)]] = norm
+            if from_index:  # and an index path worded like one ("Laceration - lung", "Laceration of lung"): that text is the path
+                index_paths[seen[(norm, code)]] = True
             continue
         seen[(norm, code)] = len(texts)
         texts.append(text)
