@@ -285,8 +285,9 @@ def normalise_name(text: str, label: bool = False) -> str:
     also reads the organ or context behind a position prefix (:func:`_unprefixed`); an index text keeps its
     own ("Malignant neoplasm - perirectal" is C76.3, not the rectum)."""
     words = _words(text)
-    extra = [_unprefixed(w) for w in words if _unprefixed(w)] if label else []
-    organs = {ORGAN_WORDS[w] for w in (*words, *extra) if w in ORGAN_WORDS}
+    behind = [_unprefixed(w) for w in words if _unprefixed(w)] if label else []
+    extra = [w for w in behind if w not in ORGAN_WORDS]  # a context word is read as such; an organ adds only its noun
+    organs = {ORGAN_WORDS[w] for w in (*words, *behind) if w in ORGAN_WORDS}
     morphology = label_morphology(words)
     if morphology is not None and morphology.site and not organs:  # ICD-O's default site ("Retinoblastoma": retina)
         organs.add(morphology.site)
