@@ -566,3 +566,52 @@ def test_round8_grammatical_head_non_prefix_and_exact_index_paths() -> None:
              "Omental infarction": "K55", "Insufficiency fracture": "M84", "Pulmonary arteriovenous malformation": "Q25"}
     got = {name: found[0][0][:3] for name, found in zip(names, match_candidates(list(names), k=1))}
     assert got == names
+
+
+def test_round9_the_index_behaviour_of_a_morphology_and_of_tumor_subterms() -> None:
+    """A morphology the index sends to one behaviour column as a whole ("Neurocytoma - see Neoplasm, benign, by
+    site") or through a multi-word subterm ("Tumor - yolk sac - see Neoplasm, malignant, by site") takes it."""
+    from raddiag.knowledge.cm_index import modifier_behaviours
+    from raddiag.knowledge.morphology import BENIGN, MALIGNANT, UNCERTAIN, UNSPECIFIED
+    from raddiag.knowledge.textmatch import label_morphology, match_candidates, normalise_name
+
+    modifiers = modifier_behaviours(("neurocytoma", "tumor"))
+    assert modifiers[("neurocytoma", "")] == BENIGN and modifiers[("tumor", "yolk sac")] == MALIGNANT
+    assert modifiers[("tumor", "leydig cell")] == UNCERTAIN
+
+    def behaviour(name: str) -> str:
+        return label_morphology(normalise_name(name, label=True).split()).behaviour
+
+    assert behaviour("Central neurocytoma") == BENIGN and behaviour("Testicular yolk sac tumour") == MALIGNANT
+    assert behaviour("Leydig cell tumour of the testis") == UNCERTAIN and behaviour("Bone tumour") == UNSPECIFIED
+    names = {"Testicular yolk sac tumour": "C62", "Ovarian yolk sac tumour": "C56", "Central neurocytoma": "D33"}
+    assert {name: found[0][0][:3] for name, found in zip(names, match_candidates(list(names), k=1))} == names
+
+
+def test_round9_prefixes_vessels_extra_organs_and_the_encounter_chapter() -> None:
+    """A label's position prefix names the organ or context behind it (an index text keeps its own); a vein is not an
+    artery; a by-site neoplasm's candidate naming another organ scores lower; chapter Z is a context the label names."""
+    from raddiag.knowledge.textmatch import (
+        _stem,
+        chapter_context,
+        context_words,
+        match_candidates,
+        normalise_name,
+        organs_of,
+        vessels_of,
+    )
+
+    assert organs_of(normalise_name("Superficial infrapatellar bursitis", label=True)) == {"patella"}
+    assert organs_of(normalise_name("Malignant neoplasm - perirectal")) == frozenset()  # an index text: not the rectum
+    assert "@pregnancy" in context_words(normalise_name("Retroplacental haemorrhage", label=True))
+    assert "@pregnancy" not in context_words(normalise_name("Retroplacental haemorrhage"))
+    assert _stem("exostoses") == "exostosis" and _stem("diseases") == "disease"
+    assert "congenital" in context_words(normalise_name("Hereditary multiple exostoses", label=True))
+    assert vessels_of("Occlusion and stenosis of cerebral arteries") == {"artery"} and vessels_of("Cortical vein thrombosis") == {"vein"}
+    assert vessels_of("Arteriovenous malformation") == frozenset()
+    assert chapter_context("Z36.4") == {"@encounter"} and "@encounter" in context_words(normalise_name("History of stroke"))
+    names = {"Deep cerebral vein thrombosis": ("I67", "G08"), "Orbital meningioma": ("D31", "D32"), "Pulmonary laceration": ("S27",),
+             "Superficial infrapatellar bursitis": ("M70",), "Breast implant rupture": ("T85",),
+             "External auditory canal exostoses": ("H61",)}
+    got = {name: found[0][0][:3] for name, found in zip(names, match_candidates(list(names), k=1))}
+    assert all(got[name] in allowed for name, allowed in names.items()), got
