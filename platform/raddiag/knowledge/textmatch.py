@@ -308,7 +308,7 @@ def head_words(normalised: str) -> frozenset[str]:
     return frozenset(w for w in words if w not in ORGAN_WORDS and w not in _GENERIC and w not in _DROP and w not in sites)
 
 
-_HEAD_BREAK = re.compile(r"\b(?:of|with|in|due to|secondary to|after|from)\b")
+_HEAD_BREAK = re.compile(r"\b(?:of|with|in|due to|secondary to|after|following|from)\b")
 
 
 def grammatical_head(name: str) -> str | None:
