@@ -480,6 +480,7 @@ class MatchIndex:
     main_terms: dict[int, str] | None = None  # position -> normalised text, for the index's main terms (a path of one term)
     cause_words: frozenset[str] = frozenset()  # :func:`cause_vocabulary`: words only the infectious chapter uses
     index_paths: Sequence[bool] | None = None  # per text: a path of the alphabetic index (not the tabular list's wording)
+    normalised: list[str] | None = None  # per text: :func:`normalise_name` of it
 
 
 def _known_prefix(code: str, valid: set[str]) -> str:
@@ -583,7 +584,7 @@ def match_index() -> MatchIndex:
     return MatchIndex(chars, words, features, word_rows, texts, codes, organs,
                       [context_words(n) | chapter_context(c) for n, c in zip(normalised, codes)], unspecified,
                       [frozenset(causes_known.intersection(n.split())) if c[0] in "AB" else frozenset()
-                       for n, c in zip(normalised, codes)], main_terms, causes_known, index_paths)
+                       for n, c in zip(normalised, codes)], main_terms, causes_known, index_paths, normalised)
 
 
 def names_other_cause(text_causes: frozenset[str], name_words: list[str]) -> bool:
@@ -617,7 +618,7 @@ def _index_names_all(core: frozenset[str], position: int, index: MatchIndex, exa
     ``exact``, also nothing else ("Abscess - appendix" for "Appendicular abscess", not "Tuberculosis - epidural abscess")."""
     if len(core) < 2 or not index.index_paths or not index.index_paths[position]:
         return False
-    words = set(normalise_name(index.texts[position]).split()) - _GENERIC
+    words = set((index.normalised[position] if index.normalised else normalise_name(index.texts[position])).split()) - _GENERIC
     if not all(ORGAN_WORDS.get(word) in words or any(same_stem(word, other) for other in words) for word in core):
         return False
     named = core | {ORGAN_WORDS[w] for w in core if w in ORGAN_WORDS}
