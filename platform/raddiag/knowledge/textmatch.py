@@ -672,9 +672,10 @@ def rerank(name_norm: str, candidates: list[tuple[int, float]], index: MatchInde
             score *= ANATOMY_PENALTY  # "Cerebral venous thrombosis" is not I66, whose title names arteries
         if name_causes and codes[position][0] not in "AB":
             score *= CAUSE_PENALTY  # "Tuberculous arthropathy": the organism decides the category (A18), not the site
-        if morphology is not None and _behaviour_disagrees(morphology, codes[position]) \
-                and not _index_names_all(core, position, index):  # "Fibroma - bone (nonossifying)" M89.8: the index says what it is
-            score *= BEHAVIOUR_PENALTY
+        if morphology is not None and _behaviour_disagrees(morphology, codes[position]) and not (
+                _index_names_all(core, position, index) and contexts[position] <= name_context):
+            score *= BEHAVIOUR_PENALTY  # unless the index path says what it is: "Fibroma - bone (nonossifying)" M89.8, not
+            # "Adenocarcinoma - cervix, in situ" for "Adenocarcinoma of the cervix"
         if own is not None and codes[position][:3] != own:
             score *= BEHAVIOUR_PENALTY
         if causes and causes[position] and names_other_cause(causes[position], name_words):
