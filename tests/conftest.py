@@ -12,6 +12,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
+# Ray Train's controller polls its workers every 2 s (default): a tiny run waits ~4 s of polls after
+# its last epoch before fit() returns. Every Ray the tests start (local, `ray start`, CLI
+# subprocesses, jobs) inherits this environment, so each TorchTrainer run ends ~3.5 s sooner.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 
 def tiny_overrides(tmp: Path) -> list[str]:

@@ -150,7 +150,8 @@ def test_budgeted_sweep_stops_at_the_budget_not_the_sample_cap(tmp_path: Path, t
     from raddiag.tune.sweep import run_sweep
 
     store_cfg, _ = tiny_store
-    cfg = load_config(None, [*tiny_overrides(tmp_path), f"store.url={store_cfg.store.url}", "train.epochs=3",
+    # A ViT slice encoder: the budget does not depend on the backbone, and its workers need not import MONAI.
+    cfg = load_config(None, [*tiny_overrides(tmp_path), f"store.url={store_cfg.store.url}", "train.epochs=3", "model.encoder=vit",
                              "sweep.num_samples=20", "sweep.max_trial_epochs=5", "sweep.max_concurrent_trials=2",
                              "sweep.scheduler=none", "sweep.searcher=random", "sweep.name=budgeted"])
     result = run_sweep(cfg)
@@ -167,7 +168,7 @@ def test_a_trial_the_budget_denies_its_first_epoch_is_skipped_not_an_error(tmp_p
     from raddiag.tune.sweep import run_sweep
 
     store_cfg, _ = tiny_store
-    cfg = load_config(None, [*tiny_overrides(tmp_path), f"store.url={store_cfg.store.url}", "train.epochs=2",
+    cfg = load_config(None, [*tiny_overrides(tmp_path), f"store.url={store_cfg.store.url}", "train.epochs=2", "model.encoder=vit",
                              "train.num_workers=1", "sweep.num_samples=2", "sweep.max_trial_epochs=1",
                              "sweep.max_concurrent_trials=2", "sweep.scheduler=none", "sweep.name=denied"])
     # Both trials start together; whichever claims second finds the single epoch taken. Returning

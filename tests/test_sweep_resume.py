@@ -21,7 +21,11 @@ pytestmark = pytest.mark.slow
 
 def _args(tmp: Path, store_url: str) -> list[str]:
     args = []
-    for override in [*tiny_overrides(tmp), f"store.url={store_url}", "sweep.num_samples=3", "train.epochs=3",
+    # One Train worker per trial, and a ViT slice encoder (its workers need not import MONAI): resuming
+    # is about Tune's state, the Optuna study and the trials' checkpoints, not DDP or the backbone, and
+    # the four TorchTrainer runs would each pay a second worker's and MONAI's start-up.
+    for override in [*tiny_overrides(tmp), f"store.url={store_url}", "train.num_workers=1", "model.encoder=vit",
+                     "sweep.num_samples=3", "train.epochs=3",
                      "sweep.max_trial_epochs=7", "sweep.max_concurrent_trials=1", "sweep.scheduler=none",
                      "sweep.name=resumable"]:
         args += ["--set", override]

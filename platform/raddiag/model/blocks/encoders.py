@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 
 import torch
-from monai.networks.nets import ResNet
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -49,6 +48,8 @@ class ResNetBackbone(nn.Module):
             raise ValueError(f"ResNet stem {stem!r} not supported; use 'imagenet' or 'small'")
         if depth not in RESNET_LAYOUTS:
             raise ValueError(f"ResNet depth {depth} not supported; use one of {sorted(RESNET_LAYOUTS)}")
+        from monai.networks.nets import ResNet  # here, not at import: MONAI takes seconds to import, a ViT needs none of it
+
         block, layers = RESNET_LAYOUTS[depth]
         norm_arg: str | tuple = "batch" if norm == "batch" else ("group", {"num_groups": math.gcd(width, 8)})
         self.net = ResNet(
