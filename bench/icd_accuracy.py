@@ -1,8 +1,8 @@
 """Label -> ICD-10-CM text matching: top-1 / top-3 category accuracy on hand-checked lists (#16).
 
-The lists (``bench/data/icd_handcheck_{dev,heldout,heldout2,...,heldout13}.csv``; held-out 3-13 are seeded
-random samples, see their headers; held-out 5-13 were written from the real FY2025 index; 3-9 sample the 1,500
-most frequent names, 10-13 the names ranked 1,501-3,000, see ``icd_heldout10_pool.py``) give, for
+The lists (``bench/data/icd_handcheck_{dev,heldout,heldout2,...,heldout15}.csv``; held-out 3-15 are seeded
+random samples, see their headers; held-out 5-15 were written from the real FY2025 index; 3-9 sample the 1,500
+most frequent names, 10-15 the names ranked 1,501-3,000, see ``icd_heldout10_pool.py``) give, for
 radiology disorders spelled as in the RP3D vocabulary, the 3-character ICD-10-CM category a
 coder reaches from the ICD-10-CM index (and defensible alternatives). A prediction is correct when
 its code's category is the expected one or an alternative. Top-3 counts the three best *distinct*
@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-LISTS = {name: REPO / "bench" / "data" / f"icd_handcheck_{name}.csv" for name in ("dev", "heldout", "heldout2", "heldout3", "heldout4", "heldout5", "heldout6", "heldout7", "heldout8", "heldout9", "heldout10", "heldout11", "heldout12", "heldout13")}
+LISTS = {name: REPO / "bench" / "data" / f"icd_handcheck_{name}.csv" for name in ("dev", "heldout", "heldout2", "heldout3", "heldout4", "heldout5", "heldout6", "heldout7", "heldout8", "heldout9", "heldout10", "heldout11", "heldout12", "heldout13", "heldout14", "heldout15")}
 VOCAB = REPO.parent / "shared" / "rp3d-demo" / "disorder_label_dict.json"
 THRESHOLD = 0.4
 
