@@ -534,6 +534,23 @@ def test_round8_see_targets_resolve_through_word_forms_modifiers_nec_and_by_site
     assert entries["Fracture, insufficiency - femur"] == "M84.45"  # through "by site" to Fracture, pathological - femur
 
 
+def test_a_see_target_may_name_the_first_of_a_subterms_alternatives() -> None:
+    """"Bezold's abscess - see Mastoiditis, acute": the subterm is spelled "acute, subacute" (H70.00-). The first
+    part is a fallback only: a subterm spelled exactly as the target still wins."""
+    from raddiag.knowledge.cm_index import _resolve, index_entries
+    from raddiag.knowledge.labels import match_candidates
+
+    entries = dict(index_entries())
+    assert entries["Bezold's abscess"] == "H70.00"
+    assert match_candidates(["Bezold abscess"], 1)[0][0][0].startswith("H70")
+    main_terms = {"x": 0}
+    children = {0: {"acute": 1, "acute subacute": 2}}
+    first_parts = {0: {"acute": 2, "chronic": 3}}
+    assert _resolve("X, acute", main_terms, children, first_parts) == 1
+    assert _resolve("X, chronic", main_terms, children, first_parts) == 3
+    assert _resolve("X, chronic", main_terms, children) is None
+
+
 def test_round8_grammatical_head_non_prefix_and_exact_index_paths() -> None:
     """The pathology word a label is about must be in the candidate ("Middle cerebral artery syndrome" is not an
     infarct); "non-" joins its word as the index spells it; an index path naming the label's words and nothing else

@@ -119,9 +119,12 @@ def neoplasm_code(target: str) -> str:
 _BY_SITE = frozenset({"by site", "by type"})
 
 
-def _resolve(target: str, main_terms: dict[str, int], children: dict[int, dict[str, int]]) -> int | None:
+def _resolve(target: str, main_terms: dict[str, int], children: dict[int, dict[str, int]],
+             first_parts: dict[int, dict[str, int]] | None = None) -> int | None:
     """The row a "see" target names: its longest main-term prefix, then each further comma part as a subterm
-    ("Displacement, intervertebral disc" -> Displacement / intervertebral disc)."""
+    ("Displacement, intervertebral disc" -> Displacement / intervertebral disc). A part no subterm is spelled as may
+    name the first of a subterm's comma-separated alternatives (``first_parts``): "Mastoiditis, acute" is the
+    subterm "acute, subacute"."""
     parts = [" ".join(_PARENTHESISED.sub(" ", p).split()) for p in target.split(",")]
     parts = [p for p in parts if p]
     for split in range(len(parts), 0, -1):
@@ -130,6 +133,8 @@ def _resolve(target: str, main_terms: dict[str, int], children: dict[int, dict[s
             continue
         for part in parts[split:]:
             child = children.get(row, {}).get(_key(part))
+            if child is None and first_parts is not None:
+                child = first_parts.get(row, {}).get(_key(part))
             if child is None and _key(part) in _BY_SITE:  # "Fracture, pathological, by site": the site is the label's
                 continue
             if child is None:
@@ -146,6 +151,7 @@ def index_entries(max_depth: int = MAX_DEPTH) -> tuple[tuple[str, str], ...]:
     rows = _rows()
     main_terms: dict[str, int] = {}
     children: dict[int, dict[str, int]] = {}
+    first_parts: dict[int, dict[str, int]] = {}  # a subterm by its first comma part, used only where no subterm is spelled so
     paths: list[list[str]] = []
     stack: list[int] = []
     for position, row in enumerate(rows):
@@ -157,6 +163,9 @@ def index_entries(max_depth: int = MAX_DEPTH) -> tuple[tuple[str, str], ...]:
         elif stack:
             for key in _aliases(row["Term"]):
                 children.setdefault(stack[-1], {}).setdefault(key, position)
+            bare = " ".join(_PARENTHESISED.sub(" ", row["Term"]).split())
+            if "," in bare:
+                first_parts.setdefault(stack[-1], {}).setdefault(_key(bare.split(",")[0]), position)
         paths.append([*(rows[i]["Term"] for i in stack), row["Term"]])
         stack.append(position)
     out: list[tuple[str, str]] = []
@@ -167,7 +176,7 @@ def index_entries(max_depth: int = MAX_DEPTH) -> tuple[tuple[str, str], ...]:
         text = " - ".join([main_term_wording(path[0]), *(term.strip() for term in path[1:])])
         modifiers = row["NonEssModif"].strip()
         code = _code(row["Code"])
-        target = _resolve(row["See"], main_terms, children) if not code and row["See"] else None
+        target = _resolve(row["See"], main_terms, children, first_parts) if not code and row["See"] else None
         if target is not None and not _code(rows[target]["Code"]):  # graft the target's subterms
             for child in children.get(target, {}).values():
                 if _code(rows[child]["Code"]) and len(path) < max_depth:
