@@ -40,6 +40,20 @@ def test_fit_is_deterministic():
     np.testing.assert_array_equal(a, b)
 
 
+def test_fit_does_not_depend_on_the_callers_blas_threads():
+    """A Ray worker (OMP_NUM_THREADS=1) and a driver with every core fit, and cache, the same encoder: with two
+    BLAS threads the randomized SVD once differed by ~2e-5, enough to send a KE run on another trajectory."""
+    from threadpoolctl import threadpool_limits
+
+    corpus = icd_corpus(load_icd())[:4000]
+    texts = corpus[:50]
+    with threadpool_limits(1):
+        one = TfidfEncoder.fit(corpus, 32).encode(texts)
+    with threadpool_limits(2):
+        two = TfidfEncoder.fit(corpus, 32).encode(texts)
+    np.testing.assert_array_equal(one, two)
+
+
 def test_labels_in_one_icd_block_are_closer_than_unrelated(ke_cfg):
     from raddiag.knowledge.icd import description
 

@@ -14,11 +14,12 @@ import joblib
 import numpy as np
 from sklearn.decomposition import TruncatedSVD
 from sklearn.feature_extraction.text import TfidfVectorizer
+from threadpoolctl import threadpool_limits
 
 from raddiag.knowledge.icd import icd_corpus, icd_version, load_icd
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: fitted on one BLAS thread (a v1 file depends on the thread count of the process that fitted it)
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -55,7 +56,11 @@ class TfidfEncoder:
             matrix = matrix[np.random.default_rng(seed).permutation(matrix.shape[0])[:rows]]
         if dim >= min(matrix.shape):
             raise ValueError(f"ke.dim={dim} too large for the TF-IDF encoder (max {min(matrix.shape) - 1})")
-        svd = TruncatedSVD(dim, algorithm="randomized", n_iter=3, random_state=seed).fit(matrix)
+        # One BLAS thread: the randomized SVD's dense products sum in another order with more threads (components
+        # differ by ~3e-5), and a KE run amplifies that into another trajectory. A Ray worker (OMP_NUM_THREADS=1)
+        # and a driver with every core must fit, and cache, the same encoder.
+        with threadpool_limits(1):
+            svd = TruncatedSVD(dim, algorithm="randomized", n_iter=3, random_state=seed).fit(matrix)
         return cls(vectorizer, svd)
 
     def sparse(self, texts: list[str]):
