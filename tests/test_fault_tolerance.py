@@ -50,7 +50,9 @@ def test_sigkill_one_worker_run_finishes_with_each_epoch_logged_once(tmp_path: P
     from raddiag.train.trainer import run_train
 
     store_cfg, _ = tiny_store
-    cfg = load_config(None, [*tiny_overrides(tmp_path), f"store.url={store_cfg.store.url}", "train.epochs=4", "train.max_failures=2", "train.name=ft"])
+    # a ViT slice encoder: every restarted worker would otherwise import MONAI again (~8 s of CPU each)
+    cfg = load_config(None, [*tiny_overrides(tmp_path), f"store.url={store_cfg.store.url}", "train.epochs=4", "train.max_failures=2",
+                             "train.name=ft", "model.encoder=vit"])
     killed: list[int] = []
     stop = threading.Event()
     killer = threading.Thread(

@@ -40,7 +40,8 @@ def test_losing_a_node_mid_training_still_finishes(tmp_path: Path, tiny_store) -
     cluster.wait_for_nodes()
     store_cfg, _ = tiny_store
     cfg = load_config(None, [
-        *tiny_overrides(tmp_path), f"store.url={store_cfg.store.url}", "train.epochs=4", "train.max_failures=3",
+        # a ViT slice encoder: every restarted worker would otherwise import MONAI again (~8 s of CPU each)
+        *tiny_overrides(tmp_path), f"store.url={store_cfg.store.url}", "train.epochs=4", "train.max_failures=3", "model.encoder=vit",
         "train.name=multinode", "train.resources_per_worker={train_slot: 1}", f"ray.address={cluster.address}",
     ])
     uri = cfg.tracking.resolved_uri()
