@@ -70,11 +70,16 @@ def _key(term: str) -> str:
 _PARENTHESISED = re.compile(r"\([^()]*\)")
 
 
+def _bare(term: str) -> str:
+    """``term`` without its parenthesised non-essential modifiers, spaces collapsed."""
+    return " ".join(_PARENTHESISED.sub(" ", term).split())
+
+
 def _aliases(term: str) -> list[str]:
     """The keys a "see" target may use for an index term: the term itself, without its parenthesised
     non-essential modifiers, without a trailing "NEC", and its first word form ("Anomaly, anomalous (congenital)"
     -> "anomaly anomalous", "anomaly"; "secondary NEC" -> "secondary"; "juvenile, juvenilis" -> "juvenile")."""
-    bare = " ".join(_PARENTHESISED.sub(" ", term).split())
+    bare = _bare(term)
     keys = [_key(term), _key(bare)]
     if keys[-1].endswith(" nec"):
         keys.append(keys[-1][:-4])
@@ -125,7 +130,7 @@ def _resolve(target: str, main_terms: dict[str, int], children: dict[int, dict[s
     ("Displacement, intervertebral disc" -> Displacement / intervertebral disc). A part no subterm is spelled as may
     name the first of a subterm's comma-separated alternatives (``first_parts``): "Mastoiditis, acute" is the
     subterm "acute, subacute"."""
-    parts = [" ".join(_PARENTHESISED.sub(" ", p).split()) for p in target.split(",")]
+    parts = [_bare(p) for p in target.split(",")]
     parts = [p for p in parts if p]
     for split in range(len(parts), 0, -1):
         row = main_terms.get(_key(", ".join(parts[:split])))
@@ -163,7 +168,7 @@ def index_entries(max_depth: int = MAX_DEPTH) -> tuple[tuple[str, str], ...]:
         elif stack:
             for key in _aliases(row["Term"]):
                 children.setdefault(stack[-1], {}).setdefault(key, position)
-            bare = " ".join(_PARENTHESISED.sub(" ", row["Term"]).split())
+            bare = _bare(row["Term"])
             if "," in bare:
                 first_parts.setdefault(stack[-1], {}).setdefault(_key(bare.split(",")[0]), position)
         paths.append([*(rows[i]["Term"] for i in stack), row["Term"]])
@@ -274,7 +279,7 @@ def modifier_behaviours(words: tuple[str, ...]) -> dict[tuple[str, str], str]:
         term = row["Term"].strip().lower()
         parts = [_key(part) for part in row["See"].split(",")]
         if level == "1":
-            modifier = " ".join(_PARENTHESISED.sub(" ", term).split())  # "yolk sac", "leydig cell"
+            modifier = _bare(term)  # "yolk sac", "leydig cell"
         elif term != "specified site":  # "Ependymoma - myxopapillary - specified site - see Neoplasm, uncertain behavior, by site"
             continue
         behaviour = ""
