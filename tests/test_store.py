@@ -60,14 +60,34 @@ def test_synth_has_long_tail_groups_2d_and_3d(tiny_store) -> None:
         assert all(0 <= s["key_slice"] < s["depth"] for s in record["scans"])
 
 
-def test_default_synth_populates_head_medium_and_tail(tmp_path: Path) -> None:
-    from raddiag.config import SynthConfig as Default
+def test_default_synth_populates_head_medium_and_tail() -> None:
+    """The demo's default store (1,800 cases) has a head, a medium and a tail: counted from the case plan
+    that generate() renders (the labels need no pixels; rendering 1,800 cases took ~30-60 s)."""
+    import pandas as pd
 
-    cfg = Default(image_size=8, max_depth=2)
-    manifest = generate(cfg, Store(str(tmp_path / "d")))
-    groups = set(manifest.labels.loc[manifest.labels.level == "disorder", "group"])
-    assert groups == {"head", "medium", "tail"}
-    assert len(manifest.label_names()) >= 20
+    from raddiag.config import SynthConfig as Default
+    from raddiag.storage.benchmark import benchmark_labels, plan_cases
+    from raddiag.storage.store import label_table
+    from raddiag.storage.synth import label_vocabulary
+
+    cfg = Default()
+    names = [label.name for label in benchmark_labels(cfg.n_labels - 1)]
+    cases = pd.DataFrame([{"split": split, "disorders": [names[i] for i in hits] or ["Normal"], "icd10": []}
+                          for split, hits in plan_cases(cfg)])
+    table = label_table(cases, *label_vocabulary(cfg))
+    assert set(table.loc[table.level == "disorder", "group"]) == {"head", "medium", "tail"}
+    assert len(table.loc[table.level == "disorder"]) >= 20
+
+
+def test_synth_cases_follow_the_case_plan() -> None:
+    from raddiag.config import SynthConfig
+    from raddiag.storage.benchmark import benchmark_labels, plan_cases
+    from raddiag.storage.synth import iter_cases
+
+    cfg = SynthConfig(n_cases=60, n_labels=8, image_size=8, max_depth=2)
+    names = [label.name for label in benchmark_labels(cfg.n_labels - 1)]
+    planned = [(split, sorted(names[i] for i in hits) or ["Normal"]) for split, hits in plan_cases(cfg)]
+    assert [(case["split"], sorted(case["disorders"])) for case in iter_cases(cfg)] == planned
 
 
 def test_synth_labels_share_icd_blocks() -> None:

@@ -150,9 +150,9 @@ def test_budgeted_sweep_stops_at_the_budget_not_the_sample_cap(tmp_path: Path, t
     from raddiag.tune.sweep import run_sweep
 
     store_cfg, _ = tiny_store
-    # A ViT slice encoder: the budget does not depend on the backbone, and its workers need not import MONAI.
+    # A ViT slice encoder and one worker per trial: the budget depends on neither (workers need not import MONAI).
     cfg = load_config(None, [*tiny_overrides(tmp_path), f"store.url={store_cfg.store.url}", "train.epochs=3", "model.encoder=vit",
-                             "sweep.num_samples=20", "sweep.max_trial_epochs=5", "sweep.max_concurrent_trials=2",
+                             "train.num_workers=1", "sweep.num_samples=20", "sweep.max_trial_epochs=5", "sweep.max_concurrent_trials=2",
                              "sweep.scheduler=none", "sweep.searcher=random", "sweep.name=budgeted"])
     result = run_sweep(cfg)
     epochs = [t["epochs"] for t in result.trials if t["epochs"]]
