@@ -7,9 +7,10 @@ import csv
 import io
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import REPO, run_cli
 
 
 def test_override_wins_over_data_and_text_and_the_csv_lists_every_label(tmp_path: Path) -> None:
@@ -27,7 +28,33 @@ def test_override_wins_over_data_and_text_and_the_csv_lists_every_label(tmp_path
     assert fixed["Pneumothorax"].code == "J93.0" and fixed["Zebra stripe sign"].code is None  # wins over the data's code too
     assert "kidney" in fixed["Renal cell carcinoma"].description.lower()
     rows = list(csv.DictReader(io.StringIO(write_mapping(list(fixed.values())))))
-    assert {r["name"] for r in rows} == set(names) and {"source", "score", "description"} <= set(rows[0])
+    assert {r["name"] for r in rows} == set(names) and {"source", "score", "description", "alternatives"} <= set(rows[0])
+
+
+def test_the_csv_lists_text_matches_weakest_first_with_alternatives_of_other_categories() -> None:
+    import re
+
+    from raddiag.knowledge.labels import map_labels, match_confidence, write_mapping
+
+    names = ["Renal cell carcinoma", "Pneumothorax", "Normal", "Zebra stripe sign", "Acetabular labral tear", "Osteosarcoma"]
+    mappings = map_labels(names, [None, "J93.9", None, None, None, None], threshold=0.4)
+    rows = list(csv.DictReader(io.StringIO(write_mapping(mappings))))
+    text_rows = [r for r in rows if r["source"] in ("matched", "unmatched")]
+    assert rows[: len(text_rows)] == text_rows  # what text matching decided comes first ...
+    assert [float(r["score"]) for r in text_rows] == sorted(float(r["score"]) for r in text_rows)  # ... weakest first
+    assert [r["source"] for r in rows[len(text_rows):]] == ["given", "normal"]
+    for m in mappings:
+        if m.source not in ("matched", "unmatched"):
+            assert m.alternatives == ""
+            continue
+        others = re.findall(r"([A-Z]\d[0-9A-Z](?:\.[0-9A-Z]+)?) \((\d\.\d\d)\)", m.alternatives)
+        assert len(others) == 2, m  # two next-best candidates, each of another category, none above the top 1
+        categories = [c[:3] for c, _ in others]
+        assert len(set(categories)) == 2 and (m.code or "")[:3] not in categories
+        assert all(float(score) <= m.score + 0.005 for _, score in others)
+    assert match_confidence([]) == (0.0, 0.0)
+    assert match_confidence([("C64", "a", 0.9)]) == (0.9, 0.9)
+    assert match_confidence([("C64", "a", 0.9), ("C65", "b", 0.6)]) == pytest.approx((0.9, 0.3))
     strict = {m.name: m for m in map_labels(["Clear cell renal cell carcinoma"], threshold=0.99)}  # an inexact match (~0.85)
     assert strict["Clear cell renal cell carcinoma"].source == "unmatched"  # the threshold is honoured
 
@@ -60,3 +87,25 @@ def test_knowledge_build_writes_the_reviewable_csv_and_takes_the_override(tmp_pa
     reviewed = build_knowledge(names, cfg.model_copy(update={"mapping": str(tmp_path / "reviewed.csv")}), None, str(tmp_path / "store"))
     assert reviewed.version != table.version  # a reviewed mapping is a new table, never a stale cache hit
     assert {m.name: m.source for m in reviewed.mappings}["Renal cell carcinoma"] == "override"
+
+
+def test_review_curve_of_the_icd_review_bench_against_a_direct_count() -> None:
+    """bench/icd_review.py: accuracy after reviewing the first m rows (least confident first), by brute force."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import icd_review
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    rng = np.random.default_rng(0)
+    correct = rng.random(50) < 0.8
+    confidence = np.round(rng.random(50), 1)  # ties: kept in list order
+    order = icd_review.review_order(confidence)
+    assert list(order) == sorted(range(50), key=lambda i: (confidence[i], i))
+    curve = icd_review.accuracy_after(correct, order)
+    for m in range(51):
+        reviewed = set(order[:m].tolist())
+        assert curve[m] == pytest.approx(np.mean([True if i in reviewed else correct[i] for i in range(50)]))
+    target = float(curve[20])
+    assert icd_review.reviewed_for(curve, target) == min(m for m in range(51) if curve[m] >= target) / 50

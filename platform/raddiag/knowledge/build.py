@@ -23,7 +23,7 @@ from raddiag.knowledge.labels import LabelMapping, get_text_encoder, label_texts
 from raddiag.tracking import Tags, tag_filter
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 7  # label matching / table layout; part of the version (3: #16 text matching, 4: its round 2, 5: rounds 3-4, the index, 6: round 6, 7: round 8)
+FORMAT_VERSION = 8  # label matching / table layout; part of the version (3: #16 text matching, 4: its round 2, 5: rounds 3-4, the index, 6: round 6, 7: round 8, 8: round 9, alternatives)
 
 
 @dataclass
