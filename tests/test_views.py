@@ -85,7 +85,8 @@ def test_sweep_trials_and_promotion() -> None:
 
 def test_knowledge_views() -> None:
     console = _console()
-    mappings = [NS(name="Zebra", source="unmatched", code=None, score=0.2, description="Zebra", matched_text="stripes"),
+    mappings = [NS(name="Zebra", source="unmatched", code=None, score=0.2, description="Zebra", matched_text="stripes",
+                   alternatives="L90.5 (0.18) Scar conditions"),
                 NS(name="PE", source="matched", code="I26", score=0.95, description="Pulmonary embolism", matched_text="pe")]
     table = NS(mappings=mappings, version="k1", embeddings=np.zeros((2, 8)), meta={"mapping_counts": {"matched": 1}, "cached": True},
                uri="s/knowledge/k1")
@@ -93,4 +94,5 @@ def test_knowledge_views() -> None:
     show.knowledge_encoders(console, {"tfidf": {"synonym_r1": 0.5, "synonym_r10": 0.9, "hierarchy": 0.7}}, {})
     text = console.export_text()
     assert "Zebra" in text and "I26" not in text  # the unmatched label first, one row shown
+    assert "L90.5 (0.18)" in text  # with the alternatives a reviewer picks from
     assert "knowledge table k1 (cached): s/knowledge/k1" in text and "(baseline)" in text

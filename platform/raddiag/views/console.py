@@ -355,11 +355,11 @@ def knowledge_table(console: Console, table: Any, n_labels: int, show: int) -> N
     mappings = sorted(table.mappings, key=lambda m: (_MAPPING_ORDER.get(m.source, 4), m.score))[: max(show, 0)]
     view = Table(title=f"knowledge {table.version}: {n_labels} labels, dim {table.embeddings.shape[1]}, "
                        f"{table.meta['mapping_counts']}")
-    for column in ("label", "source", "code", "score", "ICD-10-CM description", "best text match"):
+    for column in ("label", "source", "code", "score", "ICD-10-CM description", "best text match", "alternatives"):
         view.add_column(column)
     for m in mappings:
         view.add_row(m.name, m.source, m.code or "-", f"{m.score:.2f}", m.description if m.code else "-",
-                     m.matched_text or "-")
+                     m.matched_text or "-", getattr(m, "alternatives", "") or "-")
     if mappings:
         console.print(view)
     cached = " (cached)" if table.meta.get("cached") else ""
