@@ -28,9 +28,16 @@ TARGETS = (0.90, 0.95)
 FRACTIONS = (0.1, 0.2, 0.3, 0.4)
 
 
+def margin(picks: list[tuple[str, str, float]]) -> float:
+    """Top-1 score minus the best score of another category (candidates best first, one per category;
+    the top-1 score when there is no other, 0 when there is none at all)."""
+    if not picks:
+        return 0.0
+    return picks[0][2] - (picks[1][2] if len(picks) > 1 else 0.0)
+
+
 def rows_of(names: tuple[str, ...]) -> dict[str, np.ndarray]:
     """Per hand-checked row: top 1 right, top 3 holds the right category, top-1 score, margin."""
-    from raddiag.knowledge.labels import match_confidence
     from raddiag.knowledge.textmatch import match_candidates
 
     rows = [row for name in names for row in read_handcheck(LISTS[name])]
@@ -38,8 +45,7 @@ def rows_of(names: tuple[str, ...]) -> dict[str, np.ndarray]:
     correct = np.array([bool(p) and category(p[0][0]) in row.accepted for row, p in zip(rows, picks)])
     top3 = np.array([any(category(code) in row.accepted for code, _, _ in p) for row, p in zip(rows, picks)])
     score = np.array([p[0][2] if p else 0.0 for p in picks])
-    margin = np.array([match_confidence(p)[1] for p in picks])
-    return {"correct": correct, "top3": top3, "score": score, "margin": margin}
+    return {"correct": correct, "top3": top3, "score": score, "margin": np.array([margin(p) for p in picks])}
 
 
 def review_order(confidence: np.ndarray) -> np.ndarray:

@@ -29,12 +29,14 @@ def test_override_wins_over_data_and_text_and_the_csv_lists_every_label(tmp_path
     assert "kidney" in fixed["Renal cell carcinoma"].description.lower()
     rows = list(csv.DictReader(io.StringIO(write_mapping(list(fixed.values())))))
     assert {r["name"] for r in rows} == set(names) and {"source", "score", "description", "alternatives"} <= set(rows[0])
+    strict = {m.name: m for m in map_labels(["Clear cell renal cell carcinoma"], threshold=0.99)}  # an inexact match (~0.85)
+    assert strict["Clear cell renal cell carcinoma"].source == "unmatched"  # the threshold is honoured
 
 
 def test_the_csv_lists_text_matches_weakest_first_with_alternatives_of_other_categories() -> None:
     import re
 
-    from raddiag.knowledge.labels import map_labels, match_confidence, write_mapping
+    from raddiag.knowledge.labels import map_labels, write_mapping
 
     names = ["Renal cell carcinoma", "Pneumothorax", "Normal", "Zebra stripe sign", "Acetabular labral tear", "Osteosarcoma"]
     mappings = map_labels(names, [None, "J93.9", None, None, None, None], threshold=0.4)
@@ -52,11 +54,6 @@ def test_the_csv_lists_text_matches_weakest_first_with_alternatives_of_other_cat
         categories = [c[:3] for c, _ in others]
         assert len(set(categories)) == 2 and (m.code or "")[:3] not in categories
         assert all(float(score) <= m.score + 0.005 for _, score in others)
-    assert match_confidence([]) == (0.0, 0.0)
-    assert match_confidence([("C64", "a", 0.9)]) == (0.9, 0.9)
-    assert match_confidence([("C64", "a", 0.9), ("C65", "b", 0.6)]) == pytest.approx((0.9, 0.3))
-    strict = {m.name: m for m in map_labels(["Clear cell renal cell carcinoma"], threshold=0.99)}  # an inexact match (~0.85)
-    assert strict["Clear cell renal cell carcinoma"].source == "unmatched"  # the threshold is honoured
 
 
 def test_a_bad_mapping_file_fails_in_one_line_naming_the_row(tmp_path: Path) -> None:
@@ -109,3 +106,6 @@ def test_review_curve_of_the_icd_review_bench_against_a_direct_count() -> None:
         assert curve[m] == pytest.approx(np.mean([True if i in reviewed else correct[i] for i in range(50)]))
     target = float(curve[20])
     assert icd_review.reviewed_for(curve, target) == min(m for m in range(51) if curve[m] >= target) / 50
+    assert icd_review.margin([]) == 0.0
+    assert icd_review.margin([("C64", "a", 0.9)]) == 0.9
+    assert icd_review.margin([("C64", "a", 0.9), ("C65", "b", 0.6)]) == pytest.approx(0.3)

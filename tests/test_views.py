@@ -87,7 +87,8 @@ def test_knowledge_views() -> None:
     console = _console()
     mappings = [NS(name="Zebra", source="unmatched", code=None, score=0.2, description="Zebra", matched_text="stripes",
                    alternatives="L90.5 (0.18) Scar conditions"),
-                NS(name="PE", source="matched", code="I26", score=0.95, description="Pulmonary embolism", matched_text="pe")]
+                NS(name="PE", source="matched", code="I26", score=0.95, description="Pulmonary embolism", matched_text="pe",
+                   alternatives="")]
     table = NS(mappings=mappings, version="k1", embeddings=np.zeros((2, 8)), meta={"mapping_counts": {"matched": 1}, "cached": True},
                uri="s/knowledge/k1")
     show.knowledge_table(console, table, 2, show=1)

@@ -37,14 +37,6 @@ class LabelMapping:
     alternatives: str = ""
 
 
-def match_confidence(picks: list[tuple[str, str, float]]) -> tuple[float, float]:
-    """(top-1 score, margin) of one name's candidates (best first, one per category): the margin is the
-    top-1 score minus the best score of another category (the top-1 score when there is none)."""
-    if not picks:
-        return 0.0, 0.0
-    return picks[0][2], picks[0][2] - (picks[1][2] if len(picks) > 1 else 0.0)
-
-
 def match_text(names: list[str]) -> list[tuple[str, str, float]]:
     """Best ICD-10-CM ``(code, matched text, score)`` per name (``("", "", 0.0)`` when nothing
     matches): see :mod:`raddiag.knowledge.textmatch` (normalised spelling and organ words, index

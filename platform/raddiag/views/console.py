@@ -359,7 +359,7 @@ def knowledge_table(console: Console, table: Any, n_labels: int, show: int) -> N
         view.add_column(column)
     for m in mappings:
         view.add_row(m.name, m.source, m.code or "-", f"{m.score:.2f}", m.description if m.code else "-",
-                     m.matched_text or "-", getattr(m, "alternatives", "") or "-")
+                     m.matched_text or "-", m.alternatives or "-")
     if mappings:
         console.print(view)
     cached = " (cached)" if table.meta.get("cached") else ""
