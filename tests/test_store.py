@@ -66,27 +66,28 @@ def test_default_synth_populates_head_medium_and_tail() -> None:
     import pandas as pd
 
     from raddiag.config import SynthConfig as Default
-    from raddiag.storage.benchmark import benchmark_labels, plan_cases
+    from raddiag.storage.benchmark import plan_cases
     from raddiag.storage.store import label_table
     from raddiag.storage.synth import label_vocabulary
 
     cfg = Default()
-    names = [label.name for label in benchmark_labels(cfg.n_labels - 1)]
-    cases = pd.DataFrame([{"split": split, "disorders": [names[i] for i in hits] or ["Normal"], "icd10": []}
+    assert cfg.profile == "benchmark"  # plan_cases is the benchmark profile's plan
+    vocabulary, codes = label_vocabulary(cfg)  # "Normal", then label i of the plan at i + 1
+    cases = pd.DataFrame([{"split": split, "disorders": [vocabulary[i + 1] for i in hits] or ["Normal"], "icd10": []}
                           for split, hits in plan_cases(cfg)])
-    table = label_table(cases, *label_vocabulary(cfg))
+    table = label_table(cases, vocabulary, codes)
     assert set(table.loc[table.level == "disorder", "group"]) == {"head", "medium", "tail"}
     assert len(table.loc[table.level == "disorder"]) >= 20
 
 
 def test_synth_cases_follow_the_case_plan() -> None:
     from raddiag.config import SynthConfig
-    from raddiag.storage.benchmark import benchmark_labels, plan_cases
-    from raddiag.storage.synth import iter_cases
+    from raddiag.storage.benchmark import plan_cases
+    from raddiag.storage.synth import iter_cases, label_vocabulary
 
     cfg = SynthConfig(n_cases=60, n_labels=8, image_size=8, max_depth=2)
-    names = [label.name for label in benchmark_labels(cfg.n_labels - 1)]
-    planned = [(split, sorted(names[i] for i in hits) or ["Normal"]) for split, hits in plan_cases(cfg)]
+    vocabulary, _ = label_vocabulary(cfg)
+    planned = [(split, sorted(vocabulary[i + 1] for i in hits) or ["Normal"]) for split, hits in plan_cases(cfg)]
     assert [(case["split"], sorted(case["disorders"])) for case in iter_cases(cfg)] == planned
 
 
