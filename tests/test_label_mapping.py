@@ -109,3 +109,38 @@ def test_review_curve_of_the_icd_review_bench_against_a_direct_count() -> None:
     assert icd_review.margin([]) == 0.0
     assert icd_review.margin([("C64", "a", 0.9)]) == 0.9
     assert icd_review.margin([("C64", "a", 0.9), ("C65", "b", 0.6)]) == pytest.approx(0.3)
+
+
+def test_intercoder_agreement_of_the_icd_intercoder_bench_on_a_worked_example(tmp_path: Path) -> None:
+    """bench/icd_intercoder.py: a recoding is scored exactly as the matcher (category in the first list's accepted
+    set), a SKIP counts as a disagreement, and the matcher is split by whether the coders agree."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import icd_intercoder
+        from icd_accuracy import HandCheck
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    first = {
+        "a": HandCheck("a", "K44", frozenset({"K44", "Q79"}), "K44.9", ""),
+        "b": HandCheck("b", "G93", frozenset({"G93"}), "G93.0", ""),
+        "c": HandCheck("c", "I77", frozenset({"I77"}), "I77.81", ""),
+        "d": HandCheck("d", "S32", frozenset({"S32"}), "S32.8", ""),
+    }
+    path = tmp_path / "recode.csv"
+    path.write_text("# a recoding\nname,category,alternatives,code,index_entry\n"
+                    "a,Q79,,Q79.0,x\nb,Q04,G93,Q04.6,x\nc,I71,,I71.9,x\nd,SKIP,,,no entry\n")
+    second = icd_intercoder.read_recode(path)
+    assert second["b"] == ("Q04", frozenset({"Q04", "G93"})) and second["d"] == ("SKIP", frozenset())
+    result = icd_intercoder.agreement(first, second, {"a": "K44", "b": "G93", "c": "I77", "d": "S32"})
+    assert result["second_coder_vs_first"]["hits"] == 1 and result["second_coder_vs_first"]["n"] == 4  # a only; d skipped
+    assert result["first_coder_vs_second"]["hits"] == 1 and result["first_coder_vs_second"]["n"] == 3  # b only
+    assert result["strict_same_category"]["hits"] == 0
+    assert result["coders_agree_either_way"]["hits"] == 2  # a and b
+    assert result["matcher_vs_first"]["hits"] == 4 and result["matcher_vs_second"]["hits"] == 1  # b (G93 is b's alternative)
+    assert result["matcher_on_names_coders_agree_on"]["n"] == 2 and result["matcher_on_names_coders_disagree_on"]["n"] == 2
+    assert sorted(d["name"] for d in result["disagreements"]) == ["c", "d"]
+    path.write_text("name,category,alternatives,code,index_entry\na,K4,,K4,x\n")
+    with pytest.raises(ValueError, match="not 3 characters"):
+        icd_intercoder.read_recode(path)
