@@ -17,6 +17,10 @@ split into two halves, one per recoder. Measurement (``measure``), once, after b
     PYTHONPATH=platform .venv/bin/python bench/icd_intercoder.py sample --out /tmp/recode
     PYTHONPATH=platform .venv/bin/python bench/icd_intercoder.py measure bench/data/icd_recode_A.csv bench/data/icd_recode_B.csv \
         --output bench/data/icd_intercoder.json
+
+The same check of the curated table (``raddiag.knowledge.curated``), whose rows were coded at a much faster pace:
+``sample --curated`` draws 25 coded (non-SKIP) rows of each curation file (``bench/data/icd_curation/curated_[1-8].csv``),
+and ``measure --curated`` scores the blind recodings against those rows instead of the held-out lists.
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ SOURCES = ("heldout12", "heldout13", "heldout14", "heldout15")
 PER_LIST = 50
 SEED = 20261207
 SKIP = "SKIP"
+CURATION = Path(__file__).resolve().parent / "data" / "icd_curation"
+CURATED_FILES = [f"curated_{k}" for k in range(1, 9)]
+PER_CURATED_FILE = 25
 
 
 def sample() -> tuple[list[str], list[str]]:
@@ -49,6 +56,27 @@ def sample() -> tuple[list[str], list[str]]:
 def originals() -> dict[str, HandCheck]:
     """The first coder's row of every name of the source lists, by name."""
     return {row.name: row for source in SOURCES for row in read_handcheck(LISTS[source])}
+
+
+def curated_rows() -> dict[str, HandCheck]:
+    """The coded (non-SKIP) rows of the curation files, by name, as hand-check rows."""
+    out: dict[str, HandCheck] = {}
+    for stem in CURATED_FILES:
+        for name, (coded, accepted) in read_recode(CURATION / f"{stem}.csv").items():
+            if coded != SKIP:
+                out[name] = HandCheck(name, coded, accepted, "", stem)
+    return out
+
+
+def sample_curated() -> tuple[list[str], list[str]]:
+    """Two halves of PER_CURATED_FILE coded rows of each curation file, drawn and shuffled with ``SEED``."""
+    rng = random.Random(SEED)
+    rows = curated_rows()
+    names: list[str] = []
+    for stem in CURATED_FILES:
+        names += rng.sample(sorted(n for n, row in rows.items() if row.index_entry == stem), PER_CURATED_FILE)
+    rng.shuffle(names)
+    return names[0::2], names[1::2]
 
 
 def read_recode(path: str | Path) -> dict[str, tuple[str, frozenset[str]]]:
@@ -80,7 +108,7 @@ def agreement(first: dict[str, HandCheck], second: dict[str, tuple[str, frozense
     names = sorted(second)
     missing = [n for n in names if n not in first]
     if missing:
-        raise ValueError(f"recoded names not in held-outs 12-15: {missing[:5]}")
+        raise ValueError(f"recoded names not in the reference rows: {missing[:5]}")
     coded = [n for n in names if second[n][0] != SKIP]
     second_right = [n for n in names if second[n][0] in first[n].accepted]
     reverse = [n for n in coded if first[n].category in second[n][1]]
@@ -122,14 +150,16 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     draw = sub.add_parser("sample", help="write the two halves to recode (names only, one per line)")
     draw.add_argument("--out", required=True)
+    draw.add_argument("--curated", action="store_true", help="sample the curation files instead of held-outs 12-15")
     measure = sub.add_parser("measure", help="score the recodings against the first lists and the matcher")
     measure.add_argument("recoded", nargs="+")
+    measure.add_argument("--curated", action="store_true", help="score against the curation files instead of held-outs 12-15")
     measure.add_argument("--output", default="")
     args = parser.parse_args()
     if args.command == "sample":
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        for letter, half in zip("AB", sample()):
+        for letter, half in zip("AB", sample_curated() if args.curated else sample()):
             (out / f"names_{letter}.txt").write_text("\n".join(half) + "\n", encoding="utf-8")
             print(f"names_{letter}.txt: {len(half)} names")
         return
@@ -139,9 +169,9 @@ def main() -> None:
             if name in second:
                 raise SystemExit(f"{path}: {name!r} is also in another recoding")
             second[name] = value
-    first = originals()
+    first = curated_rows() if args.curated else originals()
     result = agreement(first, second, matcher_categories(sorted(second)))
-    result["sources"] = list(SOURCES)
+    result["sources"] = CURATED_FILES if args.curated else list(SOURCES)
     result["recoded"] = [str(p) for p in args.recoded]
     for key, value in result.items():
         if isinstance(value, dict):
