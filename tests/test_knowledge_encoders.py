@@ -14,6 +14,7 @@ import torch
 from raddiag.config import KEConfig
 from raddiag.knowledge import build_knowledge, embed_labels, get_text_encoder, load_icd, map_labels
 from raddiag.knowledge import encoder as encoder_module
+from raddiag.knowledge.build import knowledge_version
 from raddiag.knowledge.encoder import TextTrainConfig, TrainedTextEncoder, soft_info_nce, train_text_encoder
 from raddiag.knowledge.evaluate import beats_baseline, evaluate_encoder, held_out_synonyms
 from raddiag.tracking import Tags
@@ -120,7 +121,7 @@ def test_build_knowledge_is_versioned_cached_in_store_and_logged_to_mlflow(tiny_
                             experiment="ke-tests")
     assert first.embeddings.shape == (2, 16) and not first.meta.get("cached")
     meta = json.loads((tmp_path / "store" / "knowledge" / first.version / "meta.json").read_text())
-    assert meta["mapping_counts"] == {"override": 0, "given": 1, "matched": 0, "unmatched": 0, "normal": 1}
+    assert meta["mapping_counts"] == {"override": 0, "given": 1, "curated": 0, "matched": 0, "unmatched": 0, "normal": 1}
 
     client = mlflow.MlflowClient(uri)
     experiment = client.get_experiment_by_name("ke-tests")
@@ -142,11 +143,12 @@ def test_build_knowledge_is_versioned_cached_in_store_and_logged_to_mlflow(tiny_
     assert len(client.search_runs([experiment.experiment_id])) == 1  # one run per version
     other = build_knowledge(["Pneumonia"], cfg.model_copy(update={"template": "{name}"}), codes=["J18"], store_url=store)
     assert other.version != first.version
+    assert knowledge_version(["Pneumonia"], ["J18"], cfg.model_copy(update={"curated": False})) != knowledge_version(["Pneumonia"], ["J18"], cfg)
 
 
 def test_unmatched_labels_are_reported_not_silently_mapped(caplog):
     with caplog.at_level(logging.WARNING):
-        mappings = map_labels(["1p19q codeletion", "Pulmonary embolism"], [None, None])  # a molecular marker: no ICD-10-CM term
+        mappings = map_labels(["1p19q codeletion", "Pulmonary embolism"], [None, None], curated=False)  # a molecular marker: no ICD-10-CM term
     marker, embolism = mappings
     assert marker.source == "unmatched" and marker.code is None and marker.description == "1p19q codeletion"
     assert 0 <= marker.score < 0.4 and marker.matched_text  # the best (rejected) candidate is kept for the report

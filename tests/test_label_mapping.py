@@ -29,7 +29,7 @@ def test_override_wins_over_data_and_text_and_the_csv_lists_every_label(tmp_path
     assert "kidney" in fixed["Renal cell carcinoma"].description.lower()
     rows = list(csv.DictReader(io.StringIO(write_mapping(list(fixed.values())))))
     assert {r["name"] for r in rows} == set(names) and {"source", "score", "description", "alternatives"} <= set(rows[0])
-    strict = {m.name: m for m in map_labels(["Clear cell renal cell carcinoma"], threshold=0.99)}  # an inexact match (~0.85)
+    strict = {m.name: m for m in map_labels(["Clear cell renal cell carcinoma"], threshold=0.99, curated=False)}  # an inexact match (~0.85)
     assert strict["Clear cell renal cell carcinoma"].source == "unmatched"  # the threshold is honoured
 
 
@@ -39,7 +39,7 @@ def test_the_csv_lists_text_matches_weakest_first_with_alternatives_of_other_cat
     from raddiag.knowledge.labels import map_labels, write_mapping
 
     names = ["Renal cell carcinoma", "Pneumothorax", "Normal", "Zebra stripe sign", "Acetabular labral tear", "Osteosarcoma"]
-    mappings = map_labels(names, [None, "J93.9", None, None, None, None], threshold=0.4)
+    mappings = map_labels(names, [None, "J93.9", None, None, None, None], threshold=0.4, curated=False)
     rows = list(csv.DictReader(io.StringIO(write_mapping(mappings))))
     text_rows = [r for r in rows if r["source"] in ("matched", "unmatched")]
     assert rows[: len(text_rows)] == text_rows  # what text matching decided comes first ...
@@ -54,6 +54,48 @@ def test_the_csv_lists_text_matches_weakest_first_with_alternatives_of_other_cat
         categories = [c[:3] for c, _ in others]
         assert len(set(categories)) == 2 and (m.code or "")[:3] not in categories
         assert all(float(score) <= m.score + 0.005 for _, score in others)
+
+
+def test_the_curated_table_codes_rp3d_names_after_overrides_and_the_data_before_text() -> None:
+    """An RP3D name without a code from the data takes the bundled curated row (its index path shown to the
+    reviewer); an override and a data code both win over it; ke.curated=false falls back to text matching."""
+    from raddiag.knowledge.curated import curated_table, name_key
+    from raddiag.knowledge.labels import map_labels, write_mapping
+
+    names = ["Renal cell carcinoma", "  amyotrophic LATERAL sclerosis ", "Pneumothorax", "Normal", "Zebra stripe sign (not RP3D)"]
+    assert name_key(names[1]) in curated_table() and name_key(names[4]) not in curated_table()
+    mappings = {m.name: m for m in map_labels(names, [None, None, "J93.9", None, None], threshold=0.4)}
+    rcc, als = mappings["Renal cell carcinoma"], mappings[names[1]]
+    assert (rcc.source, rcc.code[:3], rcc.score) == ("curated", "C64", 1.0) and "kidney" in rcc.description.lower()
+    assert rcc.matched_text  # the index path the coder followed
+    assert (als.source, als.code[:3]) == ("curated", "G12")  # looked up case- and space-insensitively
+    assert mappings["Pneumothorax"].source == "given" and mappings["Normal"].source == "normal"
+    assert mappings[names[4]].source in ("matched", "unmatched")
+    rows = list(csv.DictReader(io.StringIO(write_mapping(list(mappings.values())))))
+    assert [r["source"] for r in rows] == [mappings[names[4]].source, "curated", "curated", "given", "normal"]
+    overridden = {m.name: m for m in map_labels(names[:1], overrides={"Renal cell carcinoma": "C65"})}
+    assert overridden["Renal cell carcinoma"].source == "override"
+    assert map_labels(names[:1], ["C64.1"])[0].source == "given"
+    assert map_labels(names[:1], curated=False)[0].source == "matched"
+
+
+def test_the_bundled_curated_table_holds_valid_codes_and_unique_names() -> None:
+    import gzip
+
+    from raddiag.knowledge.curated import COLUMNS, CURATED_FILE, curated_table, name_key, read_curated
+    from raddiag.knowledge.icd import normalise_code
+
+    table = curated_table()
+    assert len(table) >= 1800
+    for key, row in table.items():
+        assert key == name_key(row.name) and normalise_code(row.code) == row.code, row
+        assert all(len(a) == 3 and normalise_code(a) for a in row.alternatives.split()), row
+        assert row.provenance and row.index_entry, row
+    header = ",".join(COLUMNS)
+    broken = gzip.compress(f"{header}\nA,C64.9,,x,y\na ,C65,,x,y\n".encode())
+    with pytest.raises(ValueError, match="appears twice"):
+        read_curated(broken)
+    assert gzip.decompress(CURATED_FILE.read_bytes()).decode().startswith(header)
 
 
 def test_a_bad_mapping_file_fails_in_one_line_naming_the_row(tmp_path: Path) -> None:

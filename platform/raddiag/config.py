@@ -191,6 +191,10 @@ class KEConfig(_Strict):
     mapping: str = Field(
         default="", description="reviewed label -> ICD-10-CM CSV (columns name, code; empty code = none) that wins over data and text"
     )
+    curated: bool = Field(
+        default=True,
+        description="use the bundled curated RP3D-name -> ICD-10-CM table for labels without a code from the data (before text matching)",
+    )
 
 
 class ModelConfig(_Strict):

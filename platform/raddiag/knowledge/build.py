@@ -18,12 +18,13 @@ import numpy as np
 
 from raddiag.config import KEConfig
 from raddiag.knowledge.cm_index import INDEX_VERSION
+from raddiag.knowledge.curated import curated_version
 from raddiag.knowledge.icd import icd_version
-from raddiag.knowledge.labels import LabelMapping, get_text_encoder, label_texts, map_labels, read_mapping, write_mapping
+from raddiag.knowledge.labels import SOURCES, LabelMapping, get_text_encoder, label_texts, map_labels, read_mapping, write_mapping
 from raddiag.tracking import Tags, tag_filter
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 8  # label matching / table layout; part of the version (3: #16 text matching, 4: its round 2, 5: rounds 3-4, the index, 6: round 6, 7: round 8, 8: round 9, alternatives)
+FORMAT_VERSION = 9  # label matching / table layout; part of the version (3: #16 text matching, 4: its round 2, 5: rounds 3-4, the index, 6: round 6, 7: round 8, 8: round 9, alternatives, 9: the curated table)
 
 
 @dataclass
@@ -38,7 +39,9 @@ class KnowledgeTable:
 
 
 def knowledge_version(names: list[str], codes: list[str | None] | None, cfg: KEConfig) -> str:
-    settings = cfg.model_dump(include={"encoder", "encoder_path", "template", "dim", "text_train_steps", "match_threshold"})
+    settings = cfg.model_dump(include={"encoder", "encoder_path", "template", "dim", "text_train_steps", "match_threshold", "curated"})
+    if cfg.curated:  # the bundled table's content
+        settings["curated_table"] = curated_version()
     if cfg.mapping:  # the reviewed mapping's content, not its path
         settings["mapping"] = sorted((k, v or "") for k, v in read_mapping(cfg.mapping).items())
     if cfg.encoder == "trained" and not cfg.encoder_path:
@@ -83,9 +86,9 @@ def build_knowledge(
 
     start = time.perf_counter()
     overrides = read_mapping(cfg.mapping) if cfg.mapping else None
-    mappings = map_labels(list(names), codes, cfg.cache_dir or None, cfg.match_threshold, overrides)
+    mappings = map_labels(list(names), codes, cfg.cache_dir or None, cfg.match_threshold, overrides, cfg.curated)
     embeddings = np.asarray(get_text_encoder(cfg).encode(label_texts(mappings, cfg.template)), dtype=np.float32)
-    counts = {source: sum(m.source == source for m in mappings) for source in ("override", "given", "matched", "unmatched", "normal")}
+    counts = {source: sum(m.source == source for m in mappings) for source in SOURCES}
     meta = {
         "version": version,
         "labels": len(names),

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from raddiag.config import KEConfig
+from raddiag.knowledge import curated as curated_codes
 from raddiag.knowledge.icd import description, normalise_code
 from raddiag.knowledge.textmatch import match_candidates
 from raddiag.knowledge.tfidf import load_or_fit_tfidf
@@ -19,14 +20,19 @@ NORMAL_DESCRIPTION = "normal study without abnormal findings"
 
 MATCH_THRESHOLD = 0.4  # below this text-match score a label is reported "unmatched" (no code)
 ALTERNATIVES = 2  # next-best text matches (other categories) kept per label for the reviewer
+#: Sources in review order: what text matching decided first, then the curated table, the data's codes, overrides, "normal".
+SOURCE_ORDER = {"unmatched": 0, "matched": 0, "curated": 1, "given": 2, "override": 3, "normal": 4}
+TEXT_SOURCES = frozenset({"matched", "unmatched"})
+SOURCES = ("override", "given", "curated", "matched", "unmatched", "normal")
 
 
 @dataclass(frozen=True)
 class LabelMapping:
-    """How one label name was tied to ICD-10-CM. ``source``: override | given | matched | unmatched | normal.
-    ``score`` is the text-match score of matched/unmatched labels (1 for given codes); ``matched_text``
-    the description or inclusion term that matched best; ``alternatives`` the next best text matches of
-    other categories, ``"code (score) text"`` joined by ``"; "`` (what a reviewer picks from)."""
+    """How one label name was tied to ICD-10-CM. ``source``: override | given | curated | matched | unmatched |
+    normal. ``score`` is the text-match score of matched/unmatched labels (1 otherwise); ``matched_text`` the
+    description or inclusion term that matched best (curated rows: the index path they came from);
+    ``alternatives`` the next best text matches of other categories, ``"code (score) text"`` joined by ``"; "``
+    (curated rows: the other defensible categories, ``"category description"``), what a reviewer picks from."""
 
     name: str
     code: str | None
@@ -70,18 +76,22 @@ def read_mapping(path: str | os.PathLike) -> dict[str, str | None]:
     return overrides
 
 
+def review_key(m: LabelMapping) -> tuple:
+    """Sort key of the review order: text-decided rows weakest score first, then curated, given, override, normal."""
+    return (SOURCE_ORDER.get(m.source, 5), m.score if m.source in TEXT_SOURCES else 0, m.name)
+
+
 def write_mapping(mappings: list[LabelMapping], path: str | os.PathLike | None = None) -> str:
     """The reviewable mapping as CSV text (name, code, source, score, description, matched_text,
-    alternatives), in review order: the labels text matching decided, weakest score first (unmatched ones,
-    then matched ones), then the data's codes, the overrides and "normal"; written to ``path`` when given.
+    alternatives), in review order (:func:`review_key`): the labels text matching decided, weakest score first
+    (unmatched ones, then matched ones), then the curated table's, the data's codes, the overrides and "normal";
+    written to ``path`` when given.
     On hand-checked held-out names, reviewing the first 20% of text-matched rows in this order took the
     mapping from 82% to 93% right (``bench/icd_review.py``, BENCHMARKS.md)."""
     import csv
     import io
 
-    order = {"unmatched": 0, "matched": 0, "given": 1, "override": 2, "normal": 3}
-    text = {"matched", "unmatched"}
-    rows = sorted(mappings, key=lambda m: (order.get(m.source, 4), m.score if m.source in text else 0, m.name))
+    rows = sorted(mappings, key=review_key)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["name", "code", "source", "score", "description", "matched_text", "alternatives"])
@@ -95,21 +105,23 @@ def write_mapping(mappings: list[LabelMapping], path: str | os.PathLike | None =
 
 def map_labels(
     names: list[str], codes: list[str | None] | None = None, cache_dir: str | os.PathLike | None = None,
-    threshold: float = MATCH_THRESHOLD, overrides: dict[str, str | None] | None = None,
+    threshold: float = MATCH_THRESHOLD, overrides: dict[str, str | None] | None = None, curated: bool = True,
 ) -> list[LabelMapping]:
     """Tie each label name to an ICD-10-CM code: a reviewed ``overrides`` entry first (source
     "override"), then the given code when valid (from the data: ingest pairs each disorder with the
-    code its cases carry most often), else the best text match over descriptions and inclusion terms
-    (:func:`match_text`) when its score reaches ``threshold``; below it the label is "unmatched" (no
-    code, its own name as description). Both are logged with their scores. A label named "normal"
-    gets no code and a fixed description. (``cache_dir`` is accepted for compatibility.)"""
+    code its cases carry most often), then, with ``curated``, the bundled curated table's code for an RP3D
+    vocabulary name (:mod:`raddiag.knowledge.curated`), else the best text match over descriptions and
+    inclusion terms (:func:`match_text`) when its score reaches ``threshold``; below it the label is
+    "unmatched" (no code, its own name as description). Text matches are logged with their scores. A label
+    named "normal" gets no code and a fixed description. (``cache_dir`` is accepted for compatibility.)"""
     if codes is not None and len(codes) != len(names):
         raise ValueError(f"codes has {len(codes)} entries but names has {len(names)}")
     given = [normalise_code(c) for c in (codes or [None] * len(names))]
     mappings: list[LabelMapping | None] = [None] * len(names)
     to_match = []
     overrides = overrides or {}
-    for index, (name, code) in enumerate(zip(names, given)):
+    table = curated_codes.lookup(names) if curated else [None] * len(names)
+    for index, (name, code, row) in enumerate(zip(names, given, table)):
         if name in overrides:
             fixed = overrides[name]
             mappings[index] = LabelMapping(name, fixed, description(fixed) if fixed else name, "override")
@@ -117,6 +129,9 @@ def map_labels(
             mappings[index] = LabelMapping(name, code, description(code), "given")
         elif name.strip().lower() == "normal":
             mappings[index] = LabelMapping(name, None, NORMAL_DESCRIPTION, "normal")
+        elif row is not None:
+            others = "; ".join(f"{c} {description(c)}" for c in row.alternatives.split() if normalise_code(c))
+            mappings[index] = LabelMapping(name, row.code, description(row.code), "curated", 1.0, row.index_entry, others)
         else:
             to_match.append(index)
     if to_match:
@@ -185,7 +200,7 @@ def embed_labels(
         raise ValueError("embed_labels needs at least one label name")
     cache_dir = cache_dir or cfg.cache_dir or None
     overrides = read_mapping(cfg.mapping) if cfg.mapping else None
-    texts = label_texts(map_labels(list(names), codes, cache_dir, cfg.match_threshold, overrides), cfg.template)
+    texts = label_texts(map_labels(list(names), codes, cache_dir, cfg.match_threshold, overrides, cfg.curated), cfg.template)
     table = np.asarray(get_text_encoder(cfg, cache_dir).encode(texts), dtype=np.float32)
     if table.shape != (len(names), cfg.dim):
         raise ValueError(f"encoder {cfg.encoder!r} returned {table.shape}, expected ({len(names)}, {cfg.dim})")

@@ -345,14 +345,12 @@ def next_steps_after_sweeps(console: Console, sweep: str) -> None:
 
 # ---- knowledge ------------------------------------------------------------------------------------
 
-#: Order of the label -> code rows: what needs review first.
-_MAPPING_ORDER = {"unmatched": 0, "matched": 1, "given": 2, "override": 3, "normal": 4}
-
-
 def knowledge_table(console: Console, table: Any, n_labels: int, show: int) -> None:
-    """``raddiag knowledge build``: the first ``show`` label -> ICD-10-CM rows (unmatched, then
-    text-matched, weakest first), then where the table and its mapping are."""
-    mappings = sorted(table.mappings, key=lambda m: (_MAPPING_ORDER.get(m.source, 4), m.score))[: max(show, 0)]
+    """``raddiag knowledge build``: the first ``show`` label -> ICD-10-CM rows in review order (text-matched,
+    weakest first, then curated ...), then where the table and its mapping are."""
+    from raddiag.knowledge.labels import review_key
+
+    mappings = sorted(table.mappings, key=review_key)[: max(show, 0)]
     view = Table(title=f"knowledge {table.version}: {n_labels} labels, dim {table.embeddings.shape[1]}, "
                        f"{table.meta['mapping_counts']}")
     for column in ("label", "source", "code", "score", "ICD-10-CM description", "best text match", "alternatives"):
