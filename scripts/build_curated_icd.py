@@ -20,6 +20,7 @@ import csv
 import gzip
 import io
 import json
+import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -47,6 +48,14 @@ def valid_code(raw: str) -> str | None:
             return code
         text = text[:-1].rstrip(".")
     return None
+
+
+JUDGEMENT = re.compile(r"\bunsure\b|\bno\b[^;]{0,80}?\b(term|entry|subterm)\b|^\s*(group|sign of)\b|near-synonym", re.I)
+
+
+def confidence(index_entry: str) -> str:
+    """"judgement" when the coder says the row rests on a near-synonym, a group, a sign's disorder or is unsure."""
+    return "judgement" if JUDGEMENT.search(index_entry) else "index"
 
 
 def sources() -> list[tuple[str, Path]]:
@@ -80,7 +89,8 @@ def assemble() -> tuple[list[dict[str, str]], dict]:
             report["cut_back"] += code.replace(".", "") != raw.upper().replace(".", "").rstrip("-")
             alternatives = " ".join(sorted({a.strip().upper() for a in (row.get("alternatives") or "").split()
                                             if a.strip() and a.strip().upper() != category and valid_code(a)}))
-            chosen[name_key(name)] = dict(zip(COLUMNS, (name, code, alternatives, " ".join((row.get("index_entry") or "").split()), provenance)))
+            entry = " ".join((row.get("index_entry") or "").split())
+            chosen[name_key(name)] = dict(zip(COLUMNS, (name, code, alternatives, entry, provenance, confidence(entry))))
             report["by_source"][provenance.split("/")[0] if provenance.startswith("curation") else provenance] += 1
     rows = sorted(chosen.values(), key=lambda r: name_key(r["name"]))
     return rows, report
@@ -98,7 +108,8 @@ def main() -> None:
     writer.writeheader()
     writer.writerows(rows)
     CURATED_FILE.write_bytes(gzip.compress(buffer.getvalue().encode("utf-8"), mtime=0))
-    print(f"{CURATED_FILE.relative_to(REPO)}: {len(rows)} names; by source {dict(report['by_source'])}; "
+    judged = sum(r["confidence"] == "judgement" for r in rows)
+    print(f"{CURATED_FILE.relative_to(REPO)}: {len(rows)} names ({judged} judgement rows); by source {dict(report['by_source'])}; "
           f"SKIP rows left out {sum(report['skipped'].values())}; codes cut back to a valid prefix {report['cut_back']}")
     for line in report["invalid"]:
         print(f"  left out (no valid category): {line}", file=sys.stderr)

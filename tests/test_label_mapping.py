@@ -66,7 +66,7 @@ def test_the_curated_table_codes_rp3d_names_after_overrides_and_the_data_before_
     assert name_key(names[1]) in curated_table() and name_key(names[4]) not in curated_table()
     mappings = {m.name: m for m in map_labels(names, [None, None, "J93.9", None, None], threshold=0.4)}
     rcc, als = mappings["Renal cell carcinoma"], mappings[names[1]]
-    assert (rcc.source, rcc.code[:3], rcc.score) == ("curated", "C64", 1.0) and "kidney" in rcc.description.lower()
+    assert (rcc.source, rcc.code[:3], rcc.score) == ("curated", "C64", 1.0) and "kidney" in rcc.description.lower()  # its own index path
     assert rcc.matched_text  # the index path the coder followed
     assert (als.source, als.code[:3]) == ("curated", "G12")  # looked up case- and space-insensitively
     assert mappings["Pneumothorax"].source == "given" and mappings["Normal"].source == "normal"
@@ -82,7 +82,7 @@ def test_the_curated_table_codes_rp3d_names_after_overrides_and_the_data_before_
 def test_the_bundled_curated_table_holds_valid_codes_and_unique_names() -> None:
     import gzip
 
-    from raddiag.knowledge.curated import COLUMNS, CURATED_FILE, curated_table, name_key, read_curated
+    from raddiag.knowledge.curated import COLUMNS, CONFIDENCES, CURATED_FILE, curated_table, name_key, read_curated
     from raddiag.knowledge.icd import normalise_code
 
     table = curated_table()
@@ -92,9 +92,12 @@ def test_the_bundled_curated_table_holds_valid_codes_and_unique_names() -> None:
         assert all(len(a) == 3 and normalise_code(a) for a in row.alternatives.split()), row
         assert row.provenance and row.index_entry, row
     header = ",".join(COLUMNS)
-    broken = gzip.compress(f"{header}\nA,C64.9,,x,y\na ,C65,,x,y\n".encode())
+    broken = gzip.compress(f"{header}\nA,C64.9,,x,y,index\na ,C65,,x,y,index\n".encode())
     with pytest.raises(ValueError, match="appears twice"):
         read_curated(broken)
+    with pytest.raises(ValueError, match="confidence 'sure'"):
+        read_curated(gzip.compress(f"{header}\nA,C64.9,,x,y,sure\n".encode()))
+    assert {row.confidence for row in table.values()} <= set(CONFIDENCES)
     assert gzip.decompress(CURATED_FILE.read_bytes()).decode().startswith(header)
 
 

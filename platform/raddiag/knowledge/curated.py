@@ -25,19 +25,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CURATED_FILE = Path(__file__).parent / "data" / "rp3d_icd10cm_curated.csv.gz"
-COLUMNS = ("name", "code", "alternatives", "index_entry", "provenance")
+COLUMNS = ("name", "code", "alternatives", "index_entry", "provenance", "confidence")
+#: ``confidence``: "index" = the index path of the name itself; "judgement" = a near-synonym entry, a group, the
+#: disorder a sign names, or a row its coder marked unsure (the reviewer's first curated rows).
+CONFIDENCES = ("index", "judgement")
 
 
 @dataclass(frozen=True)
 class CuratedCode:
     """One curated row: ``code`` (a valid ICD-10-CM item), ``alternatives`` (other defensible 3-character
-    categories, space-separated), ``index_entry`` (the index path, with RowIDs), ``provenance`` (source list)."""
+    categories, space-separated), ``index_entry`` (the index path, with RowIDs), ``provenance`` (source list),
+    ``confidence`` (one of :data:`CONFIDENCES`)."""
 
     name: str
     code: str
     alternatives: str
     index_entry: str
     provenance: str
+    confidence: str = "index"
 
 
 def name_key(name: str) -> str:
@@ -58,7 +63,9 @@ def read_curated(data: bytes) -> dict[str, CuratedCode]:
             raise ValueError(f"{CURATED_FILE.name}, row {number}: a name and a code are required")
         if key in table:
             raise ValueError(f"{CURATED_FILE.name}, row {number}: {row['name']!r} appears twice")
-        table[key] = CuratedCode(row["name"], row["code"], row["alternatives"], row["index_entry"], row["provenance"])
+        if row["confidence"] not in CONFIDENCES:
+            raise ValueError(f"{CURATED_FILE.name}, row {number}: confidence {row['confidence']!r} is not one of {CONFIDENCES}")
+        table[key] = CuratedCode(*(row[c] for c in COLUMNS))
     return table
 
 

@@ -23,13 +23,16 @@ ALTERNATIVES = 2  # next-best text matches (other categories) kept per label for
 #: Sources in review order: what text matching decided first, then the curated table, the data's codes, overrides, "normal".
 SOURCE_ORDER = {"unmatched": 0, "matched": 0, "curated": 1, "given": 2, "override": 3, "normal": 4}
 TEXT_SOURCES = frozenset({"matched", "unmatched"})
+SCORED_SOURCES = TEXT_SOURCES | {"curated"}  # ordered by score within their group
+JUDGEMENT_SCORE = 0.5  # a curated row from a near-synonym, group, sign or a coder's unsure judgement (the index path: 1)
 SOURCES = ("override", "given", "curated", "matched", "unmatched", "normal")
 
 
 @dataclass(frozen=True)
 class LabelMapping:
     """How one label name was tied to ICD-10-CM. ``source``: override | given | curated | matched | unmatched |
-    normal. ``score`` is the text-match score of matched/unmatched labels (1 otherwise); ``matched_text`` the
+    normal. ``score`` is the text-match score of matched/unmatched labels (curated: 1 for the name's own index path,
+    :data:`JUDGEMENT_SCORE` for a coder's judgement; 1 otherwise); ``matched_text`` the
     description or inclusion term that matched best (curated rows: the index path they came from);
     ``alternatives`` the next best text matches of other categories, ``"code (score) text"`` joined by ``"; "``
     (curated rows: the other defensible categories, ``"category description"``), what a reviewer picks from."""
@@ -77,8 +80,9 @@ def read_mapping(path: str | os.PathLike) -> dict[str, str | None]:
 
 
 def review_key(m: LabelMapping) -> tuple:
-    """Sort key of the review order: text-decided rows weakest score first, then curated, given, override, normal."""
-    return (SOURCE_ORDER.get(m.source, 5), m.score if m.source in TEXT_SOURCES else 0, m.name)
+    """Sort key of the review order: text-decided rows weakest score first, then curated (judgements first), given,
+    override, normal."""
+    return (SOURCE_ORDER.get(m.source, 5), m.score if m.source in SCORED_SOURCES else 0, m.name)
 
 
 def write_mapping(mappings: list[LabelMapping], path: str | os.PathLike | None = None) -> str:
@@ -131,7 +135,8 @@ def map_labels(
             mappings[index] = LabelMapping(name, None, NORMAL_DESCRIPTION, "normal")
         elif row is not None:
             others = "; ".join(f"{c} {description(c)}" for c in row.alternatives.split() if normalise_code(c))
-            mappings[index] = LabelMapping(name, row.code, description(row.code), "curated", 1.0, row.index_entry, others)
+            score = 1.0 if row.confidence == "index" else JUDGEMENT_SCORE
+            mappings[index] = LabelMapping(name, row.code, description(row.code), "curated", score, row.index_entry, others)
         else:
             to_match.append(index)
     if to_match:
