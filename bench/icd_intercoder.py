@@ -20,7 +20,9 @@ split into two halves, one per recoder. Measurement (``measure``), once, after b
 
 The same check of the curated table (``raddiag.knowledge.curated``), whose rows were coded at a much faster pace:
 ``sample --curated`` draws 25 coded (non-SKIP) rows of each curation file (``bench/data/icd_curation/curated_[1-8].csv``),
-and ``measure --curated`` scores the blind recodings against those rows instead of the held-out lists.
+and ``measure --reference curated`` scores the blind recodings against those rows instead of the held-out lists.
+``measure --reference early`` scores the curation helpers' recodings of the early lists' names (written from memory of the
+index, before it was bundled: ``curated_e1.csv``, ``curated_e2.csv``) against those early lists.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ SEED = 20261207
 SKIP = "SKIP"
 CURATION = Path(__file__).resolve().parent / "data" / "icd_curation"
 CURATED_FILES = [f"curated_{k}" for k in range(1, 9)]
+EARLY = ("dev", "heldout", "heldout2", "heldout3", "heldout4")  # written from memory of the index, before it was bundled
 PER_CURATED_FILE = 25
 
 
@@ -56,6 +59,15 @@ def sample() -> tuple[list[str], list[str]]:
 def originals() -> dict[str, HandCheck]:
     """The first coder's row of every name of the source lists, by name."""
     return {row.name: row for source in SOURCES for row in read_handcheck(LISTS[source])}
+
+
+def early_rows() -> dict[str, HandCheck]:
+    """The rows of the early lists (written from memory of the index), by name (the first list wins)."""
+    out: dict[str, HandCheck] = {}
+    for source in EARLY:
+        for row in read_handcheck(LISTS[source]):
+            out.setdefault(row.name, row)
+    return out
 
 
 def curated_rows() -> dict[str, HandCheck]:
@@ -153,7 +165,8 @@ def main() -> None:
     draw.add_argument("--curated", action="store_true", help="sample the curation files instead of held-outs 12-15")
     measure = sub.add_parser("measure", help="score the recodings against the first lists and the matcher")
     measure.add_argument("recoded", nargs="+")
-    measure.add_argument("--curated", action="store_true", help="score against the curation files instead of held-outs 12-15")
+    measure.add_argument("--reference", choices=("heldouts", "curated", "early"), default="heldouts",
+                         help="score against held-outs 12-15 (default), the curation files, or the early lists written from memory")
     measure.add_argument("--output", default="")
     args = parser.parse_args()
     if args.command == "sample":
@@ -169,9 +182,10 @@ def main() -> None:
             if name in second:
                 raise SystemExit(f"{path}: {name!r} is also in another recoding")
             second[name] = value
-    first = curated_rows() if args.curated else originals()
-    result = agreement(first, second, matcher_categories(sorted(second)))
-    result["sources"] = CURATED_FILES if args.curated else list(SOURCES)
+    references = {"heldouts": (originals, list(SOURCES)), "curated": (curated_rows, CURATED_FILES), "early": (early_rows, list(EARLY))}
+    rows, names = references[args.reference]
+    result = agreement(rows(), second, matcher_categories(sorted(second)))
+    result["reference"], result["sources"] = args.reference, names
     result["recoded"] = [str(p) for p in args.recoded]
     for key, value in result.items():
         if isinstance(value, dict):
