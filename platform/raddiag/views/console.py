@@ -353,7 +353,7 @@ def knowledge_table(console: Console, table: Any, n_labels: int, show: int) -> N
     mappings = sorted(table.mappings, key=review_key)[: max(show, 0)]
     view = Table(title=f"knowledge {table.version}: {n_labels} labels, dim {table.embeddings.shape[1]}, "
                        f"{table.meta['mapping_counts']}")
-    for column in ("label", "source", "code", "score", "ICD-10-CM description", "best text match", "alternatives"):
+    for column in ("label", "source", "code", "score", "ICD-10-CM description", "text match or index path", "alternatives"):
         view.add_column(column)
     for m in mappings:
         view.add_row(m.name, m.source, m.code or "-", f"{m.score:.2f}", m.description if m.code else "-",
