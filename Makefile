@@ -28,7 +28,7 @@ test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check platform tests bench
+	$(VENV)/bin/ruff check platform tests bench scripts
 
 test-fast: install
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
