@@ -70,23 +70,23 @@ def early_rows() -> dict[str, HandCheck]:
     return out
 
 
+def _curated_file(stem: str) -> dict[str, HandCheck]:
+    """The coded (non-SKIP) rows of one curation file, by name, as hand-check rows."""
+    return {name: HandCheck(name, coded, accepted, "", "")
+            for name, (coded, accepted) in read_recode(CURATION / f"{stem}.csv").items() if coded != SKIP}
+
+
 def curated_rows() -> dict[str, HandCheck]:
-    """The coded (non-SKIP) rows of the curation files, by name, as hand-check rows."""
-    out: dict[str, HandCheck] = {}
-    for stem in CURATED_FILES:
-        for name, (coded, accepted) in read_recode(CURATION / f"{stem}.csv").items():
-            if coded != SKIP:
-                out[name] = HandCheck(name, coded, accepted, "", stem)
-    return out
+    """The coded (non-SKIP) rows of the curation files, by name."""
+    return {name: row for stem in CURATED_FILES for name, row in _curated_file(stem).items()}
 
 
 def sample_curated() -> tuple[list[str], list[str]]:
     """Two halves of PER_CURATED_FILE coded rows of each curation file, drawn and shuffled with ``SEED``."""
     rng = random.Random(SEED)
-    rows = curated_rows()
     names: list[str] = []
     for stem in CURATED_FILES:
-        names += rng.sample(sorted(n for n, row in rows.items() if row.index_entry == stem), PER_CURATED_FILE)
+        names += rng.sample(sorted(_curated_file(stem)), PER_CURATED_FILE)
     rng.shuffle(names)
     return names[0::2], names[1::2]
 

@@ -134,7 +134,7 @@ def map_labels(
         elif name.strip().lower() == "normal":
             mappings[index] = LabelMapping(name, None, NORMAL_DESCRIPTION, "normal")
         elif row is not None:
-            others = "; ".join(f"{c} {description(c)}" for c in row.alternatives.split() if normalise_code(c))
+            others = "; ".join(f"{c} {description(c)}" for c in row.alternatives.split())  # valid categories (checked at build)
             score = 1.0 if row.confidence == "index" else JUDGEMENT_SCORE
             mappings[index] = LabelMapping(name, row.code, description(row.code), "curated", score, row.index_entry, others)
         else:
