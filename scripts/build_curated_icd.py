@@ -96,18 +96,25 @@ def assemble() -> tuple[list[dict[str, str]], dict]:
     return rows, report
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--vocab", default=str(REPO.parent / "shared" / "rp3d-demo" / "disorder_label_dict.json"))
-    args = parser.parse_args()
-    from raddiag.knowledge.curated import COLUMNS, CURATED_FILE, name_key
+def render(rows: list[dict[str, str]]) -> bytes:
+    """The table file's bytes: CSV in :data:`~raddiag.knowledge.curated.COLUMNS` order, gzip with no timestamp."""
+    from raddiag.knowledge.curated import COLUMNS
 
-    rows, report = assemble()
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    CURATED_FILE.write_bytes(gzip.compress(buffer.getvalue().encode("utf-8"), mtime=0))
+    return gzip.compress(buffer.getvalue().encode("utf-8"), mtime=0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--vocab", default=str(REPO.parent / "shared" / "rp3d-demo" / "disorder_label_dict.json"))
+    args = parser.parse_args()
+    from raddiag.knowledge.curated import CURATED_FILE, name_key
+
+    rows, report = assemble()
+    CURATED_FILE.write_bytes(render(rows))
     judged = sum(r["confidence"] == "judgement" for r in rows)
     print(f"{CURATED_FILE.relative_to(REPO)}: {len(rows)} names ({judged} judgement rows); by source {dict(report['by_source'])}; "
           f"SKIP rows left out {sum(report['skipped'].values())}; codes cut back to a valid prefix {report['cut_back']}")
