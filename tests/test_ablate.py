@@ -114,7 +114,9 @@ def test_tiny_ablation_end_to_end(tmp_path: Path) -> None:
     """2 arms x 1 seed through the console script: Tune grid, child runs, table, artifacts."""
     from raddiag import tracking
 
-    sets = [*_tiny_benchmark(tmp_path), "train.epochs=2", "ablation.name=tiny", "ablation.seeds=[3]", "ablation.n_bootstrap=50",
+    # a ViT slice encoder: the ablation machinery is under test, not the backbone (each arm's Train worker and the
+    # driver's model logging skip MONAI's import, ~10 s each on 2 cores)
+    sets = [*_tiny_benchmark(tmp_path), "model.encoder=vit", "train.epochs=2", "ablation.name=tiny", "ablation.seeds=[3]", "ablation.n_bootstrap=50",
             "ablation.arms={late: {model.fusion: late, model.head: mlp}, fused: {model.fusion: transformer, model.head: ke}}"]
     args = ["ablate", "--output", str(tmp_path / "table.json")]
     for item in sets:

@@ -96,8 +96,10 @@ def cluster_run(mlflow_server, tmp_path_factory):
     """Both jobs submitted with `raddiag submit` to a token-auth `ray start --head`."""
     tmp = tmp_path_factory.mktemp("cluster")
     overrides = [o for o in tiny_overrides(tmp) if not o.startswith("tracking.tracking_uri")]
-    # a ViT slice encoder: the job path, not the backbone, is under test (each Train worker skips MONAI's ~8 s import)
-    overrides += [f"tracking.tracking_uri={mlflow_server}", f"sweep.name={SWEEP}", "train.use_gpu=false", "model.encoder=vit"]
+    # a ViT slice encoder and one Train worker per trial: the job path, not the backbone or DDP (the demo test's), is
+    # under test (each Train worker skips MONAI's ~8 s import, and each trial starts one worker process, not two)
+    overrides += [f"tracking.tracking_uri={mlflow_server}", f"sweep.name={SWEEP}", "train.use_gpu=false", "model.encoder=vit",
+                  "train.num_workers=1"]
     sets = [arg for item in overrides for arg in ("--set", item)]
     with LocalRayCluster(num_cpus=8, extra_env={"RAY_metrics_report_interval_ms": "1000"}) as cluster:
         scraper = Scraper(f"http://127.0.0.1:{cluster.metrics_port}/metrics")
