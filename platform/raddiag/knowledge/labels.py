@@ -147,16 +147,22 @@ def map_labels(
                 mappings[index] = LabelMapping(names[index], code, description(code), "matched", round(score, 3), text, others)
             else:
                 mappings[index] = LabelMapping(names[index], None, names[index], "unmatched", round(score, 3), text, others)
-        for source in ("matched", "unmatched"):
-            shown = [m for m in (mappings[i] for i in to_match) if m.source == source]
-            if shown:
-                listed = ", ".join(
-                    f"{m.name!r}->{m.code or 'none'} ({m.score:.2f}{'' if m.code else ', best: ' + repr(m.matched_text)})"
-                    for m in shown[:10])
-                more = f" and {len(shown) - 10} more" if len(shown) > 10 else ""
-                log.warning("%d label(s) without a valid ICD-10-CM code %s by text (threshold %.2f): %s%s",
-                            len(shown), "matched" if source == "matched" else "left UNMATCHED", threshold, listed, more)
+        log_text_matches([mappings[i] for i in to_match], threshold)
     return [m for m in mappings if m is not None]
+
+
+def log_text_matches(mappings: list[LabelMapping], threshold: float) -> None:
+    """Warn about the labels text matching decided (matched, and left unmatched), with their scores: the
+    rows a reviewer should check. Said again when a cached table is reused, so a run never hides them."""
+    for source in ("matched", "unmatched"):
+        shown = [m for m in mappings if m.source == source]
+        if shown:
+            listed = ", ".join(
+                f"{m.name!r}->{m.code or 'none'} ({m.score:.2f}{'' if m.code else ', best: ' + repr(m.matched_text)})"
+                for m in shown[:10])
+            more = f" and {len(shown) - 10} more" if len(shown) > 10 else ""
+            log.warning("%d label(s) without a valid ICD-10-CM code %s by text (threshold %.2f): %s%s",
+                        len(shown), "matched" if source == "matched" else "left UNMATCHED", threshold, listed, more)
 
 
 def label_texts(mappings: list[LabelMapping], template: str) -> list[str]:
@@ -201,12 +207,22 @@ def embed_labels(
     Deterministic; the fitted encoder is cached under ``cache_dir`` / ``cfg.cache_dir`` /
     ``$RADDIAG_CACHE`` / ``~/.cache/raddiag``.
     """
+    return embed_and_map(names, cfg, codes, cache_dir)[0]
+
+
+def embed_and_map(
+    names: list[str],
+    cfg: KEConfig,
+    codes: list[str | None] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> tuple[np.ndarray, list[LabelMapping]]:
+    """:func:`embed_labels` with the mapping each row's text came from."""
     if not names:
         raise ValueError("embed_labels needs at least one label name")
     cache_dir = cache_dir or cfg.cache_dir or None
     overrides = read_mapping(cfg.mapping) if cfg.mapping else None
-    texts = label_texts(map_labels(list(names), codes, cache_dir, cfg.match_threshold, overrides, cfg.curated), cfg.template)
-    table = np.asarray(get_text_encoder(cfg, cache_dir).encode(texts), dtype=np.float32)
+    mappings = map_labels(list(names), codes, cache_dir, cfg.match_threshold, overrides, cfg.curated)
+    table = np.asarray(get_text_encoder(cfg, cache_dir).encode(label_texts(mappings, cfg.template)), dtype=np.float32)
     if table.shape != (len(names), cfg.dim):
         raise ValueError(f"encoder {cfg.encoder!r} returned {table.shape}, expected ({len(names)}, {cfg.dim})")
-    return table
+    return table, mappings

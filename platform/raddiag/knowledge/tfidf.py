@@ -9,14 +9,15 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import joblib
 import numpy as np
-from sklearn.decomposition import TruncatedSVD
-from sklearn.feature_extraction.text import TfidfVectorizer
-from threadpoolctl import threadpool_limits
 
 from raddiag.knowledge.icd import icd_corpus, icd_version, load_icd
+
+if TYPE_CHECKING:  # scikit-learn takes seconds to import: only fitting and encoding need it
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.feature_extraction.text import TfidfVectorizer
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 2  # 2: fitted on one BLAS thread (a v1 file depends on the thread count of the process that fitted it)
@@ -47,6 +48,10 @@ class TfidfEncoder:
     @classmethod
     def fit(cls, corpus: list[str], dim: int, svd_rows: int | None = None, seed: int = 0) -> "TfidfEncoder":
         """Fit char 3-5-gram TF-IDF on ``corpus`` and an SVD to ``dim`` on up to ``svd_rows`` rows."""
+        from sklearn.decomposition import TruncatedSVD
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from threadpoolctl import threadpool_limits
+
         vectorizer = TfidfVectorizer(
             analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True, min_df=2, max_features=2**16, dtype=np.float32
         )
@@ -73,6 +78,8 @@ class TfidfEncoder:
 
 def load_or_fit_tfidf(dim: int, cache_dir: str | os.PathLike | None = None) -> TfidfEncoder:
     """The ICD-10-CM TF-IDF encoder of dimension ``dim``, from the cache or fitted (< 20 s) and cached."""
+    import joblib
+
     path = cache_root(cache_dir) / f"tfidf-icd10cm-{icd_version()}-d{dim}-v{FORMAT_VERSION}.joblib"
     if path.is_file():
         try:

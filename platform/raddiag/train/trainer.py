@@ -19,9 +19,9 @@ def label_embeddings(cfg: RadDiagConfig, names: list[str], codes: list[str | Non
     seeded by ``train.seed``): every label gets another label's text."""
     if cfg.model.head != "ke":
         return None
-    from raddiag.knowledge import embed_labels
+    from raddiag.knowledge.cache import cached_label_embeddings
 
-    table = np.asarray(embed_labels(names, cfg.model.ke, codes=codes), dtype=np.float32)
+    table = cached_label_embeddings(names, cfg.model.ke, codes)[0]
     if cfg.model.ke.permute_table:
         table = table[derangement(len(table), cfg.train.seed)]
     return table.tolist()
