@@ -143,3 +143,18 @@ def test_icd_version_hashes_the_data_without_importing_it() -> None:
         [sys.executable, "-c", "import sys\nfrom raddiag.knowledge.icd import icd_version\nicd_version()\n"
          "print('simple_icd_10_cm' in sys.modules)"], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert result.stdout.strip() == "False", result.stderr[-2000:]
+
+
+def test_knowledge_build_leaves_the_table_a_training_driver_reuses(shared: Path, tmp_path: Path) -> None:
+    """`raddiag knowledge build` goes through the same cache: the store's table and the driver's are one table."""
+    from raddiag.knowledge import build_knowledge
+
+    cfg = _cfg(shared, dim=24)  # a table no other test built
+    built = build_knowledge(NAMES, cfg, CODES, str(tmp_path / "store"))
+    assert built.meta["local_cache"] is False and sum(built.meta["mapping_counts"].values()) == len(NAMES)
+    table, mappings, reused = cached_label_embeddings(NAMES, cfg, CODES)
+    assert reused
+    np.testing.assert_array_equal(table, built.embeddings)
+    assert mappings == built.mappings
+    stored = np.load(Path(built.uri.removeprefix("file://")) / "embeddings.npy", allow_pickle=False)
+    np.testing.assert_array_equal(stored, table)

@@ -20,7 +20,7 @@ from raddiag.config import KEConfig
 from raddiag.knowledge.cm_index import INDEX_VERSION
 from raddiag.knowledge.curated import curated_version
 from raddiag.knowledge.icd import icd_version
-from raddiag.knowledge.labels import SOURCES, LabelMapping, get_text_encoder, label_texts, map_labels, read_mapping, write_mapping
+from raddiag.knowledge.labels import SOURCES, LabelMapping, read_mapping, write_mapping
 from raddiag.tracking import Tags, tag_filter
 
 log = logging.getLogger(__name__)
@@ -84,10 +84,11 @@ def build_knowledge(
             _log_to_mlflow(tracking_uri, experiment, meta, embeddings, mappings)
         return KnowledgeTable(version, uri, embeddings, mappings, meta)
 
+    from raddiag.knowledge.cache import cached_label_embeddings  # imports this module
+
     start = time.perf_counter()
-    overrides = read_mapping(cfg.mapping) if cfg.mapping else None
-    mappings = map_labels(list(names), codes, cfg.cache_dir or None, cfg.match_threshold, overrides, cfg.curated)
-    embeddings = np.asarray(get_text_encoder(cfg).encode(label_texts(mappings, cfg.template)), dtype=np.float32)
+    # through the local label-table cache: a training driver on this machine then reuses this very table
+    embeddings, mappings, reused = cached_label_embeddings(list(names), cfg, codes)
     counts = {source: sum(m.source == source for m in mappings) for source in SOURCES}
     meta = {
         "version": version,
@@ -98,6 +99,7 @@ def build_knowledge(
         "ke": cfg.model_dump(mode="json"),
         "mapping_counts": counts,
         "seconds": round(time.perf_counter() - start, 2),
+        "local_cache": reused,
     }
     fs.makedirs(folder, exist_ok=True)
     buffer = io.BytesIO()
