@@ -45,7 +45,7 @@ def zeroshot_case(model_uri: str, folder: Path, labels: list[str], top_k: int = 
     """Scores of ``labels`` (any names) for one case folder, plus P(abnormal) = 1 - P(Normal)."""
     import torch
 
-    from raddiag.knowledge import embed_labels
+    from raddiag.knowledge import cached_label_embeddings
     from raddiag.predict import load_case_folder
     from raddiag.serve.bundle import ModelBundle
 
@@ -65,7 +65,7 @@ def zeroshot_case(model_uri: str, folder: Path, labels: list[str], top_k: int = 
         base = torch.sigmoid(net(*inputs)["logits"].float())[0]
         abnormal = float(1.0 - base[names.index("Normal")]) if "Normal" in names else None
         trained = {key: value.clone() for key, value in net.head.state_dict().items()}
-        net.set_label_embeddings(torch.tensor(embed_labels(labels, source.model.ke)))
+        net.set_label_embeddings(torch.tensor(cached_label_embeddings(labels, source.model.ke)[0]))
         try:
             scores = torch.sigmoid(net(*inputs)["logits"].float())[0].numpy()
         finally:  # the trained label table and its learned per-label biases come back exactly
