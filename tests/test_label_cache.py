@@ -158,3 +158,40 @@ def test_knowledge_build_leaves_the_table_a_training_driver_reuses(shared: Path,
     assert mappings == built.mappings
     stored = np.load(Path(built.uri.removeprefix("file://")) / "embeddings.npy", allow_pickle=False)
     np.testing.assert_array_equal(stored, table)
+
+
+def test_reuse_touches_an_entry_and_a_write_prunes_the_unused_ones(shared: Path, tmp_path: Path) -> None:
+    import os
+    import time
+
+    from raddiag.knowledge.cache import KEEP_DAYS, prune
+
+    cfg = _cfg(shared)
+    cached_label_embeddings(NAMES, cfg, CODES)
+    entry = shared / "label-tables" / table_key(NAMES, cfg, CODES)
+    long_ago = time.time() - (KEEP_DAYS + 5) * 86400
+    os.utime(entry, (long_ago, long_ago))
+    assert cached_label_embeddings(NAMES, cfg, CODES)[2]
+    assert time.time() - entry.stat().st_mtime < 3600  # used again: kept by the next prune
+
+    root = tmp_path / "label-tables"
+    ages = {"old": KEEP_DAYS + 1, "recent": KEEP_DAYS - 1, "new": 0, "abc.tmp-1-ff": 2, "abc.tmp-2-ee": 0.5}
+    for name, days in ages.items():
+        (root / name).mkdir(parents=True)
+        (root / name / "labels.json").write_text("[]")
+        stamp = time.time() - days * 86400
+        os.utime(root / name, (stamp, stamp))
+    (root / "a-file").write_text("not an entry")
+    os.utime(root / "a-file", (long_ago, long_ago))
+    assert sorted(prune(root, keep="new")) == ["abc.tmp-1-ff", "old"]
+    assert sorted(p.name for p in root.iterdir()) == ["a-file", "abc.tmp-2-ee", "new", "recent"]
+    assert prune(tmp_path / "missing") == []
+
+    import shutil
+
+    for fitted in shared.glob("tfidf-*.joblib"):  # the encoder the module's shared cache already fitted
+        shutil.copy(fitted, tmp_path / fitted.name)
+    (root / "old").mkdir()
+    os.utime(root / "old", (long_ago, long_ago))
+    assert not cached_label_embeddings(NAMES, _cfg(tmp_path), CODES)[2]  # a write prunes
+    assert not (root / "old").exists() and (root / "recent").is_dir()

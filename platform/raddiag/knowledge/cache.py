@@ -12,6 +12,9 @@ matcher never serves a stale table. A table whose text encoder lives in a direct
 not cached: the files behind the path can change. Entries are written to a temporary folder and renamed into
 place (concurrent drivers never read half an entry), read with ``allow_pickle=False``, and an unreadable
 entry is rebuilt. The labels text matching decided are logged again on reuse, as on a build.
+
+Reuse touches an entry; each write removes the entries nobody used for :data:`KEEP_DAYS` days (every upgrade of
+the knowledge code starts new keys) and temporary folders a killed driver left behind.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import json
 import logging
 import os
 import shutil
+import time
 import uuid
 from dataclasses import asdict
 from pathlib import Path
@@ -36,6 +40,7 @@ from raddiag.knowledge.tfidf import cache_root
 log = logging.getLogger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parent
 CACHE_FORMAT = 1
+KEEP_DAYS = 30  # an entry unused this long is removed when another is written
 
 
 @functools.lru_cache(maxsize=1)
@@ -68,12 +73,43 @@ def cached_label_embeddings(
     found = _read(folder, list(names), cfg.dim)
     if found is not None:
         table, mappings = found
+        _touch(folder)
         log.info("label table %s reused from %s", key, folder)
         log_text_matches(mappings, cfg.match_threshold)
         return table, mappings, True
     table, mappings = embed_and_map(names, cfg, codes)
     _write(folder, table, mappings)
+    prune(folder.parent, keep=folder.name)
     return table, mappings, False
+
+
+def prune(root: Path, keep: str = "", max_age_days: float = KEEP_DAYS) -> list[str]:
+    """Remove the entries under ``root`` unused for ``max_age_days`` (and temporary folders older than a day);
+    returns the names removed. Never fails a run."""
+    now = time.time()
+    removed = []
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        limit = 86400.0 if ".tmp-" in entry.name else max_age_days * 86400.0
+        try:
+            if entry.name != keep and entry.is_dir() and now - entry.stat().st_mtime > limit:
+                shutil.rmtree(entry)
+                removed.append(entry.name)
+        except OSError as exc:  # another driver removed it first, or no permission: leave it
+            log.debug("could not prune %s (%s)", entry, exc)
+    if removed:
+        log.info("removed %d label table(s) unused for %g days from %s", len(removed), max_age_days, root)
+    return removed
+
+
+def _touch(folder: Path) -> None:
+    try:
+        os.utime(folder)
+    except OSError:  # a read-only cache still serves its tables
+        pass
 
 
 def _read(folder: Path, names: list[str], dim: int) -> tuple[np.ndarray, list[LabelMapping]] | None:
