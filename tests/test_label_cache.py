@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +18,7 @@ import pytest
 
 from conftest import REPO
 from raddiag.config import KEConfig
-from raddiag.knowledge.cache import cached_label_embeddings, table_key
+from raddiag.knowledge.cache import KEEP_DAYS, cached_label_embeddings, prune, table_key
 from raddiag.knowledge.labels import embed_labels, map_labels
 
 NAMES = ["Pneumonia", "Pleural effusion", "Hip fracture", "Normal", "Zebra stripe sign of the kidney"]
@@ -29,6 +32,12 @@ def shared(tmp_path_factory) -> Path:
 
 def _cfg(cache: Path, **update) -> KEConfig:
     return KEConfig(cache_dir=str(cache), **update)
+
+
+def _seed_encoder(shared: Path, cache: Path) -> None:
+    """Give a fresh cache the TF-IDF encoder the shared cache already fitted (no second fit)."""
+    for fitted in shared.glob("tfidf-*.joblib"):
+        shutil.copy(fitted, cache / fitted.name)
 
 
 def test_reused_table_equals_a_fresh_build_and_its_mapping(shared: Path) -> None:
@@ -77,11 +86,8 @@ def test_reuse_reports_text_matches_again(shared: Path, caplog) -> None:
 
 
 def test_a_damaged_entry_is_rebuilt(shared: Path, tmp_path: Path, caplog) -> None:
-    import shutil
-
     cfg = _cfg(tmp_path)
-    for fitted in shared.glob("tfidf-*.joblib"):  # the encoder the module fixture's cache already fitted
-        shutil.copy(fitted, tmp_path / fitted.name)
+    _seed_encoder(shared, tmp_path)
     table, _, _ = cached_label_embeddings(NAMES, cfg, CODES)
     entry = tmp_path / "label-tables" / table_key(NAMES, cfg, CODES)
     np.save(entry / "embeddings.npy", np.array([{"not": "an array"}], dtype=object), allow_pickle=True)  # never unpickled
@@ -161,11 +167,6 @@ def test_knowledge_build_leaves_the_table_a_training_driver_reuses(shared: Path,
 
 
 def test_reuse_touches_an_entry_and_a_write_prunes_the_unused_ones(shared: Path, tmp_path: Path) -> None:
-    import os
-    import time
-
-    from raddiag.knowledge.cache import KEEP_DAYS, prune
-
     cfg = _cfg(shared)
     cached_label_embeddings(NAMES, cfg, CODES)
     entry = shared / "label-tables" / table_key(NAMES, cfg, CODES)
@@ -187,10 +188,7 @@ def test_reuse_touches_an_entry_and_a_write_prunes_the_unused_ones(shared: Path,
     assert sorted(p.name for p in root.iterdir()) == ["a-file", "abc.tmp-2-ee", "new", "recent"]
     assert prune(tmp_path / "missing") == []
 
-    import shutil
-
-    for fitted in shared.glob("tfidf-*.joblib"):  # the encoder the module's shared cache already fitted
-        shutil.copy(fitted, tmp_path / fitted.name)
+    _seed_encoder(shared, tmp_path)
     (root / "old").mkdir()
     os.utime(root / "old", (long_ago, long_ago))
     assert not cached_label_embeddings(NAMES, _cfg(tmp_path), CODES)[2]  # a write prunes
