@@ -32,41 +32,6 @@ def test_write_scan_rejects_wrong_dtype(tmp_path: Path) -> None:
         Store(str(tmp_path)).write_scan(np.zeros((1, 4, 4), dtype=np.float32))
 
 
-def test_write_scans_equals_one_write_per_scan_in_ids_and_bytes(tmp_path: Path) -> None:
-    rng = np.random.default_rng(1)
-    volumes = [rng.integers(0, 255, size=(d, 12, 10), dtype=np.uint8) for d in (1, 3, 5, 9)]
-    volumes += [volumes[1].copy(), rng.integers(0, 65535, size=(2, 8, 8), dtype=np.uint16)]  # a repeat, a uint16
-    batched, serial = Store(str(tmp_path / "batched")), Store(str(tmp_path / "serial"))
-    ids = batched.write_scans(volumes)
-    assert ids == [serial.write_scan(v) for v in volumes] == [(scan_checksum(v)[:24], scan_checksum(v)) for v in volumes]
-    assert batched.array_names() == serial.array_names() == sorted({i for i, _ in ids})
-    for (scan_id, _), volume in zip(ids, volumes):
-        assert np.array_equal(batched.read_slices(scan_id, native=True), volume)
-    files = {p.relative_to(tmp_path / "serial"): p.read_bytes() for p in (tmp_path / "serial").rglob("*") if p.is_file()}
-    assert files == {p.relative_to(tmp_path / "batched"): p.read_bytes() for p in (tmp_path / "batched").rglob("*") if p.is_file()}
-    assert batched.write_scans(volumes) == ids and batched.write_scans([]) == []  # idempotent; nothing to do
-
-
-def test_a_scan_without_its_checksum_is_rewritten_and_a_complete_one_is_kept(tmp_path: Path) -> None:
-    store = Store(str(tmp_path / "s"))
-    volume, other = (np.full((2, 4, 4), v, dtype=np.uint8) for v in (7, 9))
-    scan_id, checksum = scan_checksum(volume)[:24], scan_checksum(volume)
-    half = store.group().create_array(name=scan_id, shape=(2, 4, 4), dtype="uint8", chunks=(1, 4, 4))
-    half[0] = 1  # a write killed before its data was complete and before its checksum
-    kept_id, _ = store.write_scan(other)
-    before = (tmp_path / "s" / "scans.zarr" / kept_id / "zarr.json").stat().st_mtime_ns
-    assert store.write_scans([volume, other]) == [(scan_id, checksum), (kept_id, scan_checksum(other))]
-    assert np.array_equal(store.read_slices(scan_id), volume) and store.has_complete_scan(scan_id)
-    assert (tmp_path / "s" / "scans.zarr" / kept_id / "zarr.json").stat().st_mtime_ns == before  # not rewritten
-
-
-def test_write_scans_checks_every_volume_before_writing_any(tmp_path: Path) -> None:
-    store = Store(str(tmp_path / "s"))
-    with pytest.raises(StoreError, match="uint8"):
-        store.write_scans([np.zeros((1, 4, 4), dtype=np.uint8), np.zeros((4, 4), dtype=np.uint8)])
-    assert store.array_names() == []
-
-
 def test_to_uint8_min_max_and_constant() -> None:
     out = to_uint8(np.array([[[-1.0, 0.0, 1.0]]]))
     assert out.tolist() == [[[0, 128, 255]]]

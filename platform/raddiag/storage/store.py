@@ -18,14 +18,12 @@ version it names: it sees the old version or the new one, never a half-written o
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import hashlib
 import io
 import json
 import os
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -192,45 +190,19 @@ class Store:
         Object stores have no rename, so an array counts as present only once its ``checksum``
         attribute (written after the data) is set: a write killed half-way is redone on re-run.
         """
-        return self.write_scans([volume])[0]
-
-    def write_scans(self, volumes: Sequence[np.ndarray]) -> list[tuple[str, str]]:
-        """:meth:`write_scan` for many volumes at once; returns their (scan_id, checksum) in order.
-
-        Every scan's existence check, array creation, data and checksum attribute run as one coroutine
-        on Zarr's event loop, and the scans of a call run concurrently: one hand-off to that loop per
-        call instead of four per scan (the loop's thread is what bounds a serial writer,
-        ``bench/store_speed.py``). Each scan keeps the order data-then-checksum, so a call killed
-        half-way leaves only scans without a checksum, which the next write redoes.
-        """
-        from zarr.core.sync import sync
-
-        for volume in volumes:
-            if volume.dtype.name not in STORED_DTYPES or volume.ndim != 3:
-                raise StoreError(
-                    f"write_scan: expected a uint8 or uint16 (D, H, W) volume, got {volume.dtype} {volume.shape}"
-                )
-        checksums = [scan_checksum(volume) for volume in volumes]
-        unique = {checksum[:24]: (volume, checksum) for volume, checksum in zip(volumes, checksums)}
-        if unique:
-            group = self.group()._async_group  # the Group's own AsyncGroup: same store, same event loop
-
-            async def write_all() -> None:
-                await asyncio.gather(*(self._write_scan_async(group, name, *item) for name, item in unique.items()))
-
-            sync(write_all())
-        return [(checksum[:24], checksum) for checksum in checksums]
-
-    async def _write_scan_async(self, group: Any, scan_id: str, volume: np.ndarray, checksum: str) -> None:
         from zarr.codecs import BloscCodec
 
-        if await group.contains(scan_id) and "checksum" in (await group.getitem(scan_id)).attrs:
-            return
+        if volume.dtype.name not in STORED_DTYPES or volume.ndim != 3:
+            raise StoreError(f"write_scan: expected a uint8 or uint16 (D, H, W) volume, got {volume.dtype} {volume.shape}")
+        checksum = scan_checksum(volume)
+        scan_id = checksum[:24]
+        if self.has_complete_scan(scan_id):
+            return scan_id, checksum
         depth, height, width = volume.shape
         layout = self.layout
         chunk_depth = min(layout.chunk_depth, depth)
         shard_depth = Layout(chunk_depth, layout.shard_bytes).shard_depth(depth, height, width, volume.dtype.itemsize)
-        array = await group.create_array(
+        array = self.group().create_array(
             name=scan_id,
             shape=volume.shape,
             dtype=volume.dtype.name,
@@ -239,8 +211,9 @@ class Store:
             compressors=BloscCodec(cname=layout.codec, clevel=layout.clevel, shuffle=layout.shuffle),
             overwrite=True,
         )
-        await array.setitem(Ellipsis, volume)
-        await array.update_attributes({"checksum": checksum})
+        array[...] = volume
+        array.attrs["checksum"] = checksum
+        return scan_id, checksum
 
     def has_complete_scan(self, scan_id: str) -> bool:
         group = self.group()

@@ -35,7 +35,6 @@ ANATOMIES = ("Chest", "Abdomen and Pelvis", "Lower Limb", "Head and Neck")
 MODALITIES = ("X-ray", "CT", "MRI")
 PLANES_3D = ("axial", "coronal", "sagittal")
 N_SHAPES = 6
-WRITE_BATCH = 64  # scans per batched store write (Store.write_scans): one hand-off to Zarr's loop each
 
 
 @dataclass(frozen=True)
@@ -211,32 +210,23 @@ def generate(
 ) -> Manifest:
     """Generate ``cfg.n_cases`` cases into ``store`` and publish the manifest. Deterministic by seed.
     The benchmark profile's specification goes into ``dataset.json`` (``benchmark``)."""
-    case_rows, scan_rows, pending = [], [], []  # pending: (scan row without its id, uint8 volume)
-
-    def flush(done: int) -> None:  # one batched store write for the scans of the cases since the last flush
-        for (row, _), (scan_id, checksum) in zip(pending, store.write_scans([volume for _, volume in pending])):
-            scan_rows.append({"scan_id": scan_id, "case_id": row.pop("case_id")} | row | {"checksum": checksum})
-        pending.clear()
-        if progress:
-            progress(done, cfg.n_cases)
-
+    case_rows, scan_rows = [], []
     for index, case in enumerate(iter_cases(cfg)):
         for scan in case["scans"]:
             volume = scan["volume"]
             depth = volume.shape[0]
-            pending.append((
+            scan_id, checksum = store.write_scan(to_uint8(volume))
+            scan_rows.append(
                 {
-                    "case_id": case["case_id"], "modality": scan["modality"], "plane": scan["plane"],
+                    "scan_id": scan_id, "case_id": case["case_id"], "modality": scan["modality"], "plane": scan["plane"],
                     "aux_modality": "", "depth": depth, "height": cfg.image_size, "width": cfg.image_size,
                     "orig_shape": [depth, cfg.image_size, cfg.image_size], "spacing": [1.0, 1.0, 1.0],
-                    "key_slice": scan["key_slice"],
-                },
-                to_uint8(volume),
-            ))
+                    "key_slice": scan["key_slice"], "checksum": checksum,
+                }
+            )
         case_rows.append({k: case[k] for k in ("case_id", "split", "anatomy", "disorders", "icd10")} | {"source": "synth"})
-        if len(pending) >= WRITE_BATCH:
-            flush(index + 1)
-    flush(len(case_rows))
+        if progress:
+            progress(index + 1, cfg.n_cases)
     cases = pd.DataFrame(case_rows)
     scans = pd.DataFrame(scan_rows).drop_duplicates(["scan_id", "case_id"])
     names, codes = label_vocabulary(cfg)
