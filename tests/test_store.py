@@ -32,6 +32,21 @@ def test_write_scan_rejects_wrong_dtype(tmp_path: Path) -> None:
         Store(str(tmp_path)).write_scan(np.zeros((1, 4, 4), dtype=np.float32))
 
 
+def test_a_scan_without_its_checksum_is_rewritten_and_a_complete_one_is_kept(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "s"))
+    volume, other = (np.full((2, 4, 4), v, dtype=np.uint8) for v in (7, 9))
+    scan_id, checksum = scan_checksum(volume)[:24], scan_checksum(volume)
+    half = store.group().create_array(name=scan_id, shape=(2, 4, 4), dtype="uint8", chunks=(1, 4, 4))
+    half[0] = 1  # a write killed before its data was complete and before its checksum
+    assert not store.has_complete_scan(scan_id)
+    kept_id, _ = store.write_scan(other)
+    kept = tmp_path / "s" / "scans.zarr" / kept_id / "zarr.json"
+    before = kept.stat().st_mtime_ns
+    assert store.write_scan(volume) == (scan_id, checksum) and store.write_scan(other)[0] == kept_id
+    assert np.array_equal(store.read_slices(scan_id), volume) and store.has_complete_scan(scan_id)
+    assert kept.stat().st_mtime_ns == before  # a complete scan is not written again
+
+
 def test_to_uint8_min_max_and_constant() -> None:
     out = to_uint8(np.array([[[-1.0, 0.0, 1.0]]]))
     assert out.tolist() == [[[0, 128, 255]]]
