@@ -35,7 +35,8 @@ def test_write_scan_rejects_wrong_dtype(tmp_path: Path) -> None:
 def test_a_scan_without_its_checksum_is_rewritten_and_a_complete_one_is_kept(tmp_path: Path) -> None:
     store = Store(str(tmp_path / "s"))
     volume, other = (np.full((2, 4, 4), v, dtype=np.uint8) for v in (7, 9))
-    scan_id, checksum = scan_checksum(volume)[:24], scan_checksum(volume)
+    checksum = scan_checksum(volume)
+    scan_id = checksum[:24]
     half = store.group().create_array(name=scan_id, shape=(2, 4, 4), dtype="uint8", chunks=(1, 4, 4))
     half[0] = 1  # a write killed before its data was complete and before its checksum
     assert not store.has_complete_scan(scan_id)
